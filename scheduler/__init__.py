@@ -1,0 +1,1 @@
+"""mlq.scheduler"""

@@ -1,0 +1,190 @@
+"""The cluster config (``configs/cluster.yaml``): this node, priority classes with
+their defaults, teams and quotas.
+
+The daemon loads it into the store at first start; from then on teams, quotas
+and classes live in the store and change through the CLI. ``mlq plan`` and the
+simulator reuse the same models for their inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from mlq.scheduler.errors import InvalidInput
+from mlq.scheduler.spec import Bytes, Millicores, Seconds, Strict, load_yaml, validation_problems
+from mlq.scheduler.units import parse_cpus, parse_size
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
+
+RESOURCE_RE = re.compile(
+    r"^(gpu|cpu|memory|gpu-equivalent|gpu:[A-Za-z0-9._-]+|mig:\d+g\.\d+gb(\+me)?)$"
+)
+RESOURCE_HELP = "use gpu, gpu:<model>, mig:<profile>, cpu, memory or gpu-equivalent"
+
+
+def parse_quota_value(resource: str, value: object) -> float:
+    """A quota amount in base units: GPUs/slices as counts, cpu in millicores,
+    memory in bytes, gpu-equivalent in GPUs (fractions allowed)."""
+    if not RESOURCE_RE.match(resource):
+        raise ValueError(f'"{resource}" is not a quota resource; {RESOURCE_HELP}')
+    if resource == "cpu":
+        return float(parse_cpus(value))
+    if resource == "memory":
+        return float(parse_size(value))
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{value!r} is not a count")
+    try:
+        n = float(value)
+    except ValueError:
+        raise ValueError(f'"{value}" is not a count') from None
+    if n < 0:
+        raise ValueError(f"{value!r} must not be negative")
+    if resource != "gpu-equivalent" and n != int(n):
+        raise ValueError(f"{value!r} is not a whole number of {resource}")
+    return n
+
+
+def _quota_map(v: object) -> object:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ValueError("is not a mapping like {gpu: 4, cpu: 64, memory: 512Gi}")
+    return {str(k): parse_quota_value(str(k), val) for k, val in v.items()}
+
+
+QuotaMap = Annotated[dict[str, float], BeforeValidator(_quota_map)]
+
+
+class ClassDefaults(Strict):
+    cpus: Millicores = 1000
+    memory: Bytes = 4 * 2**30
+    time_limit: Seconds | None = None
+
+
+class PriorityClass(Strict):
+    name: str
+    value: int
+    preempts: list[str] = []
+    preemptible: bool = True
+    min_run_time: Seconds = 0
+    defaults: ClassDefaults = ClassDefaults()
+
+
+DEFAULT_CLASSES = (
+    PriorityClass(
+        name="inference",
+        value=1000,
+        preempts=["training", "batch"],
+        preemptible=False,
+        defaults=ClassDefaults(cpus=4000, memory=16 * 2**30),
+    ),
+    PriorityClass(
+        name="training",
+        value=500,
+        preempts=["batch"],
+        defaults=ClassDefaults(cpus=4000, memory=16 * 2**30, time_limit=7 * 86400),
+    ),
+    PriorityClass(
+        name="batch",
+        value=100,
+        preempts=[],
+        defaults=ClassDefaults(cpus=1000, memory=4 * 2**30, time_limit=86400),
+    ),
+)
+
+
+class MigSlice(Strict):
+    """A MIG slice carved on a GPU: its profile and its start slot."""
+
+    profile: str
+    start: int = Field(ge=0, le=7)
+
+
+class GpuDecl(Strict):
+    """A GPU as declared in a config or scenario (discovery fills the same shape)."""
+
+    index: int = Field(ge=0)
+    model: str
+    mig: list[MigSlice] | None = None  # None: not in MIG mode
+
+
+class NodeConfig(Strict):
+    name: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
+    cpus: Millicores | Literal["auto"] = "auto"
+    memory: Bytes | Literal["auto"] = "auto"
+    gpus: Literal["discover", "declared"] = "discover"
+    declared_gpus: list[GpuDecl] = []
+
+    @model_validator(mode="after")
+    def _declared(self) -> NodeConfig:
+        if self.declared_gpus and self.gpus != "declared":
+            raise ValueError(
+                "declared_gpus is set but gpus is not 'declared'; set gpus: declared to use them "
+                "(mlq never mixes declared and discovered GPUs)"
+            )
+        return self
+
+    def cpu_millicores(self) -> int:
+        return (os.cpu_count() or 1) * 1000 if self.cpus == "auto" else int(self.cpus)
+
+    def memory_bytes(self) -> int:
+        if self.memory != "auto":
+            return int(self.memory)
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class TeamConfig(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    members: list[str] = []  # Unix users, or groups written as "@group"
+    admins: list[str] = []
+    guarantee: QuotaMap = {}
+    limit: QuotaMap = {}
+
+    @model_validator(mode="after")
+    def _limits(self) -> TeamConfig:
+        for key, g in self.guarantee.items():
+            if key in self.limit and self.limit[key] < g:
+                raise ValueError(
+                    f"limit.{key} is below guarantee.{key}; a limit must be at least the guarantee"
+                )
+        return self
+
+
+class ClusterConfig(Strict):
+    node: NodeConfig = NodeConfig()
+    admin_group: str = "mlq-admin"
+    priority_classes: list[PriorityClass] = list(DEFAULT_CLASSES)
+    teams: list[TeamConfig] = []
+
+    @model_validator(mode="after")
+    def _refs(self) -> ClusterConfig:
+        names = [c.name for c in self.priority_classes]
+        if len(set(names)) != len(names):
+            raise ValueError("priority_classes: two classes share a name")
+        for c in self.priority_classes:
+            for p in c.preempts:
+                if p not in names:
+                    raise ValueError(
+                        f'priority_classes.{c.name}.preempts: "{p}" is not a class; known: {", ".join(names)}'
+                    )
+        teams = [t.name for t in self.teams]
+        if len(set(teams)) != len(teams):
+            raise ValueError("teams: two teams share a name")
+        return self
+
+    def class_named(self, name: str) -> PriorityClass | None:
+        return next((c for c in self.priority_classes if c.name == name), None)
+
+
+def parse_cluster(data: Any, source: str | None = None) -> ClusterConfig:
+    try:
+        return ClusterConfig.model_validate(data or {})
+    except ValidationError as exc:
+        raise InvalidInput(validation_problems(exc, ClusterConfig), source) from None
+
+
+def load_cluster(path: str | Path) -> ClusterConfig:
+    return parse_cluster(load_yaml(path), str(path))

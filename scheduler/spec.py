@@ -1,0 +1,351 @@
+"""The job file: what a user writes, parsed and validated.
+
+``JobSpec`` is the file as written (every field of DESIGN.md's example), with
+quantities already in base units (bytes, millicores, seconds). ``resolve`` fills
+what the file left out from the cluster's defaults for the job's class and
+returns a ``ResolvedJob``: the exact limits a job will run under. Unknown keys
+are errors, so a typo can never silently drop a limit.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from mlq.scheduler.errors import InvalidInput, describe_validation_error
+from mlq.scheduler.units import parse_cpus, parse_duration, parse_size
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+Bytes = Annotated[int, BeforeValidator(parse_size)]
+Millicores = Annotated[int, BeforeValidator(parse_cpus)]
+Seconds = Annotated[int, BeforeValidator(parse_duration)]
+
+KINDS = ("training", "inference", "batch")
+NAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_.-]{0,62})$")
+ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MIG_PROFILE_RE = re.compile(r"^\d+g\.\d+gb(\+me)?$")
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT")
+# The knobs a job may keep; everything else is dropped (see the executor's security docs).
+CAPABILITIES = (
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SYS_CHROOT",
+    "CAP_MKNOD",
+    "CAP_AUDIT_WRITE",
+    "CAP_SETFCAP",
+    "CAP_IPC_LOCK",
+    "CAP_SYS_NICE",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_RESOURCE",
+    "CAP_NET_ADMIN",
+    "CAP_SYS_ADMIN",
+)
+
+
+class Strict(BaseModel):
+    """A model that refuses unknown keys and does not coerce across types loosely."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _abs_path(field: str):
+    def check(v: object) -> object:
+        if isinstance(v, str) and not v.startswith("/"):
+            raise ValueError(f"is not an absolute path; {field} must start with /")
+        return v
+
+    return BeforeValidator(check)
+
+
+AbsPath = Annotated[str, _abs_path("a path")]
+
+
+class MigRequest(Strict):
+    """``mig: {profile: 1g.10gb, count: 1}``."""
+
+    profile: str
+    count: int = Field(1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_shape(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("profile"), str):
+            if not MIG_PROFILE_RE.match(data["profile"]):
+                raise ValueError(
+                    f'profile "{data["profile"]}" is not a MIG profile name; '
+                    "use one like 1g.10gb, 3g.40gb, 7g.80gb"
+                )
+        return data
+
+
+class Resources(Strict):
+    """What the job asks for; ``None`` means "the class default"."""
+
+    gpus: int = Field(0, ge=0, le=64)
+    gpu_model: str | None = None
+    mig: MigRequest | None = None
+    cpus: Millicores | None = None
+    memory: Bytes | None = None
+    memory_high: Bytes | None = None
+    swap: Bytes = 0
+    shm: Bytes = 64 * 2**20
+    pids: int = Field(4096, ge=1, le=4_194_304)
+    io_weight: int = Field(100, ge=1, le=10000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Resources:
+        if self.gpus and self.mig is not None:
+            raise ValueError("gpus and mig are exclusive; ask for whole GPUs or MIG slices")
+        if self.gpu_model and self.mig is not None:
+            raise ValueError("gpu_model applies to whole GPUs; a MIG profile already names one")
+        if self.memory is not None and self.memory <= 0:
+            raise ValueError("memory must be more than zero")
+        if (
+            self.memory is not None
+            and self.memory_high is not None
+            and self.memory_high > self.memory
+        ):
+            raise ValueError("memory_high must not be above memory")
+        return self
+
+
+class Volume(Strict):
+    source: AbsPath
+    target: AbsPath
+    readonly: bool = False
+
+
+class Checkpoint(Strict):
+    target: AbsPath = "/checkpoints"
+
+
+class Preemption(Strict):
+    grace_period: Seconds = 30
+    requeue: bool | None = None  # None: true for training and batch, false for inference
+    stop_signal: Literal["SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT"] = "SIGTERM"
+
+
+class Security(Strict):
+    read_only_root: bool = False
+    capabilities: list[Literal[CAPABILITIES]] = []  # type: ignore[valid-type]
+    user_namespace: bool = False
+
+
+def _env_value(v: object) -> object:
+    if isinstance(v, (dict, list)):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    return v
+
+
+EnvValue = Annotated[str, BeforeValidator(_env_value)]
+
+
+def _array(v: object) -> object:
+    if v is None or isinstance(v, list):
+        return v
+    return parse_array(v)
+
+
+class JobSpec(Strict):
+    """A job file as written."""
+
+    name: str
+    team: str
+    kind: Literal["training", "inference", "batch"] = "batch"
+    priority_class: str | None = None
+    command: list[str] = Field(min_length=1)
+    image: str = "host"
+    workdir: AbsPath = "/"
+    env: dict[str, EnvValue] = {}
+    resources: Resources = Resources()
+    volumes: list[Volume] = []
+    checkpoint: Checkpoint | None = None
+    preemption: Preemption = Preemption()
+    network: Literal["none", "bridge"] = "none"
+    time_limit: Seconds | None = None
+    array: Annotated[list[int] | None, BeforeValidator(_array)] = None
+    depends_on: list[int] = []
+    security: Security = Security()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shapes(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("a job file is a mapping of keys such as name, team, command")
+        if isinstance(data.get("command"), str):
+            raise ValueError(
+                f'command: "{data["command"]}" is a string; use a list, e.g. [python, train.py]'
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> JobSpec:
+        if not NAME_RE.match(self.name):
+            raise ValueError(
+                f'name: "{self.name}" is not allowed; use 1-63 letters, digits, "-", "_" or "."'
+                " starting with a letter or digit"
+            )
+        for key in self.env:
+            if not ENV_RE.match(key):
+                raise ValueError(f'env.{key}: not a variable name; use letters, digits and "_"')
+            if key.startswith("MLQ_"):
+                raise ValueError(f"env.{key}: MLQ_ variables are set by mlq; choose another name")
+        if len({v.target for v in self.volumes}) != len(self.volumes):
+            raise ValueError("volumes: two volumes share a target; each needs its own")
+        if any(d <= 0 for d in self.depends_on):
+            raise ValueError("depends_on: job IDs are positive integers")
+        return self
+
+    @property
+    def requeue(self) -> bool:
+        if self.preemption.requeue is not None:
+            return self.preemption.requeue
+        return self.kind != "inference"
+
+
+def parse_array(value: object) -> list[int]:
+    """Indices from Slurm-style ``0-99``, ``0-99:2`` or ``1,3,5-7``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if not isinstance(value, str):
+        raise ValueError("is not an array range; use 0-99, 0-99:2 or 1,3,5")
+    out: list[int] = []
+    try:
+        for part in value.split(","):
+            part = part.strip()
+            step = 1
+            if ":" in part:
+                part, s = part.split(":", 1)
+                step = int(s)
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+            else:
+                lo = hi = int(part)
+            if lo < 0 or hi < lo or step < 1:
+                raise ValueError
+            out.extend(range(lo, hi + 1, step))
+    except ValueError:
+        raise ValueError("is not an array range; use 0-99, 0-99:2 or 1,3,5") from None
+    if len(out) > 10000:
+        raise ValueError("has more than 10000 indices; split the sweep")
+    return sorted(set(out))
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """The keys allowed where an unknown key ``loc`` was found, for the error message."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        for cand in getattr(ann, "__args__", ()) + (ann,):
+            inner = getattr(cand, "__args__", ())
+            for c in (cand, *inner):
+                if isinstance(c, type) and issubclass(c, BaseModel):
+                    current = c
+                    break
+            else:
+                continue
+            break
+    fields = getattr(current, "model_fields", None)
+    return ", ".join(fields) if fields else None
+
+
+def validation_problems(
+    exc: ValidationError, model: type[BaseModel], prefix: str = ""
+) -> list[str]:
+    """Readable problems, with the allowed keys listed for an unknown key."""
+    lines = describe_validation_error(exc, prefix)
+    out = []
+    for line, err in zip(lines, exc.errors(), strict=True):
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, tuple(err["loc"]))
+            if allowed:
+                line = f"{line}; allowed: {allowed}"
+        out.append(line)
+    return out
+
+
+def parse_spec(data: Any, source: str | None = None) -> JobSpec:
+    """Validate a loaded job file; raises ``InvalidInput`` listing every problem."""
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(validation_problems(exc, JobSpec), source) from None
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file, with errors that name the file and line."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {p}: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise InvalidInput(
+            f"not valid YAML at{where}: {getattr(exc, 'problem', exc)}", str(p)
+        ) from None
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    return parse_spec(load_yaml(path), str(path))
+
+
+def signal_number(name: str) -> int:
+    return int(getattr(signal, name))
+
+
+def resolve(spec: JobSpec, classes: list[Any]) -> JobSpec:
+    """Fill what the file left out from its class's defaults; never unlimited.
+
+    ``classes`` are the cluster's ``PriorityClass`` entries. The class is the
+    file's ``priority_class``, else the one named after its ``kind``.
+    """
+    by_name = {c.name: c for c in classes}
+    cls_name = spec.priority_class or spec.kind
+    cls = by_name.get(cls_name)
+    if cls is None:
+        field = "priority_class" if spec.priority_class else "kind"
+        raise InvalidInput(
+            f'{field}: "{cls_name}" is not a priority class of this cluster; '
+            f"known: {', '.join(sorted(by_name))}"
+        )
+    r = spec.resources
+    cpus = r.cpus if r.cpus is not None else cls.defaults.cpus
+    memory = r.memory if r.memory is not None else cls.defaults.memory
+    high = r.memory_high if r.memory_high is not None else memory * 87 // 100
+    if high > memory:
+        raise InvalidInput(
+            f"resources.memory_high: {high} is above resources.memory {memory}; lower it or raise memory"
+        )
+    time_limit = spec.time_limit if spec.time_limit is not None else cls.defaults.time_limit
+    return spec.model_copy(
+        update={
+            "priority_class": cls.name,
+            "resources": r.model_copy(update={"cpus": cpus, "memory": memory, "memory_high": high}),
+            "time_limit": time_limit,
+            "preemption": spec.preemption.model_copy(update={"requeue": spec.requeue}),
+        }
+    )
