@@ -1,0 +1,360 @@
+"""This node's GPUs and MIG slices, and the device wiring a job gets for its share.
+
+Three things, all plain data once discovery is done:
+
+- :func:`discover` builds a :class:`NodeGpus` from NVML (``gpus: discover``, the
+  default) or from the cluster config's ``declared_gpus`` (``gpus: declared``), never
+  from both. A node without NVML gets zero GPUs and a one-line reason, not a traceback.
+- :meth:`NodeGpus.to_decls` gives the scheduler the shape it places on
+  (``GpuDecl(index, model, mig=[MigSlice(profile, start)])``), leaving out what it must
+  not place on (a partial compute instance, a slice whose device nodes are unknown).
+- :func:`wiring` turns an assignment (whole GPU indices, or MIG slices named by GPU
+  index and start slot) into the device nodes the executor puts in the job's ``/dev``
+  and the ``CUDA_VISIBLE_DEVICES`` / ``NVIDIA_VISIBLE_DEVICES`` value.
+
+Only :mod:`mlq.executor.nvml` talks to the driver; this module never imports pynvml.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid as uuidlib
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from mlq.scheduler.errors import Conflict, NotFound
+
+if TYPE_CHECKING:
+    from mlq.scheduler.cluster import ClusterConfig, GpuDecl, NodeConfig
+
+log = logging.getLogger("mlq.gpus")
+
+# Nodes every GPU job needs besides its GPUs: the control device and unified memory.
+CONTROL_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")
+MIG_MINORS_FILE = "/proc/driver/nvidia-caps/mig-minors"
+
+
+@dataclass(frozen=True, slots=True)
+class MigDeviceInfo:
+    """One MIG device: a compute instance inside a GPU instance of one GPU."""
+
+    gpu_index: int
+    uuid: str  # "MIG-..." (drivers >= R470)
+    gi_id: int  # GPU instance ID
+    ci_id: int  # compute instance ID
+    profile: str  # "1g.10gb"; "1c.3g.40gb" for a compute instance smaller than its GI
+    profile_id: int  # GPU instance profile ID (nvidia-smi mig -lgip)
+    memory_mb: int
+    gi_slices: int  # compute slices of the GPU instance
+    ci_slices: int  # compute slices of this compute instance
+    start: int  # placement start slot of the GPU instance
+    size: int  # memory slots it spans
+    gi_cap_minor: int | None = None  # /dev/nvidia-caps/nvidia-cap<minor>, GI access
+    ci_cap_minor: int | None = None  # the same for CI access
+
+    @property
+    def whole_instance(self) -> bool:
+        """The compute instance spans its whole GPU instance (what mlq schedules)."""
+        return self.ci_slices == self.gi_slices
+
+
+@dataclass(frozen=True, slots=True)
+class GpuInfo:
+    """One physical GPU as the driver reports it."""
+
+    index: int  # NVML index
+    uuid: str  # "GPU-..."
+    name: str  # the driver's name, e.g. "NVIDIA H100 80GB HBM3"
+    model: str | None  # catalogue name ("H100-80GB"); None when not catalogued
+    memory_mb: int
+    minor: int  # /dev/nvidia<minor>
+    pci_bus_id: str
+    mig_supported: bool
+    mig_enabled: bool  # current mode
+    mig_pending: bool  # mode after the next GPU reset
+    mig: tuple[MigDeviceInfo, ...] = ()
+
+    @property
+    def model_or_name(self) -> str:
+        return self.model or self.name
+
+    def slice_at(self, start: int) -> MigDeviceInfo | None:
+        """The schedulable MIG device whose GPU instance starts at ``start``."""
+        return next((m for m in self.mig if m.start == start and m.whole_instance), None)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeGpus:
+    """What one node has: the GPUs, where they came from, and what is off about them."""
+
+    source: Literal["nvml", "declared"]
+    gpus: tuple[GpuInfo, ...] = ()
+    reason: str = ""  # why there are no GPUs (NVML missing, none installed)
+    problems: tuple[str, ...] = ()  # each a sentence a user can act on
+    driver_version: str = ""
+    dev_root: str = "/dev"  # where the host's device nodes live (a temp dir under the fake)
+
+    def gpu(self, index: int) -> GpuInfo | None:
+        return next((g for g in self.gpus if g.index == index), None)
+
+    def to_decls(self) -> list[GpuDecl]:
+        """The scheduler's view: models by catalogue name, MIG slices by profile and start.
+
+        A GPU whose model is not catalogued keeps its raw name as its model, so a job
+        may still ask for it whole; its MIG slices are left out (no profile rules to
+        place by). Partial compute instances and slices without device nodes are left
+        out too; :attr:`problems` says so.
+        """
+        from mlq.scheduler.cluster import GpuDecl, MigSlice
+
+        out: list[GpuDecl] = []
+        for g in self.gpus:
+            mig = None
+            if g.mig_enabled:
+                mig = [
+                    MigSlice(profile=m.profile, start=m.start)
+                    for m in g.mig
+                    if g.model and m.whole_instance and _wirable(m, self.source)
+                ]
+            out.append(GpuDecl(index=g.index, model=g.model_or_name, mig=mig))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything discovered, for ``mlq nodes --json`` and logs."""
+        return {
+            "source": self.source,
+            "reason": self.reason,
+            "problems": list(self.problems),
+            "driver_version": self.driver_version,
+            "gpus": [
+                {**{k: v for k, v in asdict(g).items() if k != "mig"}, "mig": _mig_json(g)}
+                for g in self.gpus
+            ],
+        }
+
+    def summary(self) -> str:
+        """One line for the daemon's log: what was found, or why nothing was."""
+        if not self.gpus:
+            return f"no GPUs ({self.source}): {self.reason or 'none found'}"
+        parts = []
+        for g in self.gpus:
+            desc = f"{g.index}:{g.model_or_name}"
+            if g.mig_enabled:
+                desc += "[" + ",".join(f"{m.profile}@{m.start}" for m in g.mig) + "]"
+            parts.append(desc)
+        return f"{len(self.gpus)} GPUs ({self.source}): " + " ".join(parts)
+
+
+def _mig_json(g: GpuInfo) -> list[dict[str, Any]]:
+    return [{**asdict(m), "whole_instance": m.whole_instance} for m in g.mig]
+
+
+def _wirable(m: MigDeviceInfo, source: str) -> bool:
+    # Declared GPUs have no device nodes at all; discovered slices need both cap minors.
+    return source == "declared" or (m.gi_cap_minor is not None and m.ci_cap_minor is not None)
+
+
+# -- device nodes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceNode:
+    """A character device the job gets: ``path`` inside the job, ``host_path`` on the host.
+
+    They differ only when ``MLQ_DEV_ROOT`` points discovery at a directory of fake nodes.
+    """
+
+    path: str
+    host_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """What a job needs for its GPUs: device nodes and the visible-devices variables."""
+
+    devices: tuple[DeviceNode, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def visible(self) -> str:
+        return self.env.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def _node(dev_root: str, name: str) -> DeviceNode:
+    return DeviceNode(path=f"/dev/{name}", host_path=str(Path(dev_root) / name))
+
+
+def wiring(
+    node: NodeGpus, gpus: Iterable[int] = (), mig: Iterable[tuple[int, int] | Mapping] = ()
+) -> Wiring:
+    """Device nodes and env for a job given whole ``gpus`` (indices) and/or ``mig`` slices.
+
+    ``mig`` entries are ``(gpu_index, start)`` pairs or the scheduler's
+    ``{"gpu": 1, "start": 4, ...}`` dicts. A whole GPU brings ``/dev/nvidia<minor>``; a
+    MIG slice brings its parent's ``/dev/nvidia<minor>`` (CUDA opens it to reach the
+    slice; the capability nodes are what grant access) and exactly its two capability
+    nodes. Any GPU at all brings the control nodes. No GPUs: no nodes, no variables, so
+    the job sees none. Raises :class:`NotFound` / :class:`Conflict` for an assignment
+    that does not match what was discovered.
+    """
+    names: list[str] = []
+    visible: list[str] = []
+
+    def add(name: str) -> None:
+        if name not in names:
+            names.append(name)
+
+    for index in gpus:
+        g = _gpu(node, index)
+        if g.mig_enabled:
+            raise Conflict(
+                f"GPU {index} is in MIG mode; a job can be given its slices, not the whole GPU"
+            )
+        if node.source == "nvml":
+            add(f"nvidia{g.minor}")
+        visible.append(g.uuid)
+    for ref in mig:
+        index, start = (ref["gpu"], ref["start"]) if isinstance(ref, Mapping) else ref
+        g = _gpu(node, index)
+        m = g.slice_at(start)
+        if m is None:
+            have = ", ".join(f"{x.profile}@{x.start}" for x in g.mig) or "none"
+            raise NotFound(f"GPU {index} has no MIG slice starting at {start} (slices: {have})")
+        if node.source == "nvml":
+            if m.gi_cap_minor is None or m.ci_cap_minor is None:
+                raise NotFound(
+                    f"MIG slice {m.profile}@{start} on GPU {index}: its capability device "
+                    f"minors are unknown (gpu{g.minor}/gi{m.gi_id} missing from {MIG_MINORS_FILE})"
+                )
+            add(f"nvidia{g.minor}")
+            add(f"nvidia-caps/nvidia-cap{m.gi_cap_minor}")
+            add(f"nvidia-caps/nvidia-cap{m.ci_cap_minor}")
+        visible.append(m.uuid)
+    if not visible:
+        return Wiring()
+    if node.source == "nvml":
+        names = list(CONTROL_NODES) + names
+    devices = tuple(_node(node.dev_root, n) for n in names)
+    value = ",".join(visible)
+    return Wiring(devices, {"CUDA_VISIBLE_DEVICES": value, "NVIDIA_VISIBLE_DEVICES": value})
+
+
+def _gpu(node: NodeGpus, index: int) -> GpuInfo:
+    g = node.gpu(index)
+    if g is None:
+        have = ", ".join(str(x.index) for x in node.gpus) or "none"
+        raise NotFound(f"GPU {index} is not on this node (GPUs: {have})")
+    return g
+
+
+_MINORS_LINE = re.compile(r"^gpu(\d+)/gi(\d+)(?:/ci(\d+))?/access\s+(\d+)\s*$")
+
+
+def parse_mig_minors(text: str) -> dict[tuple[int, int, int | None], int]:
+    """``/proc/driver/nvidia-caps/mig-minors`` as {(gpu minor, gi, ci or None): cap minor}.
+
+    Lines are ``gpu<N>/gi<G>/access X`` (GPU instance) and ``gpu<N>/gi<G>/ci<C>/access Y``
+    (compute instance), where N is the GPU's device minor, not its NVML index.
+    ``config`` and ``monitor`` lines are not a job's business and are skipped.
+    """
+    out: dict[tuple[int, int, int | None], int] = {}
+    for line in text.splitlines():
+        m = _MINORS_LINE.match(line.strip())
+        if m:
+            gpu, gi, ci, minor = m.groups()
+            out[(int(gpu), int(gi), int(ci) if ci is not None else None)] = int(minor)
+    return out
+
+
+# -- discovery ------------------------------------------------------------------------
+
+
+def discover(config: ClusterConfig | NodeConfig | None = None, *, lib: Any = None) -> NodeGpus:
+    """This node's GPUs, from the source the node config names (``gpus:``).
+
+    ``discover`` asks NVML (through :mod:`mlq.executor.nvml`, which honours
+    ``MLQ_FAKE_NVML``); ``declared`` uses ``declared_gpus`` and does not consult NVML.
+    ``lib`` overrides the NVML module (tests). Logs one line either way.
+    """
+    from mlq.scheduler.cluster import ClusterConfig, NodeConfig
+
+    if config is None:
+        node = NodeConfig()
+    elif isinstance(config, ClusterConfig):
+        node = config.node
+    else:
+        node = config
+    if node.gpus == "declared":
+        result = from_declared(node.declared_gpus, node.name)
+        log.info("%s (gpus: declared; NVML not consulted)", result.summary())
+        return result
+
+    from mlq.executor import nvml
+
+    result = nvml.query(lib)
+    if result.gpus:
+        log.info("%s", result.summary())
+    else:
+        log.warning("%s", result.summary())
+    for problem in result.problems:
+        log.warning("GPU discovery: %s", problem)
+    return result
+
+
+def from_declared(decls: Iterable[GpuDecl], node_name: str = "node") -> NodeGpus:
+    """Declared GPUs as a :class:`NodeGpus`: names and UUIDs are made up, stable per node.
+
+    Declared GPUs exist only for simulation and test nodes: they have no device nodes, so
+    :func:`wiring` gives their jobs only the visible-devices variables.
+    """
+    from mlq.scheduler import mig as catalogue
+
+    gpus: list[GpuInfo] = []
+    problems: list[str] = []
+    for d in decls:
+        model = catalogue.canonical_model(d.model)
+        slices: list[MigDeviceInfo] = []
+        for s in d.mig or []:
+            p = catalogue.profile(d.model, s.profile)
+            if p is None:
+                problems.append(f"GPU {d.index}: {d.model} has no MIG profile {s.profile}")
+                continue
+            slices.append(
+                MigDeviceInfo(
+                    gpu_index=d.index,
+                    uuid="MIG-" + _stable_uuid(node_name, f"{d.index}/{s.start}"),
+                    gi_id=s.start + 1,
+                    ci_id=0,
+                    profile=p.name,
+                    profile_id=p.profile_id,
+                    memory_mb=p.memory_gb * 1024,
+                    gi_slices=p.compute_slices,
+                    ci_slices=p.compute_slices,
+                    start=s.start,
+                    size=p.memory_slices,
+                )
+            )
+        gpus.append(
+            GpuInfo(
+                index=d.index,
+                uuid="GPU-" + _stable_uuid(node_name, str(d.index)),
+                name=d.model,
+                model=model,
+                memory_mb=0,
+                minor=d.index,
+                pci_bus_id="",
+                mig_supported=d.mig is not None,
+                mig_enabled=d.mig is not None,
+                mig_pending=d.mig is not None,
+                mig=tuple(slices),
+            )
+        )
+    reason = "" if gpus else "gpus: declared, and declared_gpus is empty"
+    return NodeGpus("declared", tuple(gpus), reason, tuple(problems))
+
+
+def _stable_uuid(node_name: str, what: str) -> str:
+    return str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"mlq-declared:{node_name}:{what}"))
