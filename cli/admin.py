@@ -1,7 +1,258 @@
-"""mlq admin commands (filled in by its issue)."""
+"""Admin commands: teams and their members, quotas, priority classes, whoami."""
+
+from __future__ import annotations
+
+from typing import Annotated
 
 import typer
+from mlq.cli.client import Client
+from mlq.cli.jobs import JsonOpt, SocketOpt
+from mlq.cli.output import console, print_json, table
+
+team_app = typer.Typer(help="Teams and their members.", no_args_is_help=True)
+quota_app = typer.Typer(
+    help="Team quotas: guarantees and limits per resource.", no_args_is_help=True
+)
+class_app = typer.Typer(help="Priority classes.", no_args_is_help=True)
+
+
+def _fmt_quota(resource: str, value: float) -> str:
+    from mlq.scheduler.units import format_cpus, format_size
+
+    if resource == "cpu":
+        return format_cpus(int(value))
+    if resource == "memory":
+        return format_size(int(value))
+    return f"{value:g}"
+
+
+def _quota_text(q: dict[str, float]) -> str:
+    return ", ".join(f"{k}={_fmt_quota(k, v)}" for k, v in sorted(q.items()))
+
+
+@team_app.command("list")
+def team_list(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
+    """List teams with members, admins and quotas."""
+    resp = Client(sock).get("/v1/teams")
+    if json_out:
+        print_json(resp)
+        return
+    rows = [
+        [
+            t["name"],
+            ", ".join(t["members"]),
+            ", ".join(t["admins"]),
+            _quota_text(t["guarantee"]),
+            _quota_text(t["limit"]),
+        ]
+        for t in resp["teams"]
+    ]
+    console().print(table(["TEAM", "MEMBERS", "ADMINS", "GUARANTEE", "LIMIT"], rows))
+
+
+@team_app.command("create")
+def team_create(
+    name: str,
+    member: Annotated[list[str] | None, typer.Option("--member", help="User or @group")] = None,
+    admin: Annotated[list[str] | None, typer.Option("--admin", help="User or @group")] = None,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Create a team (admins only)."""
+    resp = Client(sock).post(
+        "/v1/teams", {"name": name, "members": member or [], "admins": admin or []}
+    )
+    print_json(resp) if json_out else typer.echo(f"Created team {name}")
+
+
+@team_app.command("delete")
+def team_delete(name: str, sock: SocketOpt = None) -> None:
+    """Delete a team that has no active jobs (admins only)."""
+    Client(sock).delete(f"/v1/teams/{name}")
+    typer.echo(f"Deleted team {name}")
+
+
+@team_app.command("add-member")
+def add_member(
+    team: str,
+    name: Annotated[str, typer.Argument(help="A Unix user, or @group")],
+    admin: Annotated[bool, typer.Option("--admin", help="As a team admin")] = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Add a user or @group to a team (admins only)."""
+    role = "admin" if admin else "member"
+    Client(sock).post(f"/v1/teams/{team}/members", {"name": name, "role": role})
+    typer.echo(f"Added {name} to {team} as {role}")
+
+
+@team_app.command("remove-member")
+def remove_member(
+    team: str,
+    name: str,
+    admin: Annotated[bool, typer.Option("--admin", help="Remove the admin role only")] = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Remove a user or @group from a team (admins only)."""
+    Client(sock).post(
+        f"/v1/teams/{team}/members/remove", {"name": name, "role": "admin" if admin else "member"}
+    )
+    typer.echo(f"Removed {name} from {team}")
+
+
+@quota_app.command("show")
+def quota_show(
+    team: Annotated[str | None, typer.Argument(help="One team; all if omitted")] = None,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Show guarantees and limits."""
+    client = Client(sock)
+    teams = [client.get(f"/v1/teams/{team}")] if team else client.get("/v1/teams")["teams"]
+    if json_out:
+        print_json({"teams": [{k: t[k] for k in ("name", "guarantee", "limit")} for t in teams]})
+        return
+    rows = []
+    for t in teams:
+        for res in sorted(set(t["guarantee"]) | set(t["limit"])):
+            g, lim = t["guarantee"].get(res), t["limit"].get(res)
+            rows.append(
+                [
+                    t["name"],
+                    res,
+                    "" if g is None else _fmt_quota(res, g),
+                    "" if lim is None else _fmt_quota(res, lim),
+                ]
+            )
+    console().print(table(["TEAM", "RESOURCE", "GUARANTEE", "LIMIT"], rows))
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    from mlq.scheduler.errors import InvalidInput
+
+    out: dict[str, str] = {}
+    for v in values or []:
+        for part in v.split(","):
+            key, sep, amount = part.partition("=")
+            if not sep or not key or not amount:
+                raise InvalidInput(
+                    f'{flag}: "{part}" is not RESOURCE=AMOUNT, e.g. gpu=4 or memory=256Gi'
+                )
+            out[key.strip()] = amount.strip()
+    return out
+
+
+@quota_app.command("set")
+def quota_set(
+    team: str,
+    guarantee: Annotated[
+        list[str] | None, typer.Option("--guarantee", "-g", help="RESOURCE=AMOUNT, e.g. gpu=4")
+    ] = None,
+    limit: Annotated[
+        list[str] | None, typer.Option("--limit", "-l", help="RESOURCE=AMOUNT, e.g. gpu=8")
+    ] = None,
+    clear: Annotated[
+        list[str] | None, typer.Option("--clear", help="Remove a resource's quota")
+    ] = None,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Set a team's guarantee and limit per resource (admins only)."""
+    body = {
+        "guarantee": _pairs(guarantee, "--guarantee"),
+        "limit": _pairs(limit, "--limit"),
+        "clear": clear or [],
+    }
+    resp = Client(sock).put(f"/v1/quotas/{team}", body)
+    if json_out:
+        print_json(resp)
+        return
+    typer.echo(
+        f"{team}: guarantee {_quota_text(resp['guarantee']) or '-'}; limit {_quota_text(resp['limit']) or '-'}"
+    )
+
+
+@class_app.command("list")
+def class_list(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
+    """List priority classes."""
+    resp = Client(sock).get("/v1/classes")
+    if json_out:
+        print_json(resp)
+        return
+    rows = [
+        [
+            c["name"],
+            c["value"],
+            ", ".join(c["preempts"]) or "-",
+            "yes" if c["preemptible"] else "no",
+            c["min_run_time"],
+            c["default_cpus"],
+            c["default_memory"],
+            c["default_time_limit"] or "none",
+        ]
+        for c in resp["classes"]
+    ]
+    console().print(
+        table(
+            [
+                "CLASS",
+                "VALUE",
+                "PREEMPTS",
+                "PREEMPTIBLE",
+                "MIN RUN (s)",
+                "CPUS",
+                "MEMORY",
+                "TIME LIMIT",
+            ],
+            rows,
+        )
+    )
+
+
+@class_app.command("set")
+def class_set(
+    name: str,
+    value: Annotated[int | None, typer.Option("--value")] = None,
+    preempts: Annotated[
+        str | None, typer.Option("--preempts", help="Comma-separated classes, or none")
+    ] = None,
+    preemptible: Annotated[bool | None, typer.Option("--preemptible/--not-preemptible")] = None,
+    min_run_time: Annotated[str | None, typer.Option("--min-run-time", help="e.g. 10m")] = None,
+    cpus: Annotated[str | None, typer.Option("--default-cpus")] = None,
+    memory: Annotated[str | None, typer.Option("--default-memory")] = None,
+    time_limit: Annotated[str | None, typer.Option("--default-time-limit")] = None,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Create or change a priority class (admins only)."""
+    body = {
+        "value": value,
+        "preempts": None
+        if preempts is None
+        else [p for p in preempts.split(",") if p and p != "none"],
+        "preemptible": preemptible,
+        "min_run_time": min_run_time,
+        "default_cpus": cpus,
+        "default_memory": memory,
+        "default_time_limit": time_limit,
+    }
+    resp = Client(sock).put(f"/v1/classes/{name}", body)
+    print_json(resp) if json_out else typer.echo(f"Set class {name} (value {resp['value']})")
+
+
+def whoami(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
+    """Who the daemon thinks you are, and your teams."""
+    resp = Client(sock).get("/v1/whoami")
+    if json_out:
+        print_json(resp)
+        return
+    role = " (mlq admin)" if resp["admin"] else ""
+    typer.echo(
+        f"{resp['user']} uid={resp['uid']}{role}; teams: {', '.join(resp['teams']) or 'none'}"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    app.add_typer(team_app, name="team")
+    app.add_typer(quota_app, name="quota")
+    app.add_typer(class_app, name="class")
+    app.command("whoami")(whoami)

@@ -1,7 +1,263 @@
-"""mlq jobs commands (filled in by its issue)."""
+"""Job commands: submit, queue (ls), show, cancel, history."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from mlq.cli.client import Client
+from mlq.cli.output import age, console, local_time, print_json, table
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable keys) and nothing else")]
+SocketOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--socket", envvar="MLQ_SOCKET", help="The daemon's socket [default: /run/mlq/mlq.sock]"
+    ),
+]
+
+
+def _load_yaml(path: Path) -> object:
+    import yaml
+    from mlq.scheduler.errors import InvalidInput
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 (a safe loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise InvalidInput(
+            f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", str(path)
+        ) from None
+
+
+def submit(
+    file: Annotated[Path, typer.Argument(help="The job file (YAML)")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the resolved job and its limits; store nothing")
+    ] = False,
+    array: Annotated[
+        str | None, typer.Option("--array", help="Submit a job array: 0-99, 0-99:2 or 1,3,5")
+    ] = None,
+    after: Annotated[
+        list[int] | None, typer.Option("--after", help="Start only after job ID ends successfully")
+    ] = None,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Queue a job file; prints the job ID."""
+    from mlq.scheduler.errors import InvalidInput
+
+    data = _load_yaml(file)
+    client = Client(sock)
+    try:
+        resp = client.post(
+            "/v1/jobs",
+            {
+                "spec": data,
+                "source": str(file),
+                "array": array,
+                "after": after or [],
+                "dry_run": dry_run,
+            },
+        )
+    except InvalidInput as exc:
+        raise InvalidInput(exc.problems, str(file)) from None
+    if json_out:
+        print_json(resp)
+        return
+    if dry_run:
+        import yaml
+
+        out = console()
+        out.print(f"# {file}: valid; nothing stored (--dry-run)")
+        out.print(yaml.safe_dump(resp["resolved"], sort_keys=False).rstrip())
+        out.print("# limits, in cgroup v2 terms")
+        out.print(yaml.safe_dump(resp["limits"], sort_keys=False).rstrip())
+        return
+    jobs = resp["jobs"]
+    if resp.get("array_id") is not None:
+        typer.echo(
+            f"Submitted array {resp['array_id']}: {len(jobs)} jobs, "
+            f"IDs {jobs[0]['id']}-{jobs[-1]['id']}"
+        )
+    else:
+        typer.echo(f"Submitted job {jobs[0]['id']}")
+
+
+def _whoami(client: Client) -> str:
+    return client.get("/v1/whoami")["user"]
+
+
+def queue(
+    team: Annotated[str | None, typer.Option("--team", "-t", help="Only this team's jobs")] = None,
+    state: Annotated[
+        list[str] | None, typer.Option("--state", "-s", help="Only jobs in this state (repeatable)")
+    ] = None,
+    mine: Annotated[bool, typer.Option("--mine", help="Only my jobs")] = False,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """List queued and running jobs, like squeue."""
+    client = Client(sock)
+    user = _whoami(client) if mine else None
+    resp = client.get("/v1/jobs", team=team, state=state, user=user)
+    if json_out:
+        print_json(resp)
+        return
+    now = time.time()
+    rows = [
+        [
+            j["id"]
+            if j["array_index"] is None
+            else f"{j['id']} ({j['array_id']}_{j['array_index']})",
+            j["name"],
+            j["team"],
+            j["user"],
+            j["priority_class"],
+            j["state"],
+            j["reason"],
+            age(j["submitted_at"], now),
+        ]
+        for j in resp["jobs"]
+    ]
+    console().print(table(["ID", "NAME", "TEAM", "USER", "CLASS", "STATE", "REASON", "AGE"], rows))
+
+
+def show(
+    job_id: Annotated[int, typer.Argument(help="The job's ID")],
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """The whole job and its event timeline."""
+    j = Client(sock).get(f"/v1/jobs/{job_id}")
+    if json_out:
+        print_json(j)
+        return
+    from mlq.scheduler.units import format_cpus, format_duration, format_size
+
+    r = j["spec"]["resources"]
+    out = console()
+    out.print(f"[bold]Job {j['id']}[/bold]  {j['name']}  ({j['team']}/{j['user']})")
+    out.print(f"  state      {j['state']}" + (f"  ({j['reason']})" if j["reason"] else ""))
+    out.print(f"  class      {j['priority_class']} (priority {j['priority']}), kind {j['kind']}")
+    gpus = f"{r['gpus']} GPU" if r["gpus"] else ""
+    if r.get("mig"):
+        gpus = f"{r['mig']['count']} x MIG {r['mig']['profile']}"
+    cpus = r["cpus"]
+    milli = int(cpus[:-1]) if isinstance(cpus, str) and cpus.endswith("m") else int(cpus)
+    out.print(
+        f"  resources  {format_cpus(milli)} CPU, {format_size(r['memory'])} memory"
+        + (f", {gpus}" if gpus else "")
+    )
+    if j["spec"].get("time_limit"):
+        out.print(f"  time limit {format_duration(j['spec']['time_limit'])}")
+    out.print(f"  command    {' '.join(j['spec']['command'])}")
+    for label, key in (
+        ("submitted", "submitted_at"),
+        ("started", "started_at"),
+        ("ended", "ended_at"),
+    ):
+        if j.get(key):
+            out.print(f"  {label:<10} {local_time(j[key])}")
+    if j.get("node"):
+        out.print(f"  node       {j['node']}")
+    if j.get("depends_on"):
+        out.print(f"  after      {', '.join(str(d) for d in j['depends_on'])} (afterok)")
+    if j.get("exit_code") is not None or j.get("signal"):
+        out.print(
+            f"  exit       code {j['exit_code']}"
+            + (f", signal {j['signal']}" if j["signal"] else "")
+        )
+    if j.get("restart_count"):
+        out.print(f"  restarts   {j['restart_count']}")
+    out.print()
+    rows = [[local_time(e["at"]), e["state"], e["reason"]] for e in j["events"]]
+    out.print(table(["TIME", "STATE", "REASON"], rows, title=None))
+
+
+def cancel(
+    job_ids: Annotated[list[int], typer.Argument(help="Job IDs to cancel")],
+    now: Annotated[bool, typer.Option("--now", help="Kill at once; no grace period")] = False,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Cancel jobs: pending ones at once, running ones gracefully (--now kills)."""
+    resp = Client(sock).post("/v1/jobs/cancel", {"ids": job_ids, "now": now})
+    if json_out:
+        print_json(resp)
+        return
+    for r in resp["results"]:
+        typer.echo(f"job {r['id']}: {r['state']} ({r['message']})")
+
+
+def history(
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Jobs that ended in the last 2h, 1d, ... or since a date"),
+    ] = None,
+    team: Annotated[str | None, typer.Option("--team", "-t")] = None,
+    mine: Annotated[bool, typer.Option("--mine", help="Only my jobs")] = False,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Finished jobs, like sacct."""
+    client = Client(sock)
+    user = _whoami(client) if mine else None
+    resp = client.get("/v1/history", since=_since(since), team=team, user=user)
+    if json_out:
+        print_json(resp)
+        return
+    rows = [
+        [
+            j["id"],
+            j["name"],
+            j["team"],
+            j["user"],
+            j["state"],
+            "" if j["exit_code"] is None else j["exit_code"],
+            local_time(j["started_at"]),
+            local_time(j["ended_at"]),
+            j["reason"],
+        ]
+        for j in resp["jobs"]
+    ]
+    console().print(
+        table(["ID", "NAME", "TEAM", "USER", "STATE", "EXIT", "STARTED", "ENDED", "REASON"], rows)
+    )
+
+
+def _since(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from datetime import datetime
+
+    from mlq.scheduler.errors import InvalidInput
+    from mlq.scheduler.units import parse_duration
+
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise InvalidInput(
+            f'--since: "{text}" is not a duration or a date; use 2h, 1d or 2026-11-29T08:00'
+        ) from None
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    app.command("submit")(submit)
+    app.command("queue")(queue)
+    app.command("ls", help="Alias of queue.", hidden=True)(queue)
+    app.command("show")(show)
+    app.command("cancel")(cancel)
+    app.command("history")(history)

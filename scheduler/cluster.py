@@ -30,10 +30,14 @@ def parse_quota_value(resource: str, value: object) -> float:
     memory in bytes, gpu-equivalent in GPUs (fractions allowed)."""
     if not RESOURCE_RE.match(resource):
         raise ValueError(f'"{resource}" is not a quota resource; {RESOURCE_HELP}')
-    if resource == "cpu":
-        return float(parse_cpus(value))
-    if resource == "memory":
-        return float(parse_size(value))
+    try:
+        if resource == "cpu":
+            return float(parse_cpus(value))
+        if resource == "memory":
+            return float(parse_size(value))
+    except ValueError as exc:
+        shown = f'"{value}"' if isinstance(value, str) else repr(value)
+        raise ValueError(f"{shown} {exc}") from None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"{value!r} is not a count")
     try:
@@ -59,7 +63,7 @@ QuotaMap = Annotated[dict[str, float], BeforeValidator(_quota_map)]
 
 
 class ClassDefaults(Strict):
-    cpus: Millicores = 1000
+    cpus: Millicores = 1000  # default values are not validated: base units
     memory: Bytes = 4 * 2**30
     time_limit: Seconds | None = None
 
@@ -79,19 +83,19 @@ DEFAULT_CLASSES = (
         value=1000,
         preempts=["training", "batch"],
         preemptible=False,
-        defaults=ClassDefaults(cpus=4000, memory=16 * 2**30),
+        defaults=ClassDefaults(cpus=4, memory=16 * 2**30),
     ),
     PriorityClass(
         name="training",
         value=500,
         preempts=["batch"],
-        defaults=ClassDefaults(cpus=4000, memory=16 * 2**30, time_limit=7 * 86400),
+        defaults=ClassDefaults(cpus=4, memory=16 * 2**30, time_limit=7 * 86400),
     ),
     PriorityClass(
         name="batch",
         value=100,
         preempts=[],
-        defaults=ClassDefaults(cpus=1000, memory=4 * 2**30, time_limit=86400),
+        defaults=ClassDefaults(cpus=1, memory=4 * 2**30, time_limit=86400),
     ),
 )
 

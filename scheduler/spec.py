@@ -17,10 +17,22 @@ from typing import Annotated, Any, Literal
 import yaml
 from mlq.scheduler.errors import InvalidInput, describe_validation_error
 from mlq.scheduler.units import parse_cpus, parse_duration, parse_size
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
 
 Bytes = Annotated[int, BeforeValidator(parse_size)]
-Millicores = Annotated[int, BeforeValidator(parse_cpus)]
+# An int read from a file means CPUs (2 -> 2000 millicores); in JSON it is written
+# back as "2000m" so that a stored spec parses to the same value again.
+Millicores = Annotated[
+    int, BeforeValidator(parse_cpus), PlainSerializer(lambda v: f"{v}m", when_used="json")
+]
 Seconds = Annotated[int, BeforeValidator(parse_duration)]
 
 KINDS = ("training", "inference", "batch")

@@ -1,0 +1,267 @@
+"""The daemon's HTTP API (FastAPI), served on a Unix socket.
+
+Routes are thin: identify the caller from the socket's credentials, check the
+rule in ``auth``, call the store, answer with a typed model. Every ``MlqError``
+becomes an HTTP status with a JSON body the CLI turns back into the same error.
+Handlers are ``async`` and call the (fast, local) store directly: one event
+loop thread owns all writes, which keeps SQLite single-writer and cheap.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from mlq.scheduler import states
+from mlq.scheduler.cluster import ClassDefaults, PriorityClass, parse_quota_value
+from mlq.scheduler.daemon import schemas as S
+from mlq.scheduler.daemon.auth import Caller, require_admin, require_cancel
+from mlq.scheduler.daemon.peer import Peer
+from mlq.scheduler.daemon.submit import cgroup_limits, prepare, store_jobs
+from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, NotFound, Refused
+from mlq.scheduler.store import Store
+from mlq.scheduler.units import format_cpus, format_duration, format_size
+
+STATUS = {InvalidInput: 422, Refused: 403, NotFound: 404, Conflict: 409}
+
+
+class Daemon:
+    """What the routes need: the store, the admin group, and a hook that asks for a
+    scheduling pass (a no-op until the scheduling loop is attached)."""
+
+    def __init__(self, store: Store, admin_group: str = "mlq-admin") -> None:
+        self.store = store
+        self.admin_group = admin_group
+        self.on_change: Callable[[str], None] = lambda why: None
+        # Cancelling a running job needs the executor; the loop installs this.
+        self.stop_running: Callable[[int, bool, str], str] | None = None
+
+
+def caller(request: Request) -> Caller:
+    """The caller, from the socket's peer credentials (set by ``PeerCredProtocol``)."""
+    peer: Peer | None = request.scope.get("mlq.peer")
+    if peer is None:
+        raise Refused("the caller could not be identified; connect over mlq's Unix socket")
+    return Caller.of(peer, request.app.state.daemon.admin_group)
+
+
+Who = Annotated[Caller, Depends(caller)]
+
+
+def build_app(daemon: Daemon) -> FastAPI:
+    app = FastAPI(
+        title="mlq",
+        summary="A batch scheduler for ML jobs on shared GPU machines",
+        version="1",
+    )
+    app.state.daemon = daemon
+    store = daemon.store
+
+    @app.exception_handler(MlqError)
+    async def _mlq_error(_: Request, exc: MlqError) -> JSONResponse:
+        status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+        problems = exc.problems if isinstance(exc, InvalidInput) else []
+        body = S.ErrorOut(error=type(exc).__name__, message=str(exc), problems=problems)
+        return JSONResponse(body.model_dump(), status_code=status)
+
+    # -- jobs ---------------------------------------------------------------------
+
+    @app.post("/v1/jobs", response_model=S.SubmitResponse, tags=["jobs"])
+    async def submit(body: S.SubmitRequest, who: Who) -> S.SubmitResponse:
+        resolved, indices = prepare(store, who, body.spec, body.source, body.array, body.after)
+        if body.dry_run:
+            return S.SubmitResponse(
+                jobs=[],
+                dry_run=True,
+                resolved=resolved.model_dump(mode="json") | {"array": indices},
+                limits=cgroup_limits(resolved),
+            )
+        ids, array_id = store_jobs(store, who, resolved, indices)
+        daemon.on_change("submit")
+        jobs = store.jobs(ids=ids) if len(ids) > 1 else [store.job(ids[0])]
+        return S.SubmitResponse(jobs=[S.JobOut.of(j) for j in jobs], array_id=array_id)
+
+    @app.get("/v1/jobs", response_model=S.JobList, tags=["jobs"])
+    async def queue(
+        team: str | None = None,
+        state: Annotated[list[str] | None, Query()] = None,
+        user: str | None = None,
+    ) -> S.JobList:
+        wanted = [s.upper() for s in state] if state else list(states.ACTIVE)
+        bad = [s for s in wanted if s not in states.ALL]
+        if bad:
+            raise InvalidInput(
+                f'state: "{bad[0]}" is not a state; use one of {", ".join(states.ALL)}'
+            )
+        jobs = store.jobs(states_in=wanted, team=team, user=user)
+        return S.JobList(jobs=[S.JobOut.of(j) for j in jobs])
+
+    @app.get("/v1/history", response_model=S.JobList, tags=["jobs"])
+    async def history(
+        since: float | None = None,
+        team: str | None = None,
+        user: str | None = None,
+        limit: int = 1000,
+    ) -> S.JobList:
+        jobs = store.jobs(states_in=states.FINAL, team=team, user=user, since=since)
+        jobs.sort(key=lambda j: j.ended_at or 0)
+        return S.JobList(jobs=[S.JobOut.of(j) for j in jobs[-limit:]])
+
+    @app.get("/v1/jobs/{job_id}", response_model=S.JobDetail, tags=["jobs"])
+    async def show(job_id: int) -> S.JobDetail:
+        return S.JobDetail.detail(store.job(job_id), store.events(job_id))
+
+    @app.post("/v1/jobs/cancel", response_model=S.CancelResponse, tags=["jobs"])
+    async def cancel(body: S.CancelRequest, who: Who) -> S.CancelResponse:
+        jobs = {j.id: j for j in store.jobs(ids=body.ids)}
+        missing = [i for i in body.ids if i not in jobs]
+        if missing:
+            raise NotFound(f"job {missing[0]} does not exist; see mlq queue or mlq history")
+        for j in jobs.values():
+            require_cancel(who, j, store)
+        results = []
+        for job_id in body.ids:
+            j = jobs[job_id]
+            why = f"Cancelled by {who.user}"
+            if j.state in states.FINAL:
+                results.append(S.CancelResult(id=job_id, state=j.state, message="already ended"))
+            elif j.state == states.PENDING:
+                store.transition(job_id, states.CANCELLED, why, ended_at=time.time())
+                results.append(S.CancelResult(id=job_id, state=states.CANCELLED, message=why))
+            elif daemon.stop_running is not None:
+                new_state = daemon.stop_running(job_id, body.now, why)
+                results.append(S.CancelResult(id=job_id, state=new_state, message=why))
+            else:
+                raise Conflict(f"job {job_id} is {j.state}; this daemon cannot stop running jobs")
+        daemon.on_change("cancel")
+        return S.CancelResponse(results=results)
+
+    # -- teams, quotas, classes ---------------------------------------------------------
+
+    def team_out(t: Any) -> S.TeamOut:
+        return S.TeamOut(
+            name=t.name, members=t.members, admins=t.admins, guarantee=t.guarantee, limit=t.limit
+        )
+
+    @app.get("/v1/teams", response_model=S.TeamList, tags=["teams"])
+    async def teams() -> S.TeamList:
+        return S.TeamList(teams=[team_out(t) for t in store.teams()])
+
+    @app.get("/v1/teams/{name}", response_model=S.TeamOut, tags=["teams"])
+    async def team(name: str) -> S.TeamOut:
+        return team_out(store.team(name))
+
+    @app.post("/v1/teams", response_model=S.TeamOut, tags=["teams"])
+    async def create_team(body: S.TeamCreate, who: Who) -> S.TeamOut:
+        require_admin(who, f'create team "{body.name}"', daemon.admin_group)
+        store.create_team(body.name)
+        for m in body.members:
+            store.add_member(body.name, m, "member")
+        for a in body.admins:
+            store.add_member(body.name, a, "admin")
+        return team_out(store.team(body.name))
+
+    @app.delete("/v1/teams/{name}", response_model=S.TeamList, tags=["teams"])
+    async def delete_team(name: str, who: Who) -> S.TeamList:
+        require_admin(who, f'delete team "{name}"', daemon.admin_group)
+        store.delete_team(name)
+        daemon.on_change("team")
+        return S.TeamList(teams=[team_out(t) for t in store.teams()])
+
+    @app.post("/v1/teams/{name}/members", response_model=S.TeamOut, tags=["teams"])
+    async def add_member(name: str, body: S.MemberChange, who: Who) -> S.TeamOut:
+        require_admin(who, f'add "{body.name}" to team "{name}"', daemon.admin_group)
+        store.add_member(name, body.name, body.role)
+        return team_out(store.team(name))
+
+    @app.post("/v1/teams/{name}/members/remove", response_model=S.TeamOut, tags=["teams"])
+    async def remove_member(name: str, body: S.MemberChange, who: Who) -> S.TeamOut:
+        require_admin(who, f'remove "{body.name}" from team "{name}"', daemon.admin_group)
+        store.remove_member(name, body.name, body.role)
+        return team_out(store.team(name))
+
+    @app.put("/v1/quotas/{team}", response_model=S.TeamOut, tags=["teams"])
+    async def set_quota(team: str, body: S.QuotaSet, who: Who) -> S.TeamOut:
+        require_admin(who, f'set the quota of team "{team}"', daemon.admin_group)
+        problems: list[str] = []
+        parsed: dict[str, dict[str, float]] = {"guarantee": {}, "limit": {}}
+        for kind in ("guarantee", "limit"):
+            for key, value in getattr(body, kind).items():
+                try:
+                    parsed[kind][key] = parse_quota_value(key, value)
+                except ValueError as exc:
+                    problems.append(f"--{kind} {key}={value}: {exc}")
+        if problems:
+            raise InvalidInput(problems)
+        view = store.set_quota(team, parsed["guarantee"], parsed["limit"], body.clear)
+        daemon.on_change("quota")
+        return team_out(view)
+
+    def class_out(c: PriorityClass) -> S.ClassOut:
+        d = c.defaults
+        return S.ClassOut(
+            name=c.name,
+            value=c.value,
+            preempts=c.preempts,
+            preemptible=c.preemptible,
+            min_run_time=c.min_run_time,
+            default_cpus=format_cpus(d.cpus),
+            default_memory=format_size(d.memory),
+            default_time_limit=format_duration(d.time_limit) if d.time_limit else None,
+        )
+
+    @app.get("/v1/classes", response_model=S.ClassList, tags=["classes"])
+    async def classes() -> S.ClassList:
+        return S.ClassList(classes=[class_out(c) for c in store.classes()])
+
+    @app.put("/v1/classes/{name}", response_model=S.ClassOut, tags=["classes"])
+    async def set_class(name: str, body: S.ClassSet, who: Who) -> S.ClassOut:
+        require_admin(who, f'set priority class "{name}"', daemon.admin_group)
+        current = next((c for c in store.classes() if c.name == name), None)
+        if current is None and body.value is None:
+            raise InvalidInput(f'class "{name}" is new: --value is required')
+        base = current.model_dump() if current else {"name": name, "defaults": {}}
+        d = dict(base["defaults"])
+        for field, key in (
+            ("default_cpus", "cpus"),
+            ("default_memory", "memory"),
+            ("default_time_limit", "time_limit"),
+        ):
+            v = getattr(body, field)
+            if v is not None:
+                d[key] = v
+        if current:
+            d["cpus"] = f"{current.defaults.cpus}m" if body.default_cpus is None else d["cpus"]
+        updates = {
+            k: getattr(body, k)
+            for k in ("value", "preempts", "preemptible", "min_run_time")
+            if getattr(body, k) is not None
+        }
+        from mlq.scheduler.spec import validation_problems
+        from pydantic import ValidationError
+
+        try:
+            pc = PriorityClass.model_validate(base | updates | {"defaults": ClassDefaults(**d)})
+        except ValidationError as exc:
+            raise InvalidInput(validation_problems(exc, PriorityClass)) from None
+        store.set_class(pc)
+        daemon.on_change("class")
+        return class_out(pc)
+
+    @app.get("/v1/whoami", response_model=S.WhoAmI, tags=["meta"])
+    async def whoami(who: Who) -> S.WhoAmI:
+        member, admin = store.teams_of(who.user, who.peer.groups)
+        return S.WhoAmI(
+            user=who.user,
+            uid=who.peer.uid,
+            gid=who.peer.gid,
+            groups=list(who.peer.groups),
+            admin=who.is_admin,
+            teams=sorted(member),
+            admin_of=sorted(admin),
+        )
+
+    return app

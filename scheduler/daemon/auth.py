@@ -1,0 +1,63 @@
+"""Who may do what. Pure rules over a caller and the store's membership.
+
+- A user submits only to a team they are a member of (as a user or via ``@group``).
+- A user cancels their own jobs; a team admin cancels any job of the team.
+- Root, or a member of the configured admin group, manages teams, quotas and
+  priority classes, and may submit to or cancel in any team.
+Refusals say who asked for what and why not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlq.scheduler.daemon.peer import Peer
+from mlq.scheduler.errors import Refused
+from mlq.scheduler.models import Job
+from mlq.scheduler.store import Store
+
+
+@dataclass(frozen=True)
+class Caller:
+    peer: Peer
+    is_admin: bool
+
+    @property
+    def user(self) -> str:
+        return self.peer.user
+
+    @classmethod
+    def of(cls, peer: Peer, admin_group: str) -> Caller:
+        return cls(peer=peer, is_admin=peer.uid == 0 or admin_group in peer.groups)
+
+
+def require_admin(caller: Caller, action: str, admin_group: str) -> None:
+    if not caller.is_admin:
+        raise Refused(
+            f"{caller.user} may not {action}: only root or members of the "
+            f'"{admin_group}" group manage teams, quotas and priority classes'
+        )
+
+
+def require_submit(caller: Caller, team: str, store: Store) -> None:
+    if caller.is_admin:
+        return
+    member, _ = store.teams_of(caller.user, caller.peer.groups)
+    if team not in member:
+        mine = ", ".join(sorted(member)) or "none"
+        raise Refused(
+            f'{caller.user} may not submit to team "{team}": not a member '
+            f"(your teams: {mine}; a team admin or mlq admin adds members)"
+        )
+
+
+def require_cancel(caller: Caller, job: Job, store: Store) -> None:
+    if caller.is_admin or job.user == caller.user:
+        return
+    _, admin = store.teams_of(caller.user, caller.peer.groups)
+    if job.team in admin:
+        return
+    raise Refused(
+        f"{caller.user} may not cancel job {job.id}: it belongs to {job.user} "
+        f'and you are not an admin of team "{job.team}"'
+    )

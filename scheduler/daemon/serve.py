@@ -1,0 +1,123 @@
+"""Starting the daemon: paths, the store, first-start seeding, the socket, uvicorn.
+
+Paths come from flags, then ``MLQ_STATE_DIR`` / ``MLQ_SOCKET`` / ``MLQ_CONFIG`` /
+``MLQ_DATABASE_URL``, then the defaults below. One daemon per state dir: a lock
+file refuses a second one, and a stale socket left by a killed daemon is replaced.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlq.scheduler.cluster import ClusterConfig, load_cluster
+from mlq.scheduler.errors import MlqError
+from mlq.scheduler.store import Store, sqlite_url
+
+DEFAULT_STATE_DIR = "/var/lib/mlq"
+DEFAULT_SOCKET = "/run/mlq/mlq.sock"
+DEFAULT_CONFIGS = ("/etc/mlq/cluster.yaml",)
+
+log = logging.getLogger("mlq.server")
+
+
+@dataclass
+class ServerPaths:
+    state_dir: Path
+    socket: Path
+    database_url: str
+    config: Path | None
+
+    @classmethod
+    def resolve(
+        cls,
+        state_dir: str | None = None,
+        socket_path: str | None = None,
+        database_url: str | None = None,
+        config: str | None = None,
+    ) -> ServerPaths:
+        sd = Path(state_dir or os.environ.get("MLQ_STATE_DIR") or DEFAULT_STATE_DIR)
+        sock = Path(socket_path or os.environ.get("MLQ_SOCKET") or DEFAULT_SOCKET)
+        url = database_url or os.environ.get("MLQ_DATABASE_URL") or sqlite_url(sd)
+        cfg = config or os.environ.get("MLQ_CONFIG")
+        if cfg is None:
+            cfg = next((c for c in DEFAULT_CONFIGS if Path(c).exists()), None)
+        return cls(sd, sock, url, Path(cfg) if cfg else None)
+
+
+class ServerError(MlqError):
+    exit_code = 1
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ServerError(
+            f"another mlq server is running on state dir {state_dir}; stop it first"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _clear_stale_socket(path: Path) -> None:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # left by a daemon that died: nobody answers on it
+    else:
+        raise ServerError(f"another mlq server answers on {path}; stop it or use --socket")
+    finally:
+        probe.close()
+
+
+def open_store(paths: ServerPaths) -> tuple[Store, ClusterConfig]:
+    """The store, seeded from the cluster config at first start."""
+    cluster = load_cluster(paths.config) if paths.config else ClusterConfig()
+    store = Store(paths.database_url)
+    if not store.is_seeded():
+        store.seed(cluster)
+        log.info(
+            "first start: loaded teams, quotas and classes from %s", paths.config or "defaults"
+        )
+    return store, cluster
+
+
+def serve(paths: ServerPaths, log_level: str = "warning") -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    import uvicorn
+    from mlq.scheduler.daemon.app import Daemon, build_app
+    from mlq.scheduler.daemon.peer import PeerCredProtocol
+
+    lock_fd = _lock_state_dir(paths.state_dir)
+    store, cluster = open_store(paths)
+    _clear_stale_socket(paths.socket)
+    daemon = Daemon(store, cluster.admin_group)
+    app = build_app(daemon)
+    config = uvicorn.Config(
+        app,
+        uds=str(paths.socket),
+        http=PeerCredProtocol,
+        loop="uvloop",
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    finally:
+        store.close()
+        os.close(lock_fd)

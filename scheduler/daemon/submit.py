@@ -1,0 +1,94 @@
+"""Turning a submitted job file into stored jobs: validate, resolve, authorise, expand arrays.
+
+Everything is checked before anything is written; an array is stored in one
+transaction, so a refused or invalid submission leaves no row behind.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from mlq.scheduler import states
+from mlq.scheduler.daemon.auth import Caller, require_submit
+from mlq.scheduler.errors import InvalidInput
+from mlq.scheduler.models import Job
+from mlq.scheduler.spec import JobSpec, parse_array, parse_spec, resolve
+from mlq.scheduler.store import Store
+from mlq.scheduler.units import format_size
+
+
+def cgroup_limits(spec: JobSpec) -> dict[str, Any]:
+    """The resolved limits in cgroup v2 terms, as ``--dry-run`` shows them."""
+    r = spec.resources
+    assert r.cpus is not None and r.memory is not None and r.memory_high is not None
+    period = 100_000
+    return {
+        "memory.max": r.memory,
+        "memory.high": r.memory_high,
+        "memory.swap.max": r.swap,
+        "cpu.max": f"{r.cpus * period // 1000} {period}",
+        "pids.max": r.pids,
+        "io.weight": r.io_weight,
+        "/dev/shm": format_size(r.shm),
+    }
+
+
+def prepare(
+    store: Store, caller: Caller, raw: Any, source: str | None, array: str | None, after: list[int]
+) -> tuple[JobSpec, list[int] | None]:
+    """Validate and resolve a submission; raises before anything is stored."""
+    spec = parse_spec(raw, source)
+    if array is not None:
+        try:
+            indices: list[int] | None = parse_array(array)
+        except ValueError as exc:
+            raise InvalidInput(f'--array: "{array}" {exc}') from None
+    else:
+        indices = spec.array
+    if after:
+        spec = spec.model_copy(update={"depends_on": sorted(set(spec.depends_on) | set(after))})
+    known = {t.name for t in store.teams()}
+    if spec.team not in known:
+        raise InvalidInput(
+            f'team: "{spec.team}" is not a team of this cluster; known: {", ".join(sorted(known)) or "none"}',
+            source,
+        )
+    require_submit(caller, spec.team, store)
+    resolved = resolve(spec, store.classes())
+    if spec.depends_on:
+        found = {j.id for j in store.jobs(ids=spec.depends_on)}
+        missing = [str(i) for i in spec.depends_on if i not in found]
+        if missing:
+            raise InvalidInput(f"depends_on: job {', '.join(missing)} does not exist", source)
+    return resolved, indices
+
+
+def store_jobs(
+    store: Store, caller: Caller, resolved: JobSpec, indices: list[int] | None
+) -> tuple[list[int], int | None]:
+    """Write the job (or one job per array index); returns IDs and the array ID."""
+    classes = {c.name: c for c in store.classes()}
+    now = time.time()
+    body = resolved.model_dump_json(exclude={"array"})
+    common = dict(
+        name=resolved.name,
+        team=resolved.team,
+        user=caller.user,
+        uid=caller.peer.uid,
+        gid=caller.peer.gid,
+        kind=resolved.kind,
+        priority_class=resolved.priority_class or resolved.kind,
+        priority=classes[resolved.priority_class or resolved.kind].value,
+        state=states.PENDING,
+        reason="Dependency" if resolved.depends_on else "",
+        spec=body,
+        submitted_at=now,
+        depends_on=json.dumps(resolved.depends_on),
+    )
+    if indices is None:
+        return store.add_jobs([Job(**common)]), None
+    jobs = [Job(**common, array_index=i) for i in indices]
+    ids = store.add_jobs(jobs, as_array=True)
+    return ids, ids[0]

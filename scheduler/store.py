@@ -1,0 +1,367 @@
+"""The store: every job, event, team, quota and priority class, in SQL.
+
+SQLite in WAL mode under the state dir is the embedded default; the same models
+run on PostgreSQL (``--database-url``). Every change is committed before the
+caller returns, so an answer from the API means the change survives a crash of
+the daemon. Each state change of a job writes a ``JobEvent`` in the same
+transaction as the change itself.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlq.scheduler import migrations, states
+from mlq.scheduler.cluster import ClassDefaults, ClusterConfig, PriorityClass
+from mlq.scheduler.errors import Conflict, InvalidInput, NotFound
+from mlq.scheduler.models import Job, JobEvent, Member, Meta, PriorityClassRow, Quota, Team
+from sqlalchemy import create_engine, event, func, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+
+def sqlite_url(state_dir: str | Path) -> str:
+    return f"sqlite:///{Path(state_dir) / 'mlq.db'}"
+
+
+@dataclass
+class TeamView:
+    """A team with its members, admins and quotas, as the API shows it."""
+
+    name: str
+    members: list[str] = field(default_factory=list)
+    admins: list[str] = field(default_factory=list)
+    guarantee: dict[str, float] = field(default_factory=dict)
+    limit: dict[str, float] = field(default_factory=dict)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL: readers never block the writer. synchronous=NORMAL: a commit is in the
+    # WAL before we answer, so a crash of the daemon loses nothing; only a power
+    # loss could drop the last commits (set MLQ_SQLITE_SYNC=FULL to trade speed).
+    cur.execute("PRAGMA journal_mode=WAL")
+    import os
+
+    cur.execute(f"PRAGMA synchronous={os.environ.get('MLQ_SQLITE_SYNC', 'NORMAL')}")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+class Store:
+    """All access to the database goes through here."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 10}
+            )
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        migrations.upgrade(self.engine)
+        # One writer at a time inside this process; SQLite serialises across processes.
+        self._write_lock = threading.RLock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session whose changes are committed (durably) when the block ends."""
+        with self._write_lock, Session(self.engine, expire_on_commit=False) as s:
+            yield s
+            s.commit()
+
+    # -- first start ---------------------------------------------------------------
+
+    def is_seeded(self) -> bool:
+        with self.session() as s:
+            return s.get(Meta, "seeded") is not None
+
+    def seed(self, cluster: ClusterConfig) -> None:
+        """Load teams, quotas and classes from the cluster config, once."""
+        now = time.time()
+        with self.write() as s:
+            if s.get(Meta, "seeded") is not None:
+                return
+            for c in cluster.priority_classes:
+                s.add(_class_row(c))
+            for t in cluster.teams:
+                s.add(Team(name=t.name, created_at=now))
+                for m in t.members:
+                    s.add(Member(team=t.name, name=m, role="member"))
+                for a in t.admins:
+                    s.add(Member(team=t.name, name=a, role="admin"))
+                for key in set(t.guarantee) | set(t.limit):
+                    s.add(
+                        Quota(
+                            team=t.name,
+                            resource=key,
+                            guarantee=t.guarantee.get(key),
+                            limit=t.limit.get(key),
+                        )
+                    )
+            s.add(Meta(key="seeded", value=str(now)))
+
+    # -- priority classes -------------------------------------------------------------
+
+    def classes(self) -> list[PriorityClass]:
+        with self.session() as s:
+            rows = s.exec(select(PriorityClassRow).order_by(col(PriorityClassRow.value).desc()))
+            return [_class_model(r) for (r,) in rows]
+
+    def set_class(self, pc: PriorityClass) -> None:
+        known = {c.name for c in self.classes()} | {pc.name}
+        for p in pc.preempts:
+            if p not in known:
+                raise InvalidInput(
+                    f'preempts: "{p}" is not a class; known: {", ".join(sorted(known))}'
+                )
+        with self.write() as s:
+            s.merge(_class_row(pc))
+
+    # -- teams and quotas ---------------------------------------------------------------
+
+    def teams(self) -> list[TeamView]:
+        with self.session() as s:
+            views = {t.name: TeamView(t.name) for (t,) in s.exec(select(Team).order_by(Team.name))}
+            for (m,) in s.exec(select(Member).order_by(Member.name)):
+                if m.team in views:
+                    (views[m.team].admins if m.role == "admin" else views[m.team].members).append(
+                        m.name
+                    )
+            for (q,) in s.exec(select(Quota)):
+                if q.team in views:
+                    if q.guarantee is not None:
+                        views[q.team].guarantee[q.resource] = q.guarantee
+                    if q.limit is not None:
+                        views[q.team].limit[q.resource] = q.limit
+            return list(views.values())
+
+    def team(self, name: str) -> TeamView:
+        for t in self.teams():
+            if t.name == name:
+                return t
+        raise NotFound(f'team "{name}" does not exist; see mlq team list')
+
+    def create_team(self, name: str) -> None:
+        with self.write() as s:
+            if s.get(Team, name) is not None:
+                raise Conflict(f'team "{name}" already exists')
+            s.add(Team(name=name, created_at=time.time()))
+
+    def delete_team(self, name: str) -> None:
+        with self.write() as s:
+            if s.get(Team, name) is None:
+                raise NotFound(f'team "{name}" does not exist; see mlq team list')
+            active = s.exec(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.team == name, col(Job.state).in_(states.ACTIVE))
+            ).one()[0]
+            if active:
+                raise Conflict(
+                    f'team "{name}" has {active} active jobs; cancel them before deleting the team'
+                )
+            for (m,) in s.exec(select(Member).where(Member.team == name)):
+                s.delete(m)
+            for (q,) in s.exec(select(Quota).where(Quota.team == name)):
+                s.delete(q)
+            s.delete(s.get(Team, name))
+
+    def add_member(self, team: str, name: str, role: str) -> None:
+        with self.write() as s:
+            if s.get(Team, team) is None:
+                raise NotFound(f'team "{team}" does not exist; see mlq team list')
+            if s.get(Member, (team, name, role)) is None:
+                s.add(Member(team=team, name=name, role=role))
+
+    def remove_member(self, team: str, name: str, role: str | None = None) -> None:
+        with self.write() as s:
+            q = select(Member).where(Member.team == team, Member.name == name)
+            if role:
+                q = q.where(Member.role == role)
+            rows = [m for (m,) in s.exec(q)]
+            if not rows:
+                raise NotFound(f'"{name}" is not in team "{team}"')
+            for m in rows:
+                s.delete(m)
+
+    def set_quota(
+        self,
+        team: str,
+        guarantee: dict[str, float],
+        limit: dict[str, float],
+        clear: Iterable[str] = (),
+    ) -> TeamView:
+        with self.write() as s:
+            if s.get(Team, team) is None:
+                raise NotFound(f'team "{team}" does not exist; see mlq team list')
+            for key in clear:
+                row = s.get(Quota, (team, key))
+                if row is not None:
+                    s.delete(row)
+            s.flush()
+            for key in set(guarantee) | set(limit):
+                row = s.get(Quota, (team, key)) or Quota(team=team, resource=key)
+                if key in guarantee:
+                    row.guarantee = guarantee[key]
+                if key in limit:
+                    row.limit = limit[key]
+                if (
+                    row.guarantee is not None
+                    and row.limit is not None
+                    and row.limit < row.guarantee
+                ):
+                    raise InvalidInput(
+                        f"{key}: limit {row.limit:g} is below guarantee {row.guarantee:g}; "
+                        "a limit must be at least the guarantee"
+                    )
+                s.add(row)
+        return self.team(team)
+
+    def teams_of(self, user: str, groups: Iterable[str]) -> tuple[set[str], set[str]]:
+        """(teams the user is a member of, teams the user administers)."""
+        names = {user} | {f"@{g}" for g in groups}
+        member: set[str] = set()
+        admin: set[str] = set()
+        with self.session() as s:
+            for (m,) in s.exec(select(Member).where(col(Member.name).in_(names))):
+                member.add(m.team)
+                if m.role == "admin":
+                    admin.add(m.team)
+        return member, admin
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def add_jobs(
+        self, jobs: list[Job], reason: str = "Submitted", as_array: bool = False
+    ) -> list[int]:
+        """Insert jobs and their first event in one transaction; returns their IDs.
+
+        With ``as_array`` the jobs share an array ID: the first job's ID, as in Slurm.
+        """
+        ids: list[int] = []
+        with self.write() as s:
+            conn = s.connection()
+            for job in jobs:
+                values = job.model_dump(exclude={"id"})
+                result = conn.execute(insert(Job).values(**values))
+                ids.append(int(result.inserted_primary_key[0]))
+            if as_array and ids:
+                conn.execute(update(Job).where(col(Job.id).in_(ids)).values(array_id=ids[0]))
+            conn.execute(
+                insert(JobEvent),
+                [
+                    {"job_id": i, "at": j.submitted_at, "state": j.state, "reason": reason}
+                    for i, j in zip(ids, jobs, strict=True)
+                ],
+            )
+        return ids
+
+    def job(self, job_id: int) -> Job:
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} does not exist; see mlq queue or mlq history")
+            return job
+
+    def events(self, job_id: int) -> list[JobEvent]:
+        with self.session() as s:
+            q = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+            return [e for (e,) in s.exec(q)]
+
+    def jobs(
+        self,
+        *,
+        states_in: Iterable[str] | None = None,
+        team: str | None = None,
+        user: str | None = None,
+        since: float | None = None,
+        ids: Iterable[int] | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        q = select(Job)
+        if states_in is not None:
+            q = q.where(col(Job.state).in_(list(states_in)))
+        if team:
+            q = q.where(Job.team == team)
+        if user:
+            q = q.where(Job.user == user)
+        if since is not None:
+            q = q.where(col(Job.ended_at) >= since)
+        if ids is not None:
+            q = q.where(col(Job.id).in_(list(ids)))
+        q = q.order_by(Job.id)
+        if limit:
+            q = q.limit(limit)
+        with self.session() as s:
+            return [j for (j,) in s.exec(q)]
+
+    def transition(self, job_id: int, state: str, reason: str = "", **fields: Any) -> Job:
+        """Move a job to ``state`` and record the event, in one transaction."""
+        with self.write() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} does not exist")
+            job.state = state
+            job.reason = reason
+            for k, v in fields.items():
+                setattr(job, k, v)
+            s.add(job)
+            s.add(JobEvent(job_id=job_id, at=time.time(), state=state, reason=reason))
+            return job
+
+    def set_reasons(self, reasons: dict[int, str]) -> None:
+        """Write pending reasons; not events (a reason is not a state change)."""
+        if not reasons:
+            return
+        with self.write() as s:
+            for job_id, reason in reasons.items():
+                job = s.get(Job, job_id)
+                if job is not None and job.reason != reason:
+                    job.reason = reason
+                    s.add(job)
+
+
+def _class_row(c: PriorityClass) -> PriorityClassRow:
+    return PriorityClassRow(
+        name=c.name,
+        value=c.value,
+        preempts=json.dumps(c.preempts),
+        preemptible=c.preemptible,
+        min_run_time=c.min_run_time,
+        default_cpus=c.defaults.cpus,
+        default_memory=c.defaults.memory,
+        default_time_limit=c.defaults.time_limit,
+    )
+
+
+def _class_model(r: PriorityClassRow) -> PriorityClass:
+    return PriorityClass(
+        name=r.name,
+        value=r.value,
+        preempts=json.loads(r.preempts),
+        preemptible=r.preemptible,
+        min_run_time=r.min_run_time,
+        defaults=ClassDefaults(
+            cpus=f"{r.default_cpus}m", memory=r.default_memory, time_limit=r.default_time_limit
+        ),
+    )
