@@ -1,0 +1,320 @@
+"""Where a job fits: the policy's working copy of the nodes' free room, indexed by shape.
+
+``Room`` is built once per decision from the snapshot and changes only inside the
+policy (the snapshot itself is never touched). Finding a node does not rescan the
+cluster: nodes sit in buckets by how many whole GPUs of each model they have free,
+and by how many slices of each MIG profile they could still give, so "the fullest
+node that fits" is the first node of the smallest bucket that fits.
+
+Rules: all of a job's GPUs or slices on one node; whole GPUs only on GPUs not in
+MIG mode; a MIG slice is either a free slice already carved with that profile (used
+as it is) or a new one carved where no carved slice overlaps it, at one of the
+profile's valid starts (mig.py). Existing slices are never reshaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from mlq.scheduler import mig
+from mlq.scheduler.snapshot import MigSlot, Node
+
+
+def canonical(model: str) -> str:
+    return mig.canonical_model(model) or model
+
+
+def _mask(p: mig.MigProfile, start: int) -> int:
+    """Memory slots in bits 0-7, compute slices in bits 8-14."""
+    mem = ((1 << p.memory_slices) - 1) << start
+    cmp = ((1 << p.compute_slices) - 1) << (start + 8)
+    return mem | cmp
+
+
+# model -> profile -> ((start, mask), ...), and profile -> max instances per GPU
+_MASKS: dict[str, dict[str, tuple[tuple[int, int], ...]]] = {
+    model: {name: tuple((s, _mask(p, s)) for s in p.starts) for name, p in profiles.items()}
+    for model, profiles in mig.CATALOGUE.items()
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a pending job needs placed."""
+
+    gpus: int = 0
+    model: str | None = None  # whole GPUs: this model only
+    profile: str | None = None  # MIG: this profile ...
+    count: int = 0  # ... this many slices
+    cpus: int = 0
+    memory: int = 0
+
+
+class MigGpu:
+    """A GPU in MIG mode: its carved slices and which of them are held."""
+
+    __slots__ = ("index", "model", "carved", "used", "carved_occ", "masks")
+
+    def __init__(self, index: int, model: str, carved: Iterable[tuple[str, int]]) -> None:
+        self.index = index
+        self.model = canonical(model)
+        self.masks = _MASKS.get(self.model, {})
+        self.carved: dict[int, str] = {}
+        self.used: set[int] = set()
+        self.carved_occ = 0
+        for profile, start in carved:
+            self.carve(profile, start)
+
+    def carve(self, profile: str, start: int) -> None:
+        self.carved[start] = profile
+        self.carved_occ |= _mask(mig.CATALOGUE[self.model][profile], start)
+
+    def capacity(self, profile: str, freed: frozenset[int] = frozenset()) -> int:
+        """How many ``profile`` slices this GPU could give now (free carved + carvable)."""
+        masks = self.masks.get(profile)
+        if not masks:
+            return 0
+        free_carved = sum(
+            1 for s, p in self.carved.items() if p == profile and (s not in self.used or s in freed)
+        )
+        return free_carved + self._carvable(profile, masks)
+
+    def _carvable(self, profile: str, masks: tuple[tuple[int, int], ...]) -> int:
+        limit = mig.CATALOGUE[self.model][profile].max_instances
+        limit -= sum(1 for p in self.carved.values() if p == profile)
+        occ, n = self.carved_occ, 0
+        for _, m in masks:
+            if n >= limit:
+                break
+            if not m & occ:
+                occ |= m
+                n += 1
+        return n
+
+    def free_carved(self, profile: str, freed: frozenset[int] = frozenset()) -> list[int]:
+        """Starts of carved ``profile`` slices nobody holds (or whose holder is freed)."""
+        return [
+            s
+            for s, p in sorted(self.carved.items())
+            if p == profile and (s not in self.used or s in freed)
+        ]
+
+    def carve_new(self, profile: str, want: int) -> list[int]:
+        """Carve up to ``want`` new ``profile`` slices at the lowest valid starts that no
+        carved slice overlaps (in this working copy)."""
+        masks = self.masks.get(profile, ())
+        limit = mig.CATALOGUE[self.model][profile].max_instances if masks else 0
+        limit -= sum(1 for p in self.carved.values() if p == profile)
+        got: list[int] = []
+        for s, m in masks:
+            if len(got) >= want or len(got) >= limit:
+                break
+            if not m & self.carved_occ:
+                self.carve(profile, s)
+                got.append(s)
+        return got
+
+
+class NodeRoom:
+    """One node's free room in the working copy."""
+
+    __slots__ = ("i", "name", "cpus", "memory", "free_cpu", "free_mem", "free", "models", "mig")
+
+    def __init__(self, i: int, node: Node) -> None:
+        self.i = i
+        self.name = node.name
+        self.cpus = node.cpus
+        self.memory = node.memory
+        self.free_cpu = node.cpus
+        self.free_mem = node.memory
+        self.free: dict[str, list[int]] = {}  # model -> free whole GPU indices
+        self.models: dict[int, str] = {}  # index -> model of every GPU
+        self.mig: dict[int, MigGpu] = {}
+        for g in node.gpus:
+            model = canonical(g.model)
+            self.models[g.index] = model
+            if g.mig is None:
+                self.free.setdefault(model, []).append(g.index)
+            else:
+                self.mig[g.index] = MigGpu(g.index, model, g.mig)
+        for idx in self.free.values():
+            idx.sort()
+
+    def mig_capacity(self, profile: str) -> int:
+        return sum(g.capacity(profile) for g in self.mig.values())
+
+
+class Room:
+    """Free room on every node, indexed so that a fit is found without a full scan."""
+
+    def __init__(self, nodes: Iterable[Node]) -> None:
+        self.nodes = [NodeRoom(i, n) for i, n in enumerate(nodes)]
+        self.by_name = {n.name: n for n in self.nodes}
+        self.whole_models = sorted({m for n in self.nodes for m in n.free})
+        self.profiles = sorted({p for n in self.nodes for g in n.mig.values() for p in g.masks})
+        # model -> [free count -> {node index: None}] (dicts keep insertion order)
+        self.whole: dict[str, list[dict[int, None]]] = {m: [] for m in self.whole_models}
+        # profile -> [capacity -> {node index: None}]
+        self.slices: dict[str, list[dict[int, None]]] = {p: [] for p in self.profiles}
+        self._whole_at: dict[tuple[int, str], int] = {}
+        self._slices_at: dict[tuple[int, str], int] = {}
+
+    def index_all(self) -> None:
+        """Build the buckets; call after the running jobs' holdings were taken."""
+        for n in self.nodes:
+            self.reindex(n)
+
+    def reindex(self, n: NodeRoom) -> None:
+        for model, free in n.free.items():
+            self._move(self.whole[model], self._whole_at, (n.i, model), len(free))
+        if n.mig:
+            for profile in {p for g in n.mig.values() for p in g.masks}:
+                self._move(
+                    self.slices[profile], self._slices_at, (n.i, profile), n.mig_capacity(profile)
+                )
+
+    @staticmethod
+    def _move(buckets: list[dict[int, None]], at: dict, key: tuple[int, str], count: int) -> None:
+        old = at.get(key)
+        if old == count:
+            return
+        if old is not None:
+            del buckets[old][key[0]]
+        while len(buckets) <= count:
+            buckets.append({})
+        buckets[count][key[0]] = None
+        at[key] = count
+
+    # -- holding room -------------------------------------------------------------
+
+    def hold(
+        self, n: NodeRoom, gpus: Iterable[int], slots: Iterable[MigSlot], cpus: int, memory: int
+    ) -> None:
+        """Mark devices, CPUs and memory as taken (a running job, a start or a claim)."""
+        for idx in gpus:
+            model = n.models.get(idx)
+            if model is not None and idx in n.free.get(model, ()):
+                n.free[model].remove(idx)
+        for s in slots:
+            g = n.mig.get(s.gpu)
+            if g is not None:
+                if g.carved.get(s.start) != s.profile and s.profile in g.masks:
+                    g.carve(s.profile, s.start)
+                g.used.add(s.start)
+        n.free_cpu -= cpus
+        n.free_mem -= memory
+
+    # -- finding room now ---------------------------------------------------------
+
+    def find_whole(
+        self, gpus: int, models: Iterable[str], cpus: int, memory: int, avoid: int = -1
+    ) -> tuple[NodeRoom, str] | None:
+        """The fullest node with ``gpus`` free whole GPUs of one of ``models``."""
+        models = [m for m in models if m in self.whole]
+        top = max((len(self.whole[m]) for m in models), default=0)
+        for k in range(gpus, top):
+            for m in models:
+                buckets = self.whole[m]
+                if k < len(buckets):
+                    for i in buckets[k]:
+                        n = self.nodes[i]
+                        if n.free_cpu >= cpus and n.free_mem >= memory and i != avoid:
+                            return n, m
+        return None
+
+    def find_slices(
+        self, profile: str, count: int, cpus: int, memory: int, avoid: int = -1
+    ) -> NodeRoom | None:
+        buckets = self.slices.get(profile, [])
+        for k in range(count, len(buckets)):
+            for i in buckets[k]:
+                n = self.nodes[i]
+                if n.free_cpu >= cpus and n.free_mem >= memory and i != avoid:
+                    return n
+        return None
+
+    def find_cpu(self, cpus: int, memory: int, avoid: int = -1) -> NodeRoom | None:
+        """A CPU-only job: the node with the fewest free GPUs that has the CPUs and memory
+        (keep GPU nodes' CPUs for GPU jobs)."""
+        best = None
+        for n in self.nodes:
+            if n.free_cpu >= cpus and n.free_mem >= memory and n.i != avoid:
+                free = sum(len(v) for v in n.free.values())
+                if best is None or free < best[0]:
+                    best = (free, n)
+                    if free == 0:
+                        break
+        return best[1] if best else None
+
+    def has_any(self, req: Request) -> bool:
+        """Cheap: is there any node bucket that could hold this shape (ignoring CPU)?"""
+        if req.profile:
+            b = self.slices.get(req.profile, [])
+            return any(b[k] for k in range(req.count, len(b)))
+        if req.gpus:
+            for m in [req.model] if req.model else self.whole_models:
+                b = self.whole.get(m, [])
+                if any(b[k] for k in range(req.gpus, len(b))):
+                    return True
+            return False
+        return True
+
+
+def take_slices(
+    n: NodeRoom, profile: str, count: int, freed: dict[int, frozenset[int]] | None = None
+) -> list[MigSlot]:
+    """Choose ``count`` slices on node ``n``: free carved slices first (used as they are),
+    then new ones carved on the GPU with the least room left (pack). Empty if short."""
+    freed = freed or {}
+    none: frozenset[int] = frozenset()
+    gpus = sorted(
+        n.mig.values(), key=lambda g: (g.capacity(profile, freed.get(g.index, none)), g.index)
+    )
+    out = [
+        MigSlot(g.index, profile, s)
+        for g in gpus
+        for s in g.free_carved(profile, freed.get(g.index, none))
+    ][:count]
+    for g in gpus:
+        if len(out) >= count:
+            break
+        out.extend(MigSlot(g.index, profile, s) for s in g.carve_new(profile, count - len(out)))
+    return out if len(out) >= count else []
+
+
+def fit_with_freed(
+    n: NodeRoom,
+    req: Request,
+    models: list[str],
+    gpus_freed: list[int],
+    slots_freed: list[MigSlot],
+    cpu_freed: int,
+    mem_freed: int,
+) -> tuple[tuple[int, ...], tuple[MigSlot, ...]] | None:
+    """Whether ``req`` fits on ``n`` if jobs holding the freed devices were gone; the
+    devices it would get. Does not change ``n`` (MIG carving is tried on a copy)."""
+    if n.free_cpu + cpu_freed < req.cpus or n.free_mem + mem_freed < req.memory:
+        return None
+    if req.profile:
+        freed: dict[int, set[int]] = {}
+        for s in slots_freed:
+            freed.setdefault(s.gpu, set()).add(s.start)
+        ff = {k: frozenset(v) for k, v in freed.items()}
+        have = sum(g.capacity(req.profile, ff.get(g.index, frozenset())) for g in n.mig.values())
+        if have < req.count:
+            return None
+        saved = {i: (dict(g.carved), g.carved_occ) for i, g in n.mig.items()}
+        try:
+            got = take_slices(n, req.profile, req.count, ff)
+        finally:
+            for i, (carved, occ) in saved.items():
+                n.mig[i].carved, n.mig[i].carved_occ = carved, occ
+        return ((), tuple(got)) if got else None
+    if req.gpus:
+        for m in models:
+            free = sorted(set(n.free.get(m, ())) | {g for g in gpus_freed if n.models.get(g) == m})
+            if len(free) >= req.gpus:
+                return tuple(free[: req.gpus]), ()
+        return None
+    return (), ()

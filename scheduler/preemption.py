@@ -1,0 +1,111 @@
+"""Choosing victims: the smallest set of running jobs on one node whose room lets a
+pending job start, preferring borrowers' jobs, then the lowest class, then the least
+work lost; any victim the job does not need is dropped from the set.
+
+Pure helpers over the policy's working copy (placement.Room); the policy decides who
+may be a victim (class rules, reclaim, limits) and passes the candidates in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mlq.scheduler.placement import NodeRoom, Request, fit_with_freed
+from mlq.scheduler.quota import Demand
+from mlq.scheduler.snapshot import JobId, MigSlot, PriorityRule, RunningJob
+
+
+@dataclass(slots=True, eq=False)
+class Held:
+    """A running job as the policy sees it during one decision."""
+
+    job: RunningJob
+    rule: PriorityRule
+    node: int  # index into Room.nodes
+    demand: Demand
+    end: float  # estimated end by its time limit (inf when it has none)
+    chosen: bool = False  # became a victim during this decision
+    lost: float = 0.0  # seconds of work lost if stopped now
+
+    @property
+    def id(self) -> JobId:
+        return self.job.id
+
+
+def id_key(job_id: JobId) -> tuple:
+    """Sort ints numerically and strings lexically, ints first."""
+    return (0, job_id, "") if isinstance(job_id, int) else (1, 0, str(job_id))
+
+
+@dataclass(slots=True)
+class VictimSet:
+    node: NodeRoom
+    victims: list[Held]  # new victims to stop
+    gpus: tuple[int, ...]
+    mig: tuple[MigSlot, ...]
+    freed_cpu: int = 0
+    freed_mem: int = 0
+    already: list[Held] = field(default_factory=list)  # stopping for this job already
+
+    def cost(self) -> tuple:
+        """Fewer victims, then less work lost, then the fuller node."""
+        free = sum(len(v) for v in self.node.free.values())
+        return (len(self.victims), sum(v.lost for v in self.victims), free, self.node.i)
+
+
+def _freed(held: list[Held]) -> tuple[list[int], list[MigSlot], int, int]:
+    gpus: list[int] = []
+    slots: list[MigSlot] = []
+    cpu = mem = 0
+    for h in held:
+        gpus.extend(h.job.gpus)
+        slots.extend(h.job.mig)
+        cpu += h.job.cpus
+        mem += h.job.memory
+    return gpus, slots, cpu, mem
+
+
+def victims_on_node(
+    node: NodeRoom,
+    req: Request,
+    models: list[str],
+    candidates: list[tuple[tuple, Held]],
+    already: list[Held],
+    quota_ok: Callable[[list[Held], str | None], bool],
+) -> VictimSet | None:
+    """Greedy in preference order until the job fits, then drop every victim it does not
+    need (trying the least preferred first, as Kueue's minimal preemption does).
+
+    ``candidates`` are (preference key, job) pairs already filtered for eligibility;
+    ``quota_ok(victims, model)`` says whether the job's team stays within its limit.
+    """
+
+    def fits(chosen: list[Held]):
+        gpus, slots, cpu, mem = _freed(already + chosen)
+        got = fit_with_freed(node, req, models, gpus, slots, cpu, mem)
+        if got is None:
+            return None
+        model = node.models.get(got[0][0]) if got[0] else None
+        return got if quota_ok(chosen, model) else None
+
+    got = fits([])
+    if got is not None:
+        return VictimSet(node, [], got[0], got[1], already=already)
+    candidates.sort(key=lambda c: c[0])
+    chosen: list[Held] = []
+    for _, h in candidates:
+        chosen.append(h)
+        got = fits(chosen)
+        if got is not None:
+            break
+    else:
+        return None
+    # drop what is not needed: the last one added was needed; try the others from the
+    # least preferred back to the most preferred
+    for h in list(reversed(chosen[:-1])):
+        trial = [c for c in chosen if c is not h]
+        if (g := fits(trial)) is not None:
+            chosen, got = trial, g
+    _, _, cpu, mem = _freed(already + chosen)
+    return VictimSet(node, chosen, got[0], got[1], cpu, mem, already)
