@@ -187,13 +187,11 @@ def _node(dev_root: str, name: str) -> DeviceNode:
     return DeviceNode(path=f"/dev/{name}", host_path=str(Path(dev_root) / name))
 
 
-def wiring(
-    node: NodeGpus, gpus: Iterable[int] = (), mig: Iterable[tuple[int, int] | Mapping] = ()
-) -> Wiring:
+def wiring(node: NodeGpus, gpus: Iterable[int] = (), mig: Iterable[Any] = ()) -> Wiring:
     """Device nodes and env for a job given whole ``gpus`` (indices) and/or ``mig`` slices.
 
-    ``mig`` entries are ``(gpu_index, start)`` pairs or the scheduler's
-    ``{"gpu": 1, "start": 4, ...}`` dicts. A whole GPU brings ``/dev/nvidia<minor>``; a
+    ``mig`` entries are ``(gpu_index, start)`` pairs, the scheduler's ``MigSlot``s or
+    its ``{"gpu": 1, "start": 4, ...}`` dicts. A whole GPU brings ``/dev/nvidia<minor>``; a
     MIG slice brings its parent's ``/dev/nvidia<minor>`` (CUDA opens it to reach the
     slice; the capability nodes are what grant access) and exactly its two capability
     nodes. Any GPU at all brings the control nodes. No GPUs: no nodes, no variables, so
@@ -217,7 +215,12 @@ def wiring(
             add(f"nvidia{g.minor}")
         visible.append(g.uuid)
     for ref in mig:
-        index, start = (ref["gpu"], ref["start"]) if isinstance(ref, Mapping) else ref
+        if isinstance(ref, Mapping):
+            index, start = ref["gpu"], ref["start"]
+        elif hasattr(ref, "gpu"):  # the scheduler's MigSlot(gpu, profile, start)
+            index, start = ref.gpu, ref.start
+        else:
+            index, start = ref
         g = _gpu(node, index)
         m = g.slice_at(start)
         if m is None:

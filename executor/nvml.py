@@ -111,7 +111,11 @@ def _gpu(lib: Any, index: int, problems: list[str]) -> GpuInfo:
     try:
         current, pending = lib.nvmlDeviceGetMigMode(h)
         supported = True
-    except pynvml.NVMLError_NotSupported:
+    except pynvml.NVMLError as exc:
+        # NotSupported: a GPU without MIG. Anything else (an old driver without the
+        # call, say) is reported, and the GPU is still offered whole.
+        if not isinstance(exc, pynvml.NVMLError_NotSupported):
+            problems.append(f"GPU {index}: reading its MIG mode failed ({exc}); treated as no MIG")
         current = pending = pynvml.NVML_DEVICE_MIG_DISABLE
         supported = False
     enabled = current == pynvml.NVML_DEVICE_MIG_ENABLE

@@ -243,3 +243,15 @@ def test_without_mig_minors_the_slices_get_no_device_nodes_and_are_not_offered(
         f"cannot read {tmp_path / 'absent'}: No such file or directory; MIG slices get no device "
         "nodes and are not offered",
     )
+
+
+def test_a_gpu_whose_mig_mode_cannot_be_read_is_offered_whole_and_reported(inventory):
+    class OldDriver(FakeNvml):
+        def nvmlDeviceGetMigMode(self, h):
+            raise pynvml.NVMLError_FunctionNotFound()
+
+    node = nvml.query(OldDriver(load_inventory(inventory("uncatalogued"))))
+    assert [(g.mig_supported, g.mig_enabled, g.mig) for g in node.gpus] == [(False, False, ())] * 2
+    assert node.problems[0] == (
+        "GPU 0: reading its MIG mode failed (Function Not Found); treated as no MIG"
+    )
