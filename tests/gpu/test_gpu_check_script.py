@@ -141,3 +141,18 @@ def test_a_job_given_the_wrong_kind_of_device_fails(check, fake_node):
     check.judge("whole GPU", node, env, dev, smi, "0")
     want = ("FAIL", "job given one whole GPU: visible devices", f"{MIG11} is not a whole GPU")
     assert check.results == [want]
+
+
+def test_a_job_whose_nvidia_smi_lists_nothing_fails(check, fake_node):
+    fake_node("h100-8-mig")
+    node = gpus.discover()
+    env, dev, _ = job_view(node)
+    check.judge("MIG slice", node, env, dev, "Failed to initialize NVML: Unknown Error\n", "255")
+    assert check.results[2:] == [
+        ("FAIL", "job given one MIG slice: nvidia-smi -L inside", f"exit 255; {MIG11} not listed"),
+        (
+            "WARN",
+            "job given one MIG slice: nvidia-smi -L inside",
+            "exited 255 (its output is above)",
+        ),
+    ]
