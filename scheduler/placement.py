@@ -15,7 +15,7 @@ profile's valid starts (mig.py). Existing slices are never reshaped.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mlq.scheduler import mig
 from mlq.scheduler.snapshot import MigSlot, Node
@@ -39,9 +39,8 @@ _MASKS: dict[str, dict[str, tuple[tuple[int, int], ...]]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """What a pending job needs placed."""
+class Request(NamedTuple):
+    """What a pending job needs placed (a tuple: cheap to hash as a memo key)."""
 
     gpus: int = 0
     model: str | None = None  # whole GPUs: this model only
@@ -51,10 +50,26 @@ class Request:
     memory: int = 0
 
 
+def _empty_capacity(model: str, masks: dict[str, tuple[tuple[int, int], ...]]) -> dict[str, int]:
+    out = {}
+    for profile, ms in masks.items():
+        occ, n = 0, 0
+        for _, m in ms:
+            if n < mig.CATALOGUE[model][profile].max_instances and not m & occ:
+                occ |= m
+                n += 1
+        out[profile] = n
+    return out
+
+
+# model -> profile -> how many slices an uncarved GPU can give
+_EMPTY = {model: _empty_capacity(model, masks) for model, masks in _MASKS.items()}
+
+
 class MigGpu:
     """A GPU in MIG mode: its carved slices and which of them are held."""
 
-    __slots__ = ("index", "model", "carved", "used", "carved_occ", "masks")
+    __slots__ = ("index", "model", "carved", "used", "carved_occ", "masks", "cache")
 
     def __init__(self, index: int, model: str, carved: Iterable[tuple[str, int]]) -> None:
         self.index = index
@@ -63,22 +78,35 @@ class MigGpu:
         self.carved: dict[int, str] = {}
         self.used: set[int] = set()
         self.carved_occ = 0
+        self.cache: dict[str, int] = {}  # profile -> capacity, cleared on every change
         for profile, start in carved:
             self.carve(profile, start)
 
     def carve(self, profile: str, start: int) -> None:
         self.carved[start] = profile
         self.carved_occ |= _mask(mig.CATALOGUE[self.model][profile], start)
+        self.cache.clear()
+
+    def use(self, start: int) -> None:
+        self.used.add(start)
+        self.cache.clear()
 
     def capacity(self, profile: str, freed: frozenset[int] = frozenset()) -> int:
         """How many ``profile`` slices this GPU could give now (free carved + carvable)."""
+        if not freed and profile in self.cache:
+            return self.cache[profile]
+        if not self.carved and self.model in _EMPTY:
+            return _EMPTY[self.model].get(profile, 0)
         masks = self.masks.get(profile)
         if not masks:
             return 0
         free_carved = sum(
             1 for s, p in self.carved.items() if p == profile and (s not in self.used or s in freed)
         )
-        return free_carved + self._carvable(profile, masks)
+        n = free_carved + self._carvable(profile, masks)
+        if not freed:
+            self.cache[profile] = n
+        return n
 
     def _carvable(self, profile: str, masks: tuple[tuple[int, int], ...]) -> int:
         limit = mig.CATALOGUE[self.model][profile].max_instances
@@ -144,6 +172,14 @@ class NodeRoom:
     def mig_capacity(self, profile: str) -> int:
         return sum(g.capacity(profile) for g in self.mig.values())
 
+    def mig_capacities(self) -> dict[str, int]:
+        """Every profile's capacity on this node, summed over its MIG GPUs."""
+        out: dict[str, int] = {}
+        for g in self.mig.values():
+            for profile in g.masks:
+                out[profile] = out.get(profile, 0) + g.capacity(profile)
+        return out
+
 
 class Room:
     """Free room on every node, indexed so that a fit is found without a full scan."""
@@ -201,7 +237,7 @@ class Room:
             if g is not None:
                 if g.carved.get(s.start) != s.profile and s.profile in g.masks:
                     g.carve(s.profile, s.start)
-                g.used.add(s.start)
+                g.use(s.start)
         n.free_cpu -= cpus
         n.free_mem -= memory
 
@@ -310,6 +346,7 @@ def fit_with_freed(
         finally:
             for i, (carved, occ) in saved.items():
                 n.mig[i].carved, n.mig[i].carved_occ = carved, occ
+                n.mig[i].cache.clear()
         return ((), tuple(got)) if got else None
     if req.gpus:
         for m in models:

@@ -44,7 +44,7 @@ DEFAULT_RULES = (
 )
 # Once a victim set of one job is found, look at this many more candidate nodes for a
 # cheaper one before settling (bounds the search on large clusters; see the docs).
-PREEMPT_LOOKAHEAD = 32
+PREEMPT_LOOKAHEAD = 8
 
 
 class _Pass:
@@ -66,8 +66,22 @@ class _Pass:
         self.head: tuple[float, int | None] | None = None  # (shadow time, reserved node)
         self.place_failed: set[tuple] = set()
         self.preempt_failed: set[tuple] = set()
+        self.hopeless: dict[tuple, str] = {}  # (shape, class, team, avoid, models) -> reason
+        self.demand_cache: dict[Request, dict[str | None, quota.Demand]] = {}
+        # search key -> nodes still worth looking at for it (room and victims only shrink
+        # during a pass, so a node that cannot help a shape now will not help it later)
+        self.preempt_nodes: dict[tuple, list[int]] = {}
+        self.over: dict[str, set[str]] = {}
+        self.shares: dict[
+            str, float
+        ] = {}  # team -> dominant share, dropped on change  # team -> keys held over its guarantee
+        # node index -> (class, team, covered by its guarantee) -> devices held by jobs
+        # that may still be victims: a cheap bound on what preemption could free there
+        self.victim_gpus: list[dict[tuple[str, str, bool], int]] = [{} for _ in self.room.nodes]
         for r in snap.running:
             self._charge_running(r)
+        for t in self.usage:
+            self.charge(t, ())
         self.room.index_all()
 
     # -- step 1: what is held ---------------------------------------------------------
@@ -80,6 +94,14 @@ class _Pass:
 
     def team_usage(self, name: str) -> dict[str, float]:
         return self.usage.setdefault(name, {})
+
+    def charge(self, team: str, demand: quota.Demand, sign: float = 1.0) -> None:
+        """Change a team's usage and refresh the keys it holds over its guarantee."""
+        usage = self.team_usage(team)
+        quota.add(usage, demand, sign)
+        g = self.team(team).guarantee
+        self.over[team] = {k for k, v in g.items() if usage.get(k, 0.0) > v + 1e-9}
+        self.shares.pop(team, None)
 
     def _charge_running(self, r) -> None:
         n = self.room.by_name.get(r.node)
@@ -94,8 +116,17 @@ class _Pass:
         end = r.started_at + r.time_limit if r.time_limit is not None else math.inf
         since = r.checkpoint_at if r.checkpoint_at is not None else r.started_at
         h = Held(r, rule, n.i, demand, end, lost=max(0.0, self.now - since))
+        h.cover = quota.covering_keys(demand, self.team(r.team).guarantee)
         self.held[n.i].append(h)
         quota.add(self.team_usage(r.team), demand)
+        if (
+            r.stopping_for is None
+            and rule.preemptible
+            and self.now - r.started_at >= rule.min_run_time
+        ):
+            counts = self.victim_gpus[n.i]
+            key = (rule.name, r.team, h.cover is not None)
+            counts[key] = counts.get(key, 0) + max(1, len(r.gpus) + len(r.mig))
         self.room.hold(n, r.gpus, r.mig, r.cpus, r.memory)
         if r.stopping_for is not None:
             self.stopping.setdefault(r.stopping_for, []).append(h)
@@ -103,7 +134,12 @@ class _Pass:
     # -- step 2: the order --------------------------------------------------------------
 
     def share(self, team: str) -> float:
-        return quota.dominant_share(self.team_usage(team), self.team(team).guarantee)
+        got = self.shares.get(team)
+        if got is None:
+            got = self.shares[team] = quota.dominant_share(
+                self.team_usage(team), self.team(team).guarantee
+            )
+        return got
 
     def order(self, pending: tuple[PendingJob, ...]):
         levels: dict[int, dict[str, list[PendingJob]]] = {}
@@ -156,14 +192,19 @@ class _Pass:
             memory=j.memory,
         )
         already = [h for h in self.stopping.get(j.id, ()) if not h.chosen]
-        usage = dict(self.team_usage(j.team))
-        for h in already:  # victims stopping for j free their team's usage for j
-            if h.job.team == j.team:
-                quota.add(usage, h.demand, -1)
-        demands = self.demands(j, req)  # model (or None) -> demand, only models within limit
-        allowed = {
-            m: d for m, d in demands.items() if quota.over_limit(usage, d, team.limit) is None
-        }
+        usage = self.team_usage(j.team)
+        if already:  # victims stopping for j free their team's usage for j
+            usage = dict(usage)
+            for h in already:
+                if h.job.team == j.team:
+                    quota.add(usage, h.demand, -1)
+        demands = self.demands(j, req)  # model (or None) -> demand
+        if team.limit:
+            allowed = {
+                m: d for m, d in demands.items() if quota.over_limit(usage, d, team.limit) is None
+            }
+        else:
+            allowed = demands
 
         # backfill: after the first job blocked on Resources, a job must not delay it
         avoid = -1
@@ -183,12 +224,19 @@ class _Pass:
                 return self.commit_preemption(j, req, vs)
             return quota.quota_reason(j.team, key, used, limit)
 
+        # the same shape, class and team already found nothing this pass: room, victims
+        # and the team's standing only shrink during a pass, so give the reason cheaply
+        hopeless = (req, j.priority_class, j.team, avoid, len(allowed))
+        if not already and hopeless in self.hopeless:
+            return self.hopeless[hopeless]
         models = [m for m in allowed if m is not None]
         placed = self.place_now(req, models, avoid)
         if placed is not None:
             self.commit_start(j, req, placed, allowed)
             return None
-        reclaim = quota.within_guarantee(usage, next(iter(allowed.values())), team.guarantee)
+        reclaim = bool(team.guarantee) and quota.within_guarantee(
+            usage, next(iter(allowed.values())), team.guarantee
+        )
         if rule.preempts or reclaim or already:
             vs = self.preempt(
                 j, rule, req, models, usage, avoid, already, own_team=False, reclaim=reclaim
@@ -196,12 +244,23 @@ class _Pass:
             if vs is not None:
                 return self.commit_preemption(j, req, vs)
         if avoid >= 0 and fit_with_freed(self.room.nodes[avoid], req, models, [], [], 0, 0):
-            return "Priority"  # it would fit, but only on the room the head job waits for
-        if self.head is None:
-            self.head = self.reservation(req, models)
-        return "Resources"
+            reason = "Priority"  # it would fit, but only on the room the head job waits for
+        else:
+            reason = "Resources"
+            if self.head is None:
+                self.head = self.reservation(req, models)
+                return reason  # later jobs see a new reservation: do not reuse this verdict
+        if not already:
+            self.hopeless[hopeless] = reason
+        return reason
 
     def demands(self, j: PendingJob, req: Request) -> dict[str | None, quota.Demand]:
+        got = self.demand_cache.get(req)
+        if got is None:
+            got = self.demand_cache[req] = self._demands(req)
+        return got
+
+    def _demands(self, req: Request) -> dict[str | None, quota.Demand]:
         if req.profile:
             return {None: quota.mig_demand([req.profile] * req.count, req.cpus, req.memory)}
         if req.gpus:
@@ -244,7 +303,7 @@ class _Pass:
             gpus = tuple(n.free[model][: req.gpus])
         self.room.hold(n, gpus, slots, req.cpus, req.memory)
         self.room.reindex(n)
-        quota.add(self.team_usage(j.team), allowed[model if req.gpus else None])
+        self.charge(j.team, allowed[model if req.gpus else None])
         end = self.now + j.time_limit if j.time_limit is not None else math.inf
         self.added.setdefault(n.i, []).append((end, gpus, slots, req.cpus, req.memory))
         self.starts.append(Start(j.id, n.name, gpus, slots))
@@ -298,21 +357,48 @@ class _Pass:
             demand = d.get(model) if model in d else next(iter(d.values()))
             return quota.over_limit(u, demand, team.limit) is None
 
-        already_nodes = {h.node for h in already}
+        def may_free(key: tuple[str, str, bool]) -> bool:
+            """Could jobs counted under this key be victims (an upper bound)?"""
+            cls, t, covered = key
+            if not self.rule(cls).preemptible:
+                return False
+            if own_team:
+                return t == j.team and cls in rule.preempts
+            if cls in rule.preempts:
+                return True
+            return reclaim and t != j.team and (not covered or bool(self.over.get(t)))
+
         best: VictimSet | None = None
         since_found = 0
-        for i, held in enumerate(self.held):
-            if i == avoid or (not held and i not in already_nodes):
+        dead: set[int] = set()
+        mine_nodes = list(dict.fromkeys(h.node for h in already))
+        nodes = self.preempt_nodes.get(memo)
+        if nodes is None:
+            nodes = self.preempt_nodes[memo] = list(self.candidate_nodes(req, whole_models))
+        for i in mine_nodes + nodes:
+            if i == avoid:
                 continue
             mine = [h for h in already if h.node == i]
-            cands = [(self.victim_key(h), h) for h in held if eligible(h)]
-            if not cands and not mine:
-                continue
             n = self.room.nodes[i]
+            if not mine and req.gpus:
+                potential = sum(v for k, v in self.victim_gpus[i].items() if v and may_free(k))
+                if (
+                    potential + max((len(n.free.get(m, ())) for m in whole_models), default=0)
+                    < req.gpus
+                ):
+                    dead.add(i)
+                    continue
+            cands = [(self.victim_key(h), h) for h in self.held[i] if eligible(h)]
+            if not cands and not mine:
+                dead.add(i)
+                continue
             if not self.could_fit(n, req, whole_models, mine, [h for _, h in cands]):
+                dead.add(i)
                 continue
             vs = victims_on_node(n, req, whole_models, cands, mine, quota_ok)
-            if vs is not None and (best is None or vs.cost() < best.cost()):
+            if vs is None:
+                dead.add(i)
+            elif best is None or vs.cost() < best.cost():
                 best = vs
             if best is not None:
                 if not best.victims:
@@ -320,9 +406,31 @@ class _Pass:
                 since_found += 1
                 if since_found > PREEMPT_LOOKAHEAD:
                     break
+        if dead:
+            self.preempt_nodes[memo] = [i for i in nodes if i not in dead]
         if best is None and not already:
             self.preempt_failed.add(memo)
         return best
+
+    def candidate_nodes(self, req: Request, models: list[str]):
+        """Nodes to look at for victims, by free room of the job's kind, most first (fewer
+        victims needed), each once."""
+        seen: set[int] = set()
+        if req.profile:
+            buckets = [self.room.slices.get(req.profile, [])]
+        elif req.gpus:
+            buckets = [self.room.whole[m] for m in models if m in self.room.whole]
+        else:
+            buckets = []
+            yield from (i for i in range(len(self.room.nodes)) if i not in seen)
+        top = max((len(b) for b in buckets), default=0)
+        for k in range(top - 1, -1, -1):
+            for b in buckets:
+                if k < len(b):
+                    for i in list(b[k]):
+                        if i not in seen:
+                            seen.add(i)
+                            yield i
 
     def could_fit(self, n: NodeRoom, req: Request, models: list[str], mine, cands) -> bool:
         """A cheap upper bound: would the job fit if every candidate stopped?"""
@@ -341,8 +449,11 @@ class _Pass:
         return (0 if self.borrowed(h) else 1, h.rule.value, h.lost, id_key(h.id))
 
     def borrowed(self, h: Held) -> bool:
-        t = self.team(h.job.team)
-        return quota.is_borrowed(self.team_usage(h.job.team), h.demand, t.guarantee)
+        """Its team's guarantee does not cover it, or the team is over it in a key that does."""
+        if h.cover is None:
+            return True
+        over = self.over.get(h.job.team, ())
+        return any(k in over for k in h.cover)
 
     def commit_preemption(self, j: PendingJob, req: Request, vs: VictimSet) -> str:
         n = vs.node
@@ -358,13 +469,17 @@ class _Pass:
         self.room.reindex(n)
         for h in vs.victims:
             h.chosen = True
-            quota.add(self.team_usage(h.job.team), h.demand, -1)
+            self.charge(h.job.team, h.demand, -1)
+            counts = self.victim_gpus[h.node]
+            counts[(h.rule.name, h.job.team, h.cover is not None)] -= max(
+                1, len(h.job.gpus) + len(h.job.mig)
+            )
             self.preemptions.append(Preemption(h.id, j.id))
         for h in vs.already:
             h.chosen = True
         model = n.models.get(vs.gpus[0]) if vs.gpus else None
         d = self.demands(j, req)
-        quota.add(self.team_usage(j.team), d.get(model) or next(iter(d.values())))
+        self.charge(j.team, d.get(model) or next(iter(d.values())))
         end = self.now + j.time_limit if j.time_limit is not None else math.inf
         self.added.setdefault(n.i, []).append(
             (end, tuple(vs.gpus), tuple(vs.mig), req.cpus, req.memory)

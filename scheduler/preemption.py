@@ -27,6 +27,7 @@ class Held:
     end: float  # estimated end by its time limit (inf when it has none)
     chosen: bool = False  # became a victim during this decision
     lost: float = 0.0  # seconds of work lost if stopped now
+    cover: list[str] | None = None  # the team's guarantee keys that cover it (quota.py)
 
     @property
     def id(self) -> JobId:

@@ -90,7 +90,7 @@ def quota_reason(team: str, key: str, used: float, limit: float) -> str:
     return f"QuotaLimit {team} {key} {format_amount(key, used)}/{format_amount(key, limit)}"
 
 
-def _applicable(demand: Demand, guarantee: Mapping[str, float]) -> list[str] | None:
+def covering_keys(demand: Demand, guarantee: Mapping[str, float]) -> list[str] | None:
     """The guarantee keys that cover a job, or None when its guarantee does not cover it.
 
     A job that uses accelerators is covered only by an accelerator key (a cpu
@@ -108,7 +108,7 @@ def _applicable(demand: Demand, guarantee: Mapping[str, float]) -> list[str] | N
 def is_borrowed(usage: Mapping[str, float], demand: Demand, guarantee: Mapping[str, float]) -> bool:
     """Whether a running job counts as borrowed: its team's guarantee does not cover it,
     or the team holds more than its guarantee in a key that covers it."""
-    keys = _applicable(demand, guarantee)
+    keys = covering_keys(demand, guarantee)
     if keys is None:
         return True
     return any(usage.get(k, 0.0) > guarantee[k] + 1e-9 for k in keys)
@@ -118,7 +118,7 @@ def within_guarantee(
     usage: Mapping[str, float], demand: Demand, guarantee: Mapping[str, float]
 ) -> bool:
     """Whether the team stays within its guarantee with this job: it may reclaim."""
-    keys = _applicable(demand, guarantee)
+    keys = covering_keys(demand, guarantee)
     if keys is None:
         return False
     amounts = dict(demand)
