@@ -1,0 +1,389 @@
+"""cgroups: one driver interface, a v2 and a v1 driver, chosen by detection.
+
+Like youki's libcgroups: ``detect()`` looks at what is mounted (never guesses)
+and returns the driver; each driver creates a job's cgroup under the ``mlq``
+parent with the limits of a request, lists the files the supervisor must join,
+kill through and read at the end, and turns those files into one ``Stats``.
+The v1/v2 differences live in ``LIMITS`` and ``STAT_FILES``, one table each, so
+the two drivers cannot drift apart. docs/executor.md prints the mapping.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mlq.executor.errors import ExecutorError
+from mlq.executor.request import Resources
+
+PARENT = "mlq"
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio")
+V2_CONTROLLERS = ("memory", "cpu", "pids", "io")
+UNLIMITED_V1 = "-1"
+
+
+def _io_weight_v1(weight: int) -> str:
+    # v2's io.weight is 1..10000 (default 100); v1's blkio.weight is 10..1000 (default
+    # 500). The linear map crun and runc use, inverted.
+    return str(10 + (weight - 1) * 990 // 9999)
+
+
+# What each request field writes, per version: (field, v2 file, v1 controller, v1 file).
+# Order matters on v1: memsw must stay >= limit_in_bytes, and the period comes first.
+LIMITS: tuple[tuple[str, str, str, str], ...] = (
+    ("memory_max", "memory.max", "memory", "memory.limit_in_bytes"),
+    ("memory_high", "memory.high", "memory", "memory.soft_limit_in_bytes"),
+    ("memory_swap_max", "memory.swap.max", "memory", "memory.memsw.limit_in_bytes"),
+    ("cpu_period_us", "cpu.max", "cpu", "cpu.cfs_period_us"),
+    ("cpu_quota_us", "cpu.max", "cpu", "cpu.cfs_quota_us"),
+    ("pids_max", "pids.max", "pids", "pids.max"),
+    ("io_weight", "io.weight", "blkio", "blkio.weight"),
+)
+
+# What the supervisor copies into status.json at the end and stats() reads live:
+# (name in Stats, v2 file, v2 key, v1 controller, v1 file, v1 key, v1 unit divisor).
+STAT_FILES: tuple[tuple[str, str, str, str, str, str, int], ...] = (
+    ("memory_current", "memory.current", "", "memory", "memory.usage_in_bytes", "", 1),
+    ("memory_peak", "memory.peak", "", "memory", "memory.max_usage_in_bytes", "", 1),
+    ("memory_high_events", "memory.events", "high", "", "", "", 1),  # v1: supervisor's count
+    ("memory_max_events", "memory.events", "max", "memory", "memory.failcnt", "", 1),
+    ("oom_kills", "memory.events", "oom_kill", "memory", "memory.oom_control", "oom_kill", 1),
+    ("cpu_usage_usec", "cpu.stat", "usage_usec", "cpuacct", "cpuacct.usage", "", 1000),
+    ("cpu_periods", "cpu.stat", "nr_periods", "cpu", "cpu.stat", "nr_periods", 1),
+    ("cpu_throttled_periods", "cpu.stat", "nr_throttled", "cpu", "cpu.stat", "nr_throttled", 1),
+    ("cpu_throttled_usec", "cpu.stat", "throttled_usec", "cpu", "cpu.stat", "throttled_time", 1000),
+    ("pids_current", "pids.current", "", "pids", "pids.current", "", 1),
+    ("pids_max_events", "pids.events", "max", "pids", "pids.events", "max", 1),
+)
+
+
+@dataclass
+class Stats:
+    """A job's resource figures, the same on both versions (0 where a version lacks one)."""
+
+    memory_current: int = 0
+    memory_peak: int = 0
+    memory_high_events: int = 0
+    memory_max_events: int = 0
+    oom_kills: int = 0
+    cpu_usage_usec: int = 0
+    cpu_periods: int = 0
+    cpu_throttled_periods: int = 0
+    cpu_throttled_usec: int = 0
+    pids_current: int = 0
+    pids_max_events: int = 0
+
+
+@dataclass
+class JobCgroup:
+    """The cgroup of one job: one directory (v2) or one per controller (v1)."""
+
+    version: int
+    name: str
+    paths: dict[str, str]  # controller (or "unified") -> directory
+    written: list[tuple[str, str]] = field(default_factory=list)  # (file, value), for the record
+
+    @property
+    def main(self) -> str:
+        return self.paths["unified"] if self.version == 2 else self.paths["memory"]
+
+
+class CgroupDriver(Protocol):
+    """What the executor needs from a cgroup version."""
+
+    version: int
+
+    def create(self, name: str, resources: Resources) -> JobCgroup: ...
+    def remove(self, cg: JobCgroup) -> None: ...
+    def plan(self, cg: JobCgroup, run_dir: str) -> list[tuple[str, ...]]: ...
+    def job_mounts(self, cg: JobCgroup) -> list[tuple[str, str, str, str, str]]: ...
+    def raw_stats(self, cg: JobCgroup) -> dict[str, str]: ...
+
+
+def _write(path: str, value: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        raise ExecutorError(
+            f"write {os.path.basename(path)} in {os.path.dirname(path)}: {name}"
+        ) from None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _mkdir(path: str) -> None:
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ExecutorError(f"create cgroup {path}: {exc.strerror}") from None
+
+
+def keyed(text: str | None, key: str) -> int:
+    """The number for ``key`` in a flat-keyed file, or the file's one number."""
+    if text is None:
+        return 0
+    if not key:
+        try:
+            return int(text.split()[0])
+        except (ValueError, IndexError):
+            return 0
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        if k == key:
+            return int(v)
+    return 0
+
+
+def _rmdir_all(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ExecutorError(f"remove cgroup {path}: {exc.strerror}") from None
+
+
+class V2Driver:
+    """cgroup v2: one directory, ``cgroup.kill``, ``memory.events``."""
+
+    version = 2
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.parent = os.path.join(root, PARENT)
+
+    def _ensure_parent(self) -> None:
+        if os.path.isdir(self.parent) and "memory" in (
+            _read(os.path.join(self.parent, "cgroup.subtree_control")) or ""
+        ):
+            return
+        want = " ".join(f"+{c}" for c in V2_CONTROLLERS if c in self._available())
+        _write(os.path.join(self.root, "cgroup.subtree_control"), want)
+        _mkdir(self.parent)
+        _write(os.path.join(self.parent, "cgroup.subtree_control"), want)
+
+    def _available(self) -> set[str]:
+        return set((_read(os.path.join(self.root, "cgroup.controllers")) or "").split())
+
+    def create(self, name: str, resources: Resources) -> JobCgroup:
+        self._ensure_parent()
+        path = os.path.join(self.parent, name)
+        cg = JobCgroup(2, name, {"unified": path})
+        try:
+            os.mkdir(path)
+        except OSError as exc:
+            raise ExecutorError(f"create cgroup {path}: {exc.strerror}") from None
+        try:
+            for file, value in self._values(resources):
+                if file == "io.weight" and not os.path.exists(os.path.join(path, file)):
+                    continue  # needs an io scheduler with weights; "where present"
+                _write(os.path.join(path, file), value)
+                cg.written.append((file, value))
+        except BaseException:
+            self.remove(cg)
+            raise
+        return cg
+
+    def _values(self, r: Resources) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if r.memory_max:
+            out.append(("memory.max", str(r.memory_max)))
+            out.append(("memory.high", str(r.effective_memory_high())))
+            if r.memory_swap_max is not None:
+                out.append(("memory.swap.max", str(r.memory_swap_max)))
+        if r.cpu_quota_us:
+            out.append(("cpu.max", f"{r.cpu_quota_us} {r.cpu_period_us}"))
+        if r.pids_max:
+            out.append(("pids.max", str(r.pids_max)))
+        if r.io_weight:
+            out.append(("io.weight", f"default {r.io_weight}"))
+        return out
+
+    def remove(self, cg: JobCgroup) -> None:
+        _rmdir_all(list(cg.paths.values()))
+
+    def plan(self, cg: JobCgroup, run_dir: str) -> list[tuple[str, ...]]:
+        p = cg.paths["unified"]
+        lines: list[tuple[str, ...]] = [
+            ("cgroup", p),
+            ("cgroup_procs", f"{p}/cgroup.procs"),
+            ("oom", f"{p}/memory.events", "oom_kill"),
+            ("peak", f"{p}/memory.peak"),
+        ]
+        if os.path.exists(f"{p}/cgroup.kill"):
+            lines.append(("cgroup_kill", f"{p}/cgroup.kill"))
+        for file in sorted({row[1] for row in STAT_FILES}):
+            lines.append(("stat", file, f"{p}/{file}"))
+        return lines
+
+    def job_mounts(self, cg: JobCgroup) -> list[tuple[str, str, str, str, str]]:
+        # Mounted from inside the job's cgroup namespace: its root is the job's cgroup.
+        return [("cgroup2", "/sys/fs/cgroup", "cgroup2", "ro,nosuid,nodev,noexec", "")]
+
+    def raw_stats(self, cg: JobCgroup) -> dict[str, str]:
+        p = cg.paths["unified"]
+        return {f: _read(f"{p}/{f}") or "" for f in {row[1] for row in STAT_FILES}}
+
+
+class V1Driver:
+    """cgroup v1: one directory per controller; OOM kills from ``memory.oom_control``."""
+
+    version = 1
+
+    def __init__(self, root: str, controllers: dict[str, str]) -> None:
+        self.root = root
+        self.mounts = controllers  # controller -> mount point
+
+    def create(self, name: str, resources: Resources) -> JobCgroup:
+        # blkio only matters where it can weigh (a scheduler with blkio.weight); every
+        # extra hierarchy joined costs the launch a cgroup migration.
+        wanted = {
+            c: m
+            for c, m in self.mounts.items()
+            if c != "blkio" or (resources.io_weight and os.path.exists(f"{m}/blkio.weight"))
+        }
+        paths = {c: os.path.join(m, PARENT, name) for c, m in wanted.items()}
+        cg = JobCgroup(1, name, {})
+        try:
+            for c, path in paths.items():
+                if path not in cg.paths.values():  # "cpu,cpuacct" share one hierarchy
+                    _mkdir(os.path.dirname(path))
+                    try:
+                        os.mkdir(path)
+                    except OSError as exc:
+                        raise ExecutorError(f"create cgroup {path}: {exc.strerror}") from None
+                cg.paths[c] = path
+            for controller, file, value in self._values(resources):
+                target = os.path.join(cg.paths[controller], file)
+                if not os.path.exists(target):
+                    continue  # memsw needs swap accounting, blkio.weight a weighted scheduler
+                _write(target, value)
+                cg.written.append((f"{controller}/{file}", value))
+        except BaseException:
+            self.remove(cg)
+            raise
+        return cg
+
+    def _values(self, r: Resources) -> list[tuple[str, str, str]]:
+        out: list[tuple[str, str, str]] = []
+        if r.memory_max:
+            out.append(("memory", "memory.limit_in_bytes", str(r.memory_max)))
+            # v1 has no throttling mark: the soft limit is the reclaim target under
+            # host pressure; the supervisor counts crossings of it as "high" events.
+            out.append(("memory", "memory.soft_limit_in_bytes", str(r.effective_memory_high())))
+            if r.memory_swap_max is not None:
+                # memsw counts memory + swap: the v2 swap.max plus the memory limit
+                out.append(
+                    ("memory", "memory.memsw.limit_in_bytes", str(r.memory_max + r.memory_swap_max))
+                )
+            out.append(("memory", "memory.swappiness", "0" if not r.memory_swap_max else "60"))
+        if r.cpu_quota_us:
+            out.append(("cpu", "cpu.cfs_period_us", str(r.cpu_period_us)))
+            out.append(("cpu", "cpu.cfs_quota_us", str(r.cpu_quota_us)))
+        if r.pids_max:
+            out.append(("pids", "pids.max", str(r.pids_max)))
+        if r.io_weight:
+            out.append(("blkio", "blkio.weight", _io_weight_v1(r.io_weight)))
+        return out
+
+    def remove(self, cg: JobCgroup) -> None:
+        _rmdir_all(list(dict.fromkeys(cg.paths.values())))
+
+    def plan(self, cg: JobCgroup, run_dir: str) -> list[tuple[str, ...]]:
+        mem = cg.paths["memory"]
+        lines: list[tuple[str, ...]] = [("cgroup", p) for p in dict.fromkeys(cg.paths.values())]
+        lines += [
+            ("cgroup_procs", f"{mem}/cgroup.procs"),
+            ("oom", f"{mem}/memory.oom_control", "oom_kill"),
+            ("peak", f"{mem}/memory.max_usage_in_bytes"),
+        ]
+        high = dict(cg.written).get("memory/memory.soft_limit_in_bytes")
+        if high:
+            lines.append(
+                (
+                    "v1_high",
+                    f"{mem}/memory.usage_in_bytes",
+                    f"{mem}/cgroup.event_control",
+                    high,
+                    os.path.join(run_dir, "high_events"),
+                )
+            )
+        for file, c in dict.fromkeys((row[4], row[3]) for row in STAT_FILES if row[3] in cg.paths):
+            lines.append(("stat", file, f"{cg.paths[c]}/{file}"))
+        return lines
+
+    def job_mounts(self, cg: JobCgroup) -> list[tuple[str, str, str, str, str]]:
+        out = [("tmpfs", "/sys/fs/cgroup", "tmpfs", "nosuid,nodev,noexec", "mode=755,size=64k")]
+        hierarchies: dict[str, list[str]] = {}
+        for c in cg.paths:
+            hierarchies.setdefault(self.mounts[c], []).append(c)
+        for point, controllers in hierarchies.items():
+            name = os.path.basename(point)
+            opts = ",".join(controllers)
+            out.append(
+                ("cgroup", f"/sys/fs/cgroup/{name}", "cgroup", "ro,nosuid,nodev,noexec", opts)
+            )
+        out.append(("", "/sys/fs/cgroup", "remount", "ro,nosuid,nodev,noexec", "mode=755,size=64k"))
+        return out
+
+    def raw_stats(self, cg: JobCgroup) -> dict[str, str]:
+        out = {}
+        for _, _, _, c, file, _, _ in STAT_FILES:
+            if c in cg.paths:
+                out[file] = _read(f"{cg.paths[c]}/{file}") or ""
+        return out
+
+
+def _mounts() -> list[tuple[str, str, str]]:
+    out = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 4:
+                out.append((parts[1].replace("\\040", " "), parts[2], parts[3]))
+    return out
+
+
+def detect(root: str = "/sys/fs/cgroup") -> V1Driver | V2Driver:
+    """The driver for what this host mounts: cgroup2 with its controllers, else v1."""
+    mounts = _mounts()
+    for point, fstype, _ in mounts:
+        if fstype == "cgroup2" and point.startswith(root):
+            have = set((_read(os.path.join(point, "cgroup.controllers")) or "").split())
+            if {"memory", "cpu", "pids"} <= have:
+                return V2Driver(point)
+    v1: dict[str, str] = {}
+    for point, fstype, opts in mounts:
+        if fstype == "cgroup" and point.startswith(root):
+            for c in V1_CONTROLLERS:
+                if c in opts.split(","):
+                    v1.setdefault(c, point)
+    if {"memory", "cpu", "pids"} <= set(v1):
+        return V1Driver(root, v1)
+    raise ExecutorError(
+        f"no usable cgroups under {root}: need cgroup2 with memory, cpu and pids enabled, "
+        "or the v1 memory, cpu and pids hierarchies"
+    )
+
+
+def driver_for(version: int, root: str = "/sys/fs/cgroup") -> V1Driver | V2Driver:
+    d = detect(root)
+    if d.version != version:
+        raise ExecutorError(f"this run used cgroup v{version} but the host now has v{d.version}")
+    return d

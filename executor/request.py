@@ -1,0 +1,217 @@
+"""The launch request: what one job run needs, modelled on the OCI runtime config.
+
+A reader who knows runc's ``config.json`` finds the same shape: ``process``
+(args, env, cwd, user, capabilities, no_new_privs), ``root``, ``hostname``,
+``mounts``, ``linux.resources``, ``linux.namespaces`` with uid/gid maps and
+``linux.devices``. mlq adds what a batch runtime needs on top: the checkpoint
+volume, the network mode, the stop signal, grace period and time limit, and the
+state directory where logs and status land. Plain dataclasses, JSON both ways:
+the request is stored next to the run as ``request.json``. The executor knows
+nothing of teams, quotas or priorities; scheduler/launch.py builds requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class User:
+    """``process.user``: the ids the command runs as (in the user namespace, if any)."""
+
+    uid: int = 0
+    gid: int = 0
+    additional_gids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Process:
+    """``process``: the command and how it runs."""
+
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "/"
+    user: User = field(default_factory=User)
+    # Capabilities KEPT (names like CAP_NET_BIND_SERVICE); every other one is dropped.
+    capabilities: list[str] = field(default_factory=list)
+    no_new_privs: bool = True
+    seccomp: bool = True
+
+
+@dataclass
+class Root:
+    """``root``: the image and whether the job may write its root.
+
+    ``image`` is ``host`` (the host's ``/`` as the one lower layer), a rootfs
+    directory, a rootfs tarball (``docker export``), or an OCI image layout
+    directory (``skopeo copy ... oci:DIR``).
+    """
+
+    image: str = "host"
+    readonly: bool = False
+
+
+@dataclass
+class Mount:
+    """One entry of ``mounts``: a bind mount of a host path into the job."""
+
+    source: str
+    destination: str
+    readonly: bool = False
+
+
+@dataclass
+class Checkpoint:
+    """The per-job checkpoint volume: a host directory that outlives the job's runs."""
+
+    source: str
+    destination: str = "/checkpoints"
+
+
+@dataclass
+class Resources:
+    """``linux.resources`` in base units; ``None`` leaves the kernel's default (no limit)."""
+
+    memory_max: int | None = None
+    memory_high: int | None = None  # None with memory_max set: 87% of it
+    memory_swap_max: int | None = 0  # swap on top of memory_max; 0 = none
+    cpu_quota_us: int | None = None
+    cpu_period_us: int = 100_000
+    pids_max: int | None = None
+    io_weight: int | None = None  # 1..10000, v2 scale
+
+    def effective_memory_high(self) -> int | None:
+        if self.memory_high is not None:
+            return self.memory_high
+        return self.memory_max * 87 // 100 if self.memory_max else None
+
+
+@dataclass
+class Device:
+    """``linux.devices``: a host device node and where the job sees it.
+
+    ``path`` must exist on the host; ``container_path`` defaults to ``path`` when
+    that is under /dev, else ``/dev/<name>`` (``/dev/nvidia-caps/<name>`` for MIG
+    capability nodes), so tests can point at nodes made with ``mknod`` in a temp dir.
+    """
+
+    path: str
+    container_path: str | None = None
+
+    def target(self) -> str:
+        if self.container_path:
+            return self.container_path
+        if self.path.startswith("/dev/"):
+            return self.path
+        name = os.path.basename(self.path)
+        if os.path.basename(os.path.dirname(self.path)) == "nvidia-caps":
+            return f"/dev/nvidia-caps/{name}"
+        return f"/dev/{name}"
+
+
+@dataclass
+class IdMap:
+    """One line of ``uid_map``/``gid_map``."""
+
+    container_id: int
+    host_id: int
+    size: int
+
+
+@dataclass
+class Namespaces:
+    """PID, mount, UTS, IPC, network and cgroup are always new; the user one on request."""
+
+    user: bool = False
+    uid_mappings: list[IdMap] = field(default_factory=list)
+    gid_mappings: list[IdMap] = field(default_factory=list)
+
+
+@dataclass
+class Network:
+    """``none``: own namespace, loopback only. ``bridge``: a veth on ``bridge`` in ``subnet``."""
+
+    mode: Literal["none", "bridge"] = "none"
+    bridge: str = "mlq0"
+    subnet: str = "10.88.0.0/16"
+
+
+@dataclass
+class LaunchRequest:
+    """One run of one job on this node."""
+
+    run_id: str
+    state_dir: str
+    process: Process
+    root: Root = field(default_factory=Root)
+    hostname: str = "mlq"
+    mounts: list[Mount] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None
+    shm_size: int = 64 * 2**20
+    resources: Resources = field(default_factory=Resources)
+    devices: list[Device] = field(default_factory=list)
+    namespaces: Namespaces = field(default_factory=Namespaces)
+    network: Network = field(default_factory=Network)
+    stop_signal: str = "SIGTERM"
+    grace_period_s: float = 30.0
+    time_limit_s: float | None = None
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.state_dir, "runs", self.run_id)
+
+    def stop_signal_number(self) -> int:
+        return int(getattr(signal, self.stop_signal))
+
+    def env_list(self) -> list[str]:
+        """The job's environment; PATH defaults to the usual one, like Docker's."""
+        env = dict(self.process.env)
+        env.setdefault("PATH", DEFAULT_PATH)
+        env.setdefault("HOSTNAME", self.hostname)
+        return [f"{k}={v}" for k, v in env.items()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LaunchRequest:
+        return _build(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> LaunchRequest:
+        return cls.from_dict(json.loads(text))
+
+
+def _build(tp: Any, data: Any) -> Any:
+    """Turn JSON data back into the (nested) dataclass ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if data is None else _build(args[0], data)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return [_build(item, x) for x in data]
+    if origin is dict:
+        return dict(data)
+    if dataclasses.is_dataclass(tp):
+        if tp is Device and isinstance(data, str):
+            return Device(path=data)
+        hints = typing.get_type_hints(tp)
+        known = {f.name for f in dataclasses.fields(tp)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{tp.__name__}: unknown fields {', '.join(sorted(unknown))}")
+        return tp(**{k: _build(hints[k], v) for k, v in data.items()})
+    return data

@@ -1,0 +1,1314 @@
+/*
+ * mlq-runtime: the supervisor and the PID 1 of one mlq job.
+ *
+ * The Python launcher (executor/runner.py) prepares everything that is slow to get
+ * right and cheap to do ahead (cgroup with its limits, image layers, veth, the plan
+ * file) and then posix_spawns this small program with the plan's path.  This
+ * process becomes the job's SUPERVISOR (like containerd's shim): it clones the job's
+ * init into new namespaces, puts it in the job's cgroup before it runs anything,
+ * reports "ok" or "error <step>: <why>" on fd 3, and from then on owns the job:
+ * stop requests, grace period, SIGKILL of the whole cgroup, time limit, the durable
+ * status.json, and the cleanup - whether or not the launcher is still alive.
+ *
+ * The cloned child is mlq's init (PID 1 inside): it builds the root filesystem
+ * (overlay, /proc, /sys, /dev, volumes, devices, masked paths), pivots into it,
+ * forks the command (ids, capabilities, no_new_privs, seccomp, exec), forwards
+ * signals to it, reaps orphans and reports the command's wait status.
+ *
+ * The plan format, the control protocol and the set-up order are described in
+ * docs/executor.md.  Errors name the step and the object, crun-style.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/openat2.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <ftw.h>
+#include <grp.h>
+#include <pthread.h>
+
+#define MAXN 512
+
+struct mnt {
+    char *src, *dst, *type, *data;
+    unsigned long flags;
+    int ro_bind, is_file;
+};
+
+static struct {
+    char *rundir, *status, *control, *out, *err, *rootfs, *lower, *upper, *work;
+    char *hostname, *cwd, *netns, *cg_kill, *cg_procs, *v1_usage, *v1_evctl, *high_file;
+    char *oomfile, *oomkey, *peakfile;
+    char *cgroups[16];
+    int ncg;
+    struct mnt mounts[MAXN];
+    int nmounts;
+    char *masks[64];
+    int nmask;
+    char *ropaths[64];
+    int nro;
+    char *links[32][2];
+    int nlinks;
+    char *env[MAXN];
+    int nenv;
+    char *args[MAXN];
+    int nargs;
+    char *stats[16][2];
+    int nstats;
+    char *rmtrees[8];
+    int nrm;
+    char *unlinks[16];
+    int nunl;
+    char *uidmap, *gidmap;
+    uid_t uid;
+    gid_t gid;
+    gid_t groups[64];
+    int ngroups;
+    unsigned long long caps;
+    int nnp, seccomp, readonly_root, userns, newnet;
+    int stop_sig;
+    long grace_ms, time_limit_ms;
+    long long v1_high;
+} C;
+
+static int report_fd = -1; /* where "error <step>: ..." lines go */
+static int trace_fd = -1;  /* "trace PATH" in the plan: per-step timings, for bench/launch */
+
+static void tmark(const char *label)
+{
+    if (trace_fd < 0)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    char buf[128];
+    int n = snprintf(buf, sizeof buf, "%d %lld.%06ld %s\n", getpid(), (long long)ts.tv_sec, ts.tv_nsec / 1000, label);
+    ssize_t w = write(trace_fd, buf, n);
+    (void)w;
+}
+
+/* ---------- small helpers ---------- */
+
+static void say(int fd, const char *fmt, ...)
+{
+    char buf[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (n >= (int)sizeof buf)
+        n = sizeof buf - 1;
+    /* one write per line: lines from init and the command never interleave */
+    ssize_t w = write(fd, buf, n);
+    (void)w;
+}
+
+/* Report a failed set-up step and end this process.  Used before the job runs. */
+static void die(const char *step, const char *fmt, ...)
+{
+    int e = errno;
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (report_fd >= 0)
+        say(report_fd, "error %s: %s: %s\n", step, msg, strerror(e));
+    else
+        fprintf(stderr, "mlq-runtime: error %s: %s: %s\n", step, msg, strerror(e));
+    _exit(127);
+}
+
+static double now_wall(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+static int write_file(const char *path, const char *s)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = write(fd, s, strlen(s));
+    int e = errno;
+    close(fd);
+    errno = e;
+    return n == (ssize_t)strlen(s) ? 0 : -1;
+}
+
+static ssize_t read_file(const char *path, char *buf, size_t size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, size - 1);
+    close(fd);
+    if (n < 0)
+        return -1;
+    buf[n] = 0;
+    return n;
+}
+
+/* The value of "key N" in a flat-keyed cgroup file, or -1. */
+static long long keyed_value(const char *path, const char *key)
+{
+    char buf[8192];
+    if (read_file(path, buf, sizeof buf) < 0)
+        return -1;
+    size_t kl = strlen(key);
+    for (char *line = buf; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (!strncmp(line, key, kl) && line[kl] == ' ')
+            return atoll(line + kl + 1);
+        line = nl ? nl + 1 : NULL;
+    }
+    return -1;
+}
+
+/* ---------- plan parsing ---------- */
+
+static char *unescape(char *s)
+{
+    char *o = s, *r = s;
+    while (*r) {
+        if (*r == '\\' && r[1]) {
+            r++;
+            *o++ = *r == 'n' ? '\n' : *r == 't' ? '\t' : *r;
+            r++;
+        } else {
+            *o++ = *r++;
+        }
+    }
+    *o = 0;
+    return s;
+}
+
+static unsigned long mount_flags(char *spec, int *ro_bind, int *is_file)
+{
+    unsigned long f = 0;
+    *ro_bind = 0;
+    *is_file = 0;
+    for (char *tok = strtok(spec, ","); tok; tok = strtok(NULL, ",")) {
+        if (!strcmp(tok, "bind"))
+            f |= MS_BIND;
+        else if (!strcmp(tok, "rbind"))
+            f |= MS_BIND | MS_REC;
+        else if (!strcmp(tok, "ro"))
+            f |= MS_RDONLY;
+        else if (!strcmp(tok, "nosuid"))
+            f |= MS_NOSUID;
+        else if (!strcmp(tok, "nodev"))
+            f |= MS_NODEV;
+        else if (!strcmp(tok, "noexec"))
+            f |= MS_NOEXEC;
+        else if (!strcmp(tok, "relatime"))
+            f |= MS_RELATIME;
+        else if (!strcmp(tok, "file"))
+            *is_file = 1;
+    }
+    if ((f & MS_BIND) && (f & MS_RDONLY)) {
+        /* a bind mount ignores MS_RDONLY; it takes a second remount */
+        *ro_bind = 1;
+        f &= ~MS_RDONLY;
+    }
+    return f;
+}
+
+static void parse_plan(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        die("read plan", "open %s", path);
+    struct stat st;
+    fstat(fd, &st);
+    char *buf = malloc(st.st_size + 1);
+    ssize_t n = read(fd, buf, st.st_size);
+    close(fd);
+    if (n != st.st_size)
+        die("read plan", "read %s", path);
+    buf[n] = 0;
+    C.stop_sig = SIGTERM;
+    C.grace_ms = 30000;
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char *f[8] = {0};
+        int nf = 0;
+        for (char *p = line; p && nf < 8;) {
+            f[nf++] = p;
+            p = strchr(p, '\t');
+            if (p)
+                *p++ = 0;
+        }
+        for (int i = 0; i < nf; i++)
+            unescape(f[i]);
+        char *k = f[0];
+#define ARG(i) (nf > (i) ? f[i] : "")
+        if (!strcmp(k, "rundir")) C.rundir = f[1];
+        else if (!strcmp(k, "trace")) trace_fd = open(f[1], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        else if (!strcmp(k, "status")) C.status = f[1];
+        else if (!strcmp(k, "control")) C.control = f[1];
+        else if (!strcmp(k, "stdout")) C.out = f[1];
+        else if (!strcmp(k, "stderr")) C.err = f[1];
+        else if (!strcmp(k, "rootfs")) C.rootfs = f[1];
+        else if (!strcmp(k, "overlay")) { C.lower = f[1]; C.upper = f[2]; C.work = f[3]; }
+        else if (!strcmp(k, "readonly_root")) C.readonly_root = atoi(f[1]);
+        else if (!strcmp(k, "hostname")) C.hostname = f[1];
+        else if (!strcmp(k, "cwd")) C.cwd = f[1];
+        else if (!strcmp(k, "netns")) C.netns = f[1];
+        else if (!strcmp(k, "newnet")) C.newnet = atoi(f[1]);
+        else if (!strcmp(k, "cgroup") && C.ncg < 16) C.cgroups[C.ncg++] = f[1];
+        else if (!strcmp(k, "cgroup_procs")) C.cg_procs = f[1];
+        else if (!strcmp(k, "cgroup_kill")) C.cg_kill = f[1];
+        else if (!strcmp(k, "oom")) { C.oomfile = f[1]; C.oomkey = f[2]; }
+        else if (!strcmp(k, "peak")) C.peakfile = f[1];
+        else if (!strcmp(k, "v1_high")) { C.v1_usage = f[1]; C.v1_evctl = f[2]; C.v1_high = atoll(f[3]); C.high_file = f[4]; }
+        else if (!strcmp(k, "stat") && C.nstats < 16) { C.stats[C.nstats][0] = f[1]; C.stats[C.nstats++][1] = f[2]; }
+        else if (!strcmp(k, "mount") && C.nmounts < MAXN) {
+            struct mnt *m = &C.mounts[C.nmounts++];
+            m->src = f[1]; m->dst = f[2]; m->type = f[3];
+            m->flags = mount_flags(ARG(4), &m->ro_bind, &m->is_file);
+            m->data = nf > 5 && *f[5] ? f[5] : NULL;
+        }
+        else if (!strcmp(k, "mask") && C.nmask < 64) C.masks[C.nmask++] = f[1];
+        else if (!strcmp(k, "ropath") && C.nro < 64) C.ropaths[C.nro++] = f[1];
+        else if (!strcmp(k, "symlink") && C.nlinks < 32) { C.links[C.nlinks][0] = f[1]; C.links[C.nlinks++][1] = f[2]; }
+        else if (!strcmp(k, "env") && C.nenv < MAXN - 1) C.env[C.nenv++] = f[1];
+        else if (!strcmp(k, "arg") && C.nargs < MAXN - 1) C.args[C.nargs++] = f[1];
+        else if (!strcmp(k, "user")) { C.uid = atoi(f[1]); C.gid = atoi(f[2]); }
+        else if (!strcmp(k, "group") && C.ngroups < 64) C.groups[C.ngroups++] = atoi(f[1]);
+        else if (!strcmp(k, "caps")) C.caps = strtoull(f[1], NULL, 10);
+        else if (!strcmp(k, "no_new_privs")) C.nnp = atoi(f[1]);
+        else if (!strcmp(k, "seccomp")) C.seccomp = atoi(f[1]);
+        else if (!strcmp(k, "userns")) { C.userns = 1; C.uidmap = f[1]; C.gidmap = f[2]; }
+        else if (!strcmp(k, "stop_signal")) C.stop_sig = atoi(f[1]);
+        else if (!strcmp(k, "grace_ms")) C.grace_ms = atol(f[1]);
+        else if (!strcmp(k, "time_limit_ms")) C.time_limit_ms = atol(f[1]);
+        else if (!strcmp(k, "rmtree") && C.nrm < 8) C.rmtrees[C.nrm++] = f[1];
+        else if (!strcmp(k, "unlink") && C.nunl < 16) C.unlinks[C.nunl++] = f[1];
+#undef ARG
+    }
+    if (!C.rundir || !C.status || !C.rootfs || !C.nargs || !C.ncg)
+        die("read plan", "%s lacks rundir, status, rootfs, arg or cgroup", path);
+}
+
+/* ---------- paths inside the new root, resolved without escaping it ---------- */
+
+/* Open (creating what is missing) PATH inside the root directory ROOTFD; symlinks in
+ * the image are resolved as if ROOTFD were "/", so an image cannot point a mount
+ * target at the host (runc's securejoin, with openat2's RESOLVE_IN_ROOT). */
+static int open_in_root(int rootfd, const char *path, int is_file)
+{
+    struct open_how how = {.flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
+    int fd = syscall(SYS_openat2, rootfd, path, &how, sizeof how);
+    if (fd >= 0 || errno != ENOENT)
+        return fd;
+    /* create the missing components one by one, each looked up from the root again */
+    char prefix[4096] = "";
+    size_t plen = 0;
+    const char *p = path;
+    while (*p) {
+        while (*p == '/')
+            p++;
+        if (!*p)
+            break;
+        size_t len = strcspn(p, "/");
+        if (plen + len + 2 >= sizeof prefix) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        int parent = plen ? (int)syscall(SYS_openat2, rootfd, prefix, &how, sizeof how) : dup(rootfd);
+        if (parent < 0)
+            return -1;
+        prefix[plen++] = '/';
+        memcpy(prefix + plen, p, len);
+        plen += len;
+        prefix[plen] = 0;
+        p += len;
+        int last = !p[strspn(p, "/")];
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)len, p - len);
+        fd = syscall(SYS_openat2, rootfd, prefix, &how, sizeof how);
+        if (fd < 0 && errno == ENOENT) {
+            if (last && is_file) {
+                int c = openat(parent, name, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+                if (c >= 0)
+                    close(c);
+            } else {
+                mkdirat(parent, name, 0755);
+            }
+            fd = syscall(SYS_openat2, rootfd, prefix, &how, sizeof how);
+        }
+        close(parent);
+        if (fd < 0)
+            return -1;
+        if (!last)
+            close(fd);
+        else
+            return fd;
+    }
+    return dup(rootfd);
+}
+
+static void fdpath(char *buf, size_t size, int fd)
+{
+    snprintf(buf, size, "/proc/self/fd/%d", fd);
+}
+
+/* ---------- init: the root filesystem ---------- */
+
+static void do_mounts(void)
+{
+    tmark("init: mounts begin");
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        die("mount", "make / private (so nothing propagates to the host)");
+    char opts[16384];
+    snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s,volatile", C.lower, C.upper, C.work);
+    if (C.upper && *C.upper) {
+        if (mount("overlay", C.rootfs, "overlay", 0, opts) < 0)
+            die("mount overlay", "%s on %s", opts, C.rootfs);
+    } else if (mount(C.lower, C.rootfs, NULL, MS_BIND | MS_REC, NULL) < 0) {
+        die("mount root", "bind %s on %s", C.lower, C.rootfs);
+    }
+    tmark("init: overlay mounted");
+    int rootfd = open(C.rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0)
+        die("mount", "open %s", C.rootfs);
+    for (int i = 0; i < C.nmounts; i++) {
+        struct mnt *m = &C.mounts[i];
+        if ((m->flags & MS_BIND) && strcmp(m->type, "remount")) {
+            struct stat st;
+            if (stat(m->src, &st) < 0)
+                die("mount", "source %s for %s", m->src, m->dst);
+            m->is_file = !S_ISDIR(st.st_mode);
+        }
+        int fd = open_in_root(rootfd, m->dst, m->is_file);
+        if (fd < 0)
+            die("mount", "create target %s in the root", m->dst);
+        char target[64];
+        fdpath(target, sizeof target, fd);
+        if (!strcmp(m->type, "remount")) {
+            /* e.g. the tmpfs holding v1 cgroup mounts, made read-only once filled */
+            if (mount(NULL, target, NULL, MS_REMOUNT | m->flags, m->data) < 0)
+                die("mount", "remount %s", m->dst);
+            close(fd);
+            continue;
+        }
+        if (mount(m->src, target, m->type, m->flags, m->data) < 0)
+            die("mount", "%s %s on %s", *m->type ? m->type : "bind", m->src, m->dst);
+        if (m->ro_bind) {
+            close(fd);
+            fd = open_in_root(rootfd, m->dst, m->is_file);
+            fdpath(target, sizeof target, fd);
+            unsigned long keep = m->flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC);
+            if (mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | keep, NULL) < 0)
+                die("mount", "remount %s read-only", m->dst);
+        }
+        close(fd);
+    }
+    for (int i = 0; i < C.nlinks; i++) {
+        char full[4096];
+        snprintf(full, sizeof full, "%s%s", C.rootfs, C.links[i][1]);
+        unlink(full);
+        if (symlink(C.links[i][0], full) < 0)
+            die("symlink", "%s -> %s", C.links[i][1], C.links[i][0]);
+    }
+    close(rootfd);
+    if (C.readonly_root && mount(NULL, C.rootfs, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL) < 0)
+        die("mount", "remount the root %s read-only", C.rootfs);
+}
+
+static void do_pivot(void)
+{
+    /* pivot_root(".", ".") stacks the old root under the new one; detaching it leaves
+     * only the job's tree (no chroot: a chroot can be escaped by a root process). */
+    if (chdir(C.rootfs) < 0)
+        die("pivot_root", "chdir %s", C.rootfs);
+    if (syscall(SYS_pivot_root, ".", ".") < 0)
+        die("pivot_root", "%s", C.rootfs);
+    if (umount2(".", MNT_DETACH) < 0)
+        die("pivot_root", "detach the old root");
+    if (chdir("/") < 0)
+        die("pivot_root", "chdir /");
+}
+
+/* OCI's masked and read-only paths: uid 0 without capabilities can still write some
+ * of /proc/sys and /sys, and read /proc/kcore or /proc/keys. */
+static void do_protect(void)
+{
+    for (int i = 0; i < C.nmask; i++) {
+        struct stat st;
+        if (stat(C.masks[i], &st) < 0)
+            continue;
+        int r = S_ISDIR(st.st_mode)
+                    ? mount("tmpfs", C.masks[i], "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
+                    : mount("/dev/null", C.masks[i], NULL, MS_BIND, NULL);
+        if (r < 0)
+            die("mask", "%s", C.masks[i]);
+    }
+    for (int i = 0; i < C.nro; i++) {
+        struct statvfs sv;
+        if (statvfs(C.ropaths[i], &sv) < 0)
+            continue;
+        if (mount(C.ropaths[i], C.ropaths[i], NULL, MS_BIND | MS_REC, NULL) < 0)
+            die("read-only path", "bind %s", C.ropaths[i]);
+        unsigned long keep = (sv.f_flag & ST_NOSUID ? MS_NOSUID : 0) | (sv.f_flag & ST_NODEV ? MS_NODEV : 0) |
+                             (sv.f_flag & ST_NOEXEC ? MS_NOEXEC : 0);
+        if (mount(NULL, C.ropaths[i], NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | keep, NULL) < 0)
+            die("read-only path", "remount %s read-only", C.ropaths[i]);
+    }
+}
+
+static void loopback_up(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        die("network", "socket for lo");
+    struct ifreq ifr = {0};
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
+        die("network", "read flags of lo");
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+        die("network", "bring lo up");
+    close(s);
+}
+
+/* ---------- the command: ids, capabilities, seccomp ---------- */
+
+#if defined(__x86_64__)
+#define MLQ_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define MLQ_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+/* What Docker's default profile refuses (it is an allow-list; these are the calls it
+ * leaves out, or allows only with CAP_SYS_ADMIN and friends that a job lacks). */
+static const int denied[] = {
+#ifdef SYS_mount
+    SYS_mount,
+#endif
+    SYS_umount2, SYS_pivot_root, SYS_kexec_load,
+#ifdef SYS_kexec_file_load
+    SYS_kexec_file_load,
+#endif
+    SYS_init_module, SYS_finit_module, SYS_delete_module, SYS_keyctl, SYS_add_key, SYS_request_key,
+    SYS_bpf, SYS_unshare, SYS_setns, SYS_acct, SYS_swapon, SYS_swapoff, SYS_reboot, SYS_syslog,
+    SYS_settimeofday, SYS_clock_settime, SYS_clock_adjtime, SYS_adjtimex, SYS_open_by_handle_at,
+    SYS_name_to_handle_at, SYS_perf_event_open, SYS_quotactl, SYS_lookup_dcookie, SYS_userfaultfd,
+    SYS_sethostname, SYS_setdomainname, SYS_process_vm_readv, SYS_process_vm_writev, SYS_kcmp,
+    SYS_ptrace, SYS_fanotify_init, SYS_vhangup,
+#ifdef SYS_umount
+    SYS_umount,
+#endif
+#ifdef SYS_iopl
+    SYS_iopl, SYS_ioperm,
+#endif
+#ifdef SYS_uselib
+    SYS_uselib,
+#endif
+#ifdef SYS_ustat
+    SYS_ustat,
+#endif
+#ifdef SYS_sysfs
+    SYS_sysfs,
+#endif
+#ifdef SYS__sysctl
+    SYS__sysctl,
+#endif
+#ifdef SYS_open_tree
+    SYS_open_tree, SYS_move_mount, SYS_fsopen, SYS_fsconfig, SYS_fsmount, SYS_fspick,
+#endif
+#ifdef SYS_mount_setattr
+    SYS_mount_setattr,
+#endif
+#ifdef SYS_quotactl_fd
+    SYS_quotactl_fd,
+#endif
+};
+
+#define NS_FLAGS (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP)
+
+static void install_seccomp(int allow_ptrace)
+{
+    struct sock_filter f[160];
+    int n = 0, nd = sizeof denied / sizeof denied[0];
+    /* layout: [arch check][x32 check][denied...][clone check][ALLOW][EPERM][ENOSYS] */
+    /* targets are absolute indexes, turned into the relative offsets BPF wants */
+#define STMT(c, k) (f[n] = (struct sock_filter)BPF_STMT(c, k), n++)
+#define JUMP(c, k, t, e) (f[n] = (struct sock_filter)BPF_JUMP(c, k, (t) ? (t) - n - 1 : 0, (e) ? (e) - n - 1 : 0), n++)
+    int total = 4 + nd + 4 + 3;
+#if defined(__x86_64__)
+    total += 1;
+#endif
+    int allow = total - 3, eperm = total - 2, enosys = total - 1;
+    STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    JUMP(BPF_JMP | BPF_JEQ | BPF_K, MLQ_AUDIT_ARCH, n + 2, 0); /* other ABIs: refuse all */
+    STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+#if defined(__x86_64__)
+    JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, eperm, 0); /* x32 calls */
+#endif
+    for (int i = 0; i < nd; i++) {
+        if (allow_ptrace && denied[i] == SYS_ptrace) {
+            JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)-1, 0, 0); /* keep the layout */
+            continue;
+        }
+        JUMP(BPF_JMP | BPF_JEQ | BPF_K, denied[i], eperm, 0);
+    }
+    /* clone3 passes its flags in memory seccomp cannot read: ENOSYS makes libc fall
+     * back to clone, whose flags are checked (as Docker does). */
+    JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, enosys, 0);
+    JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, allow);
+    STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
+    JUMP(BPF_JMP | BPF_JSET | BPF_K, NS_FLAGS, eperm, 0);
+    STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW); /* [allow] */
+    STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS);
+#undef STMT
+#undef JUMP
+    if (n != total)
+        die("seccomp", "filter layout %d != %d", n, total);
+    struct sock_fprog prog = {.len = (unsigned short)n, .filter = f};
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) < 0)
+        die("seccomp", "install the filter");
+}
+
+static void set_caps(void)
+{
+    int last = 40;
+    char buf[32];
+    if (read_file("/proc/sys/kernel/cap_last_cap", buf, sizeof buf) > 0)
+        last = atoi(buf);
+    /* the bounding set is what root regains at exec: drop it first */
+    for (int c = 0; c <= last; c++)
+        if (!(C.caps & (1ULL << c)) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
+            die("capabilities", "drop %d from the bounding set", c);
+    struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct d[2] = {0};
+    d[0].effective = d[0].permitted = d[0].inheritable = (uint32_t)C.caps;
+    d[1].effective = d[1].permitted = d[1].inheritable = (uint32_t)(C.caps >> 32);
+    if (syscall(SYS_capset, &h, d) < 0)
+        die("capabilities", "capset %llx", C.caps);
+    /* ambient: a non-root user keeps the named capabilities across exec */
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    for (int c = 0; c <= last; c++)
+        if ((C.caps & (1ULL << c)) && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0) < 0)
+            die("capabilities", "raise ambient %d", c);
+}
+
+static char *find_exec(const char *name, char *buf, size_t size)
+{
+    if (strchr(name, '/'))
+        return (char *)name;
+    const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    for (int i = 0; i < C.nenv; i++)
+        if (!strncmp(C.env[i], "PATH=", 5))
+            path = C.env[i] + 5;
+    char *copy = strdup(path), *save = NULL;
+    for (char *dir = strtok_r(copy, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
+        snprintf(buf, size, "%s/%s", *dir ? dir : ".", name);
+        if (access(buf, X_OK) == 0)
+            return buf;
+    }
+    return (char *)name;
+}
+
+static void write_map(pid_t pid, const char *kind, const char *map)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/%s", pid, kind);
+    snprintf(line, sizeof line, "%s\n", map);
+    if (write_file(path, line) < 0)
+        die("user namespace", "write %s \"%s\"", path, map);
+}
+
+/* The command's process, from fork to exec.  Seccomp comes last, right before exec,
+ * so that as few calls as possible run under it; no_new_privs lets it be installed
+ * without CAP_SYS_ADMIN. */
+static void run_command(int errfd, int usync_r, int usync_w)
+{
+    report_fd = errfd;
+    setsid();
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    for (int s = 1; s < NSIG; s++)
+        signal(s, SIG_DFL);
+    if (C.userns) {
+        /* a user namespace of its own, inside the others: init (real root) writes the
+         * maps, so the job's root is an unprivileged host uid */
+        if (unshare(CLONE_NEWUSER) < 0)
+            die("user namespace", "unshare");
+        char c = 'u';
+        if (write(usync_w, &c, 1) != 1 || read(usync_r, &c, 1) != 1 || c != 'g')
+            die("user namespace", "wait for the uid/gid maps");
+    }
+    if (write_file("/proc/self/oom_score_adj", "0") < 0)
+        die("oom_score_adj", "reset to 0");
+    if (C.cwd && chdir(C.cwd) < 0)
+        die("cwd", "chdir %s", C.cwd);
+    if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
+        die("user", "keep capabilities across setuid");
+    if (setgroups(C.ngroups, C.groups) < 0 && !C.userns)
+        die("user", "setgroups");
+    if (setresgid(C.gid, C.gid, C.gid) < 0)
+        die("user", "setgid %d", C.gid);
+    if (setresuid(C.uid, C.uid, C.uid) < 0)
+        die("user", "setuid %d", C.uid);
+    if (!C.nnp && C.seccomp)
+        install_seccomp(!!(C.caps & (1ULL << CAP_SYS_PTRACE))); /* needs CAP_SYS_ADMIN still */
+    set_caps();
+    if (C.nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        die("no_new_privs", "prctl");
+    int fd = open("/dev/null", O_RDONLY);
+    if (fd >= 0 && fd != 0) {
+        dup2(fd, 0);
+        close(fd);
+    }
+    /* nothing of the launcher or of mlq leaks: fds 3 and up close at exec */
+    if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+        for (int i = 3; i < 1024; i++)
+            if (i != errfd)
+                close(i);
+    char pathbuf[4096];
+    char *exe = find_exec(C.args[0], pathbuf, sizeof pathbuf);
+    C.args[C.nargs] = NULL;
+    C.env[C.nenv] = NULL;
+    if (C.nnp && C.seccomp)
+        install_seccomp(!!(C.caps & (1ULL << CAP_SYS_PTRACE)));
+    execve(exe, C.args, C.env);
+    die("exec", "%s", C.args[0]);
+}
+
+/* ---------- init (PID 1 inside) ---------- */
+
+static volatile pid_t cmd_pid;
+static char *argv_area;
+static size_t argv_len;
+
+/* ps inside the job shows PID 1 as "mlq-init", not the helper's path and plan */
+static void name_init(void)
+{
+    prctl(PR_SET_NAME, "mlq-init", 0, 0, 0);
+    if (argv_area && argv_len > 9) {
+        memset(argv_area, 0, argv_len);
+        memcpy(argv_area, "mlq-init", 8);
+    }
+}
+
+static void init_main(int go_r, int rep_w)
+{
+    report_fd = rep_w;
+    name_init();
+    char c;
+    /* wait until the supervisor has put this process in the job's cgroup */
+    if (read(go_r, &c, 1) != 1)
+        die("cgroup", "the supervisor did not place the job in its cgroup");
+    close(go_r);
+    /* a cgroup namespace rooted at the job's own cgroup: the job sees only its own
+     * limits (and the mount below makes them read-only) */
+    if (unshare(CLONE_NEWCGROUP) < 0)
+        die("namespaces", "unshare the cgroup namespace");
+    if (C.netns) {
+        int nfd = open(C.netns, O_RDONLY | O_CLOEXEC);
+        if (nfd < 0 || setns(nfd, CLONE_NEWNET) < 0)
+            die("network", "join %s", C.netns);
+        close(nfd);
+    }
+    do_mounts();
+    tmark("init: mounts done");
+    do_pivot();
+    tmark("init: pivoted");
+    do_protect();
+    tmark("init: protected");
+    if (C.hostname && sethostname(C.hostname, strlen(C.hostname)) < 0)
+        die("hostname", "sethostname %s", C.hostname);
+    if (C.newnet || C.netns)
+        loopback_up();
+    /* init must outlive its job under memory pressure, so the OOM killer picks the
+     * command, and the cgroup's oom_kill counter tells the outcome */
+    write_file("/proc/self/oom_score_adj", "-1000");
+
+    int errp[2], u1[2] = {-1, -1}, u2[2] = {-1, -1};
+    if (pipe2(errp, O_CLOEXEC) < 0 || (C.userns && (pipe2(u1, O_CLOEXEC) < 0 || pipe2(u2, O_CLOEXEC) < 0)))
+        die("start", "pipe");
+    sigset_t mask;
+    sigfillset(&mask);
+    sigprocmask(SIG_SETMASK, &mask, NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        die("start", "fork the command");
+    if (pid == 0) {
+        close(errp[0]);
+        run_command(errp[1], u2[0], u1[1]);
+    }
+    cmd_pid = pid;
+    close(errp[1]);
+    if (C.userns) {
+        if (read(u1[0], &c, 1) != 1)
+            goto exec_result;
+        write_map(pid, "setgroups", "deny");
+        write_map(pid, "uid_map", C.uidmap);
+        write_map(pid, "gid_map", C.gidmap);
+        c = 'g';
+        if (write(u2[1], &c, 1) != 1)
+            die("user namespace", "release the command");
+    }
+exec_result:;
+    char err[2048];
+    ssize_t n = read(errp[0], err, sizeof err - 1);
+    close(errp[0]);
+    if (n > 0) {
+        /* the command failed before exec: pass its message on, then its status */
+        ssize_t w = write(rep_w, err, n);
+        (void)w;
+        int st;
+        waitpid(pid, &st, 0);
+        _exit(127);
+    }
+    tmark("init: exec ok");
+    say(rep_w, "ready\n");
+    /* caps are no longer needed, except to signal a job running as another user */
+    /* forward, reap, and leave with the command's status */
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(&mask, &si);
+        if (sig < 0)
+            continue;
+        if (sig == SIGCHLD) {
+            int st;
+            pid_t p;
+            while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+                if (p == pid) {
+                    tmark("init: command exited");
+                    say(rep_w, "exit %d\n", st);
+                    _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+                }
+            }
+        } else if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGUSR1 || sig == SIGUSR2 ||
+                   sig == SIGQUIT) {
+            kill(pid, sig);
+        }
+    }
+}
+
+/* ---------- the supervisor ---------- */
+
+static pid_t init_pid;
+static int cg_empty_wait(int);
+
+static void kill_cgroup(void)
+{
+    /* v2 has cgroup.kill; killing PID 1 of the pid namespace ends everything in it;
+     * and whatever is still listed in cgroup.procs gets SIGKILL as well (v1) */
+    if (C.cg_kill)
+        write_file(C.cg_kill, "1");
+    if (init_pid > 0)
+        kill(init_pid, SIGKILL);
+    char buf[65536];
+    if (C.cg_procs && read_file(C.cg_procs, buf, sizeof buf) > 0)
+        for (char *p = strtok(buf, "\n"); p; p = strtok(NULL, "\n"))
+            kill(atoi(p), SIGKILL);
+}
+
+static int cg_empty_wait(int ms)
+{
+    char buf[256];
+    for (int i = 0; i < ms; i++) {
+        if (!C.cg_procs || read_file(C.cg_procs, buf, sizeof buf) <= 0)
+            return 1;
+        kill_cgroup();
+        usleep(1000);
+    }
+    return 0;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char ch = *s;
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(f, "\\u%04x", ch);
+        else
+            fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+/* Copy a flat-keyed cgroup file ("key value" lines) or a one-number file as JSON. */
+static void json_stat(FILE *f, const char *path)
+{
+    char buf[8192];
+    if (read_file(path, buf, sizeof buf) < 0) {
+        fputs("null", f);
+        return;
+    }
+    if (!strchr(buf, ' ')) {
+        fprintf(f, "%lld", atoll(buf));
+        return;
+    }
+    fputc('{', f);
+    int first = 1;
+    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+        char *sp = strchr(line, ' ');
+        if (!sp)
+            continue;
+        *sp = 0;
+        fprintf(f, "%s\"%s\": %lld", first ? "" : ", ", line, atoll(sp + 1));
+        first = 0;
+    }
+    fputc('}', f);
+}
+
+static const char *signame(int s)
+{
+    static const char *names[] = {
+        [SIGHUP] = "SIGHUP",   [SIGINT] = "SIGINT",   [SIGQUIT] = "SIGQUIT", [SIGILL] = "SIGILL",
+        [SIGTRAP] = "SIGTRAP", [SIGABRT] = "SIGABRT", [SIGBUS] = "SIGBUS",   [SIGFPE] = "SIGFPE",
+        [SIGKILL] = "SIGKILL", [SIGUSR1] = "SIGUSR1", [SIGSEGV] = "SIGSEGV", [SIGUSR2] = "SIGUSR2",
+        [SIGPIPE] = "SIGPIPE", [SIGALRM] = "SIGALRM", [SIGTERM] = "SIGTERM", [SIGXCPU] = "SIGXCPU",
+        [SIGXFSZ] = "SIGXFSZ", [SIGSYS] = "SIGSYS"};
+    return s > 0 && s < (int)(sizeof names / sizeof names[0]) && names[s] ? names[s] : NULL;
+}
+
+static void write_status(const char *state, const char *reason, int raw, int have_raw, double started,
+                         double finished, long long oom, long long high_events, const char *error)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", C.status);
+    FILE *f = fopen(tmp, "we");
+    if (!f)
+        return;
+    int code = -1, sig = 0;
+    if (have_raw) {
+        if (WIFEXITED(raw))
+            code = WEXITSTATUS(raw);
+        else if (WIFSIGNALED(raw)) {
+            sig = WTERMSIG(raw);
+            code = 128 + sig;
+        }
+    }
+    fprintf(f, "{\"state\": \"%s\", \"reason\": \"%s\", \"exit_code\": %d, \"signal\": ", state, reason, code);
+    if (sig && signame(sig))
+        json_str(f, signame(sig));
+    else if (sig)
+        fprintf(f, "\"SIG%d\"", sig);
+    else
+        fputs("null", f);
+    fprintf(f, ", \"started_at\": %.6f, \"finished_at\": %.6f, \"duration_s\": %.6f", started, finished,
+            finished - started);
+    long long peak = -1;
+    char pb[64];
+    if (C.peakfile && read_file(C.peakfile, pb, sizeof pb) > 0)
+        peak = atoll(pb);
+    fprintf(f, ", \"max_memory_bytes\": %lld, \"oom_kills\": %lld, \"memory_high_events\": %lld", peak < 0 ? 0 : peak,
+            oom < 0 ? 0 : oom, high_events);
+    fputs(", \"cgroup\": {", f);
+    for (int i = 0; i < C.nstats; i++) {
+        fprintf(f, "%s\"%s\": ", i ? ", " : "", C.stats[i][0]);
+        json_stat(f, C.stats[i][1]);
+    }
+    fputs("}, \"error\": ", f);
+    if (error)
+        json_str(f, error);
+    else
+        fputs("null", f);
+    fputs("}\n", f);
+    fflush(f);
+    /* durable: the daemon may be dead now and read this after a reboot */
+    fsync(fileno(f));
+    fclose(f);
+    rename(tmp, C.status);
+    int dfd = open(C.rundir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+}
+
+static void cleanup(void)
+{
+    for (int i = 0; i < C.ncg; i++)
+        for (int t = 0; t < 2000 && rmdir(C.cgroups[i]) < 0 && errno == EBUSY; t++)
+            usleep(1000);
+    for (int i = 0; i < C.nunl; i++)
+        unlink(C.unlinks[i]);
+    for (int i = 0; i < C.nrm; i++)
+        nftw(C.rmtrees[i], rm_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+}
+
+/* v1 has no memory.high: count crossings of the high mark with a usage threshold
+ * notification (cgroup.event_control); hands the eventfd (or -1) to the main loop. */
+static void *register_high(void *arg)
+{
+    int out = *(int *)arg;
+    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    int ufd = open(C.v1_usage, O_RDONLY | O_CLOEXEC);
+    char reg[128];
+    snprintf(reg, sizeof reg, "%d %d %lld", efd, ufd, C.v1_high);
+    if (efd < 0 || ufd < 0 || write_file(C.v1_evctl, reg) < 0) {
+        if (efd >= 0)
+            close(efd);
+        efd = -1;
+    }
+    if (ufd >= 0)
+        close(ufd);
+    ssize_t w = write(out, &efd, sizeof efd);
+    (void)w;
+    close(out);
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: mlq-runtime PLAN (started by mlq's executor)\n");
+        return 2;
+    }
+    /* fd 3 is the launcher's report pipe; without it errors go to stderr */
+    int launcher = fcntl(3, F_GETFD) >= 0 ? 3 : -1;
+    argv_area = argv[0];
+    argv_len = argv[argc - 1] + strlen(argv[argc - 1]) + 1 - argv[0];
+    report_fd = launcher;
+    parse_plan(argv[1]);
+    signal(SIGPIPE, SIG_IGN);
+
+    int outfd = open(C.out, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    int errfd = open(C.err, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (outfd < 0 || errfd < 0)
+        die("logs", "open %s and %s", C.out, C.err);
+
+    int gop[2], rep[2];
+    if (pipe2(gop, O_CLOEXEC) < 0 || pipe2(rep, O_CLOEXEC) < 0)
+        die("start", "pipe");
+    sigset_t mask;
+    sigemptyset(&mask);
+    int sigs[] = {SIGCHLD, SIGUSR1, SIGUSR2, SIGTERM, SIGINT, SIGHUP};
+    for (unsigned i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        sigaddset(&mask, sigs[i]);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+
+    int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | (C.newnet ? CLONE_NEWNET : 0);
+    tmark("sup: start");
+    double started = now_wall();
+    long long t0 = now_ms();
+    pid_t pid = syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, NULL);
+    if (pid < 0)
+        die("namespaces", "clone with new pid, mount, uts, ipc%s namespaces", C.newnet ? ", net" : "");
+    if (pid == 0) {
+        close(gop[1]);
+        close(rep[0]);
+        dup2(outfd, 1);
+        dup2(errfd, 2);
+        init_main(gop[0], rep[1]);
+    }
+    init_pid = pid;
+    tmark("sup: cloned");
+    close(gop[0]);
+    close(rep[1]);
+
+    /* 1. the cgroup, before init runs a single step of its own */
+    char pidbuf[32];
+    snprintf(pidbuf, sizeof pidbuf, "%d", pid);
+    for (int i = 0; i < C.ncg; i++) {
+        char procs[4096];
+        snprintf(procs, sizeof procs, "%s/cgroup.procs", C.cgroups[i]);
+        if (write_file(procs, pidbuf) < 0) {
+            int e = errno;
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            errno = e;
+            die("cgroup", "write cgroup.procs in %s", C.cgroups[i]);
+        }
+    }
+    tmark("sup: in cgroup");
+    if (write(gop[1], "g", 1) != 1)
+        die("start", "release init");
+    close(gop[1]);
+
+    /* 2. wait for "ready" (the command exec'd) or the step that failed */
+    char line[4096];
+    size_t len = 0;
+    int ready = 0;
+    char failure[4096] = "";
+    while (len < sizeof line - 1) {
+        ssize_t n = read(rep[0], line + len, sizeof line - 1 - len);
+        if (n <= 0)
+            break;
+        len += n;
+        line[len] = 0;
+        if (strstr(line, "\n"))
+            break;
+    }
+    line[len] = 0;
+    if (!strncmp(line, "ready\n", 6)) {
+        ready = 1;
+        memmove(line, line + 6, len - 6 + 1);
+        len -= 6;
+    } else {
+        snprintf(failure, sizeof failure, "%s", len ? line : "error start: init ended before the job ran\n");
+    }
+    if (!ready) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        if (launcher >= 0)
+            say(launcher, "%s", failure);
+        /* the launcher undoes what it made (cgroup, dirs, veth); nothing else exists */
+        return 1;
+    }
+
+    /* the named network namespace has served its purpose: from now on it lives
+     * exactly as long as the job, and so does the veth end inside it */
+    for (int i = 0; i < C.nunl; i++)
+        if (C.netns && !strcmp(C.unlinks[i], C.netns)) {
+            umount2(C.netns, MNT_DETACH);
+            unlink(C.netns);
+        }
+
+    /* 3. the supervisor record, then "ok" to the launcher */
+    {
+        char path[4096], buf[256], stat[1024];
+        snprintf(path, sizeof path, "%s/supervisor.json", C.rundir);
+        unsigned long long starttime = 0;
+        if (read_file("/proc/self/stat", stat, sizeof stat) > 0) {
+            char *p = strrchr(stat, ')');
+            /* field 22 (starttime) counted after the command name */
+            for (int fld = 2; p && fld < 22; fld++)
+                p = strchr(p + 1, ' ');
+            if (p)
+                starttime = strtoull(p + 1, NULL, 10);
+        }
+        snprintf(buf, sizeof buf, "{\"pid\": %d, \"starttime\": %llu, \"init_pid\": %d, \"started_at\": %.6f}\n",
+                 getpid(), starttime, pid, started);
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+            ssize_t w = write(fd, buf, strlen(buf));
+            (void)w;
+            close(fd);
+        }
+    }
+    tmark("sup: ready");
+    if (launcher >= 0) {
+        say(launcher, "ok %d %d\n", getpid(), pid);
+        close(launcher);
+    }
+    report_fd = -1;
+    int devnull = open("/dev/null", O_RDWR);
+    if (devnull >= 0) {
+        dup2(devnull, 0);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        close(devnull);
+    }
+    close(outfd);
+    close(errfd);
+
+    /* 4. supervise */
+    int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    tmark("sup: supervising");
+    long long high_events = C.v1_usage ? 0 : -1;
+    int hipipe[2] = {-1, -1};
+    if (C.v1_usage && pipe2(hipipe, O_CLOEXEC | O_NONBLOCK) == 0) {
+        /* registering takes the kernel an RCU grace period (milliseconds): a thread
+         * does it while the job already runs, and says so through the pipe */
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&th, &attr, register_high, &hipipe[1]) != 0)
+            high_events = -1;
+    }
+    int efd = -1;
+    tmark("sup: high-mark notification registered");
+    const char *reason = "exited";
+    int stopping = 0;
+    long long grace_end = -1, limit_end = C.time_limit_ms > 0 ? t0 + C.time_limit_ms : -1;
+    int raw = 0, have_raw = 0, init_status = 0, killed = 0;
+    for (;;) {
+        long long now = now_ms(), next = -1;
+        if (grace_end >= 0)
+            next = grace_end;
+        if (limit_end >= 0 && !stopping && (next < 0 || limit_end < next))
+            next = limit_end;
+        int timeout = next < 0 ? -1 : (int)(next > now ? next - now : 0);
+        struct pollfd pf[3] = {{sfd, POLLIN, 0}, {efd, POLLIN, 0}, {hipipe[0], POLLIN, 0}};
+        int r = poll(pf, 3, timeout);
+        if (r > 0 && (pf[2].revents & POLLIN)) {
+            int got;
+            if (read(hipipe[0], &got, sizeof got) == sizeof got)
+                efd = got;
+            if (efd < 0)
+                high_events = -1;
+            close(hipipe[0]);
+            hipipe[0] = -1;
+        }
+        now = now_ms();
+        if (limit_end >= 0 && !stopping && now >= limit_end) {
+            reason = "time_limit";
+            stopping = 1;
+            kill(pid, C.stop_sig);
+            grace_end = now + C.grace_ms;
+        }
+        if (grace_end >= 0 && now >= grace_end && !killed) {
+            kill_cgroup();
+            killed = 1;
+            grace_end = -1;
+        }
+        if (r > 0 && efd >= 0 && (pf[1].revents & POLLIN)) {
+            uint64_t v;
+            if (read(efd, &v, sizeof v) == sizeof v && high_events >= 0) {
+                high_events += (long long)v;
+                char b[32];
+                snprintf(b, sizeof b, "%lld\n", high_events);
+                int hf = open(C.high_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+                if (hf >= 0) {
+                    ssize_t w = write(hf, b, strlen(b));
+                    (void)w;
+                    close(hf);
+                }
+            }
+        }
+        if (r <= 0 || !(pf[0].revents & POLLIN))
+            continue;
+        struct signalfd_siginfo si;
+        int done = 0;
+        while (read(sfd, &si, sizeof si) == sizeof si) {
+            int s = si.ssi_signo;
+            if (s == SIGCHLD) {
+                int st;
+                if (waitpid(pid, &st, WNOHANG) == pid) {
+                    init_status = st;
+                    done = 1;
+                }
+            } else if (s == SIGUSR2) {
+                if (!stopping)
+                    reason = "stopped";
+                stopping = 1;
+                kill_cgroup();
+                killed = 1;
+            } else {
+                /* SIGUSR1: a stop request in the control file; SIGTERM/INT/HUP: a stop
+                 * with the job's own signal and grace period */
+                int sig = C.stop_sig;
+                long grace = C.grace_ms;
+                char cb[256];
+                if (s == SIGUSR1 && C.control && read_file(C.control, cb, sizeof cb) > 0) {
+                    if (!strncmp(cb, "kill", 4))
+                        grace = 0;
+                    else
+                        sscanf(cb, "stop %d %ld", &sig, &grace);
+                }
+                if (!stopping) {
+                    reason = "stopped";
+                    stopping = 1;
+                }
+                kill(pid, sig);
+                long long end = now_ms() + grace;
+                if (!killed && (grace_end < 0 || end < grace_end))
+                    grace_end = end;
+                if (grace == 0 && !killed) {
+                    kill_cgroup();
+                    killed = 1;
+                    grace_end = -1;
+                }
+            }
+        }
+        if (done)
+            break;
+    }
+    tmark("sup: init reaped");
+    double finished = now_wall();
+
+    /* 5. the outcome: init's report of the command's status, else init's own */
+    for (;;) {
+        ssize_t n = read(rep[0], line + len, sizeof line - 1 - len);
+        if (n <= 0)
+            break;
+        len += n;
+    }
+    line[len] = 0;
+    char *ex = strstr(line, "exit ");
+    if (ex) {
+        raw = atoi(ex + 5);
+        have_raw = 1;
+    } else {
+        raw = init_status;
+        have_raw = 1;
+    }
+    /* anything left in the cgroup (a v1 job's stragglers) is killed before reading */
+    int empty = cg_empty_wait(5000);
+    long long oom = C.oomfile ? keyed_value(C.oomfile, C.oomkey) : -1;
+    if (high_events >= 0 && efd >= 0) {
+        uint64_t v;
+        if (read(efd, &v, sizeof v) == sizeof v)
+            high_events += (long long)v;
+    }
+    const char *state;
+    int ok = WIFEXITED(raw) && WEXITSTATUS(raw) == 0;
+    if (!strcmp(reason, "time_limit"))
+        state = "TIMEOUT";
+    else if (!strcmp(reason, "stopped"))
+        state = "STOPPED";
+    else if (oom > 0 && !ok)
+        state = "OUT_OF_MEMORY";
+    else if (ok)
+        state = "COMPLETED";
+    else
+        state = "FAILED";
+    if (efd >= 0)
+        close(efd);
+    write_status(state, reason, raw, have_raw, started, finished, oom, high_events,
+                 empty ? NULL : "processes remained in the cgroup after SIGKILL");
+    tmark("sup: status written");
+    cleanup();
+    tmark("sup: cleaned");
+    return 0;
+}

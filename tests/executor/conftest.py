@@ -1,0 +1,41 @@
+"""Fixtures for the executor's tests: real namespaces, cgroups, overlayfs and veth.
+
+Every test leaves nothing of mlq behind; ``nothing_left`` (autouse) checks the
+cgroups, mounts, veths, network namespaces and processes after each one.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from exec_helpers import leftovers, make_rootfs
+from mlq.executor.cgroups import detect
+
+
+@pytest.fixture(autouse=True)
+def nothing_left(tmp_path):
+    yield
+    marker = str(tmp_path)
+    deadline = time.monotonic() + 5
+    while (left := leftovers(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"mlq left behind: {left}"
+
+
+@pytest.fixture
+def state_dir(tmp_path) -> str:
+    d = tmp_path / "state"
+    d.mkdir()
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def cgroup_version() -> int:
+    return detect().version
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("rootfs")
+    return str(make_rootfs(root, {"/etc/mlq-image": "busybox-image\n"}))
