@@ -609,16 +609,25 @@ static void install_seccomp(int allow_ptrace)
         die("seccomp", "install the filter");
 }
 
-static void set_caps(void)
+static int cap_last(void)
 {
-    int last = 40;
     char buf[32];
-    if (read_file("/proc/sys/kernel/cap_last_cap", buf, sizeof buf) > 0)
-        last = atoi(buf);
-    /* the bounding set is what root regains at exec: drop it first */
+    return read_file("/proc/sys/kernel/cap_last_cap", buf, sizeof buf) > 0 ? atoi(buf) : 40;
+}
+
+/* The bounding set is what root regains at exec; dropping from it needs CAP_SETPCAP,
+ * so this runs before the switch to the job's user. */
+static void drop_bounding(void)
+{
+    int last = cap_last();
     for (int c = 0; c <= last; c++)
         if (!(C.caps & (1ULL << c)) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
             die("capabilities", "drop %d from the bounding set", c);
+}
+
+static void set_caps(void)
+{
+    int last = cap_last();
     struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct d[2] = {0};
     d[0].effective = d[0].permitted = d[0].inheritable = (uint32_t)C.caps;
@@ -685,6 +694,7 @@ static void run_command(int errfd, int usync_r, int usync_w)
         die("cwd", "chdir %s", C.cwd);
     if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
         die("user", "keep capabilities across setuid");
+    drop_bounding();
     if (setgroups(C.ngroups, C.groups) < 0 && !C.userns)
         die("user", "setgroups");
     if (setresgid(C.gid, C.gid, C.gid) < 0)
