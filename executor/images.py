@@ -206,12 +206,22 @@ def _unpack(archive: str, hexdigest: str, state_dir: str, compression: str) -> L
     return Layer(final, f"sha256:{hexdigest}", cached=False)
 
 
+def _inside(dest: str, path: str) -> bool:
+    real = os.path.realpath(path)
+    return real == dest or real.startswith(dest.rstrip("/") + "/")
+
+
 def _apply(tf: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> None:
     name = os.path.normpath(member.name.lstrip("/"))
-    if name in (".", "") or name.startswith(".."):
+    if name in (".", ""):
         return
+    if name == ".." or name.startswith("../"):
+        raise ExecutorError(f"member {member.name} leaves the layer")
     base = os.path.basename(name)
     parent = os.path.join(dest, os.path.dirname(name))
+    # a symlink unpacked earlier must not lead a later member out of the layer
+    if not _inside(dest, parent):
+        raise ExecutorError(f"member {member.name} leaves the layer through a symlink")
     if base == OPAQUE:
         os.makedirs(parent, exist_ok=True)
         os.setxattr(parent, "trusted.overlay.opaque", b"y")
@@ -223,9 +233,14 @@ def _apply(tf: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> None:
             os.unlink(target)
         os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
         return
-    # tar_filter refuses names and links that leave ``dest``; setuid bits are images'
-    # business (sudo, ping), so the member's own mode is kept.
-    safe = tarfile.tar_filter(member, dest)
-    if member.isreg() or member.isdir():
-        safe = safe.replace(mode=member.mode, deep=False)
-    tf.extract(safe, dest, set_attrs=True, numeric_owner=True, filter="fully_trusted")
+    if member.islnk():
+        link = os.path.normpath(member.linkname.lstrip("/"))
+        if link == ".." or link.startswith("../") or not _inside(dest, os.path.join(dest, link)):
+            raise ExecutorError(f"hard link {member.name} points out of the layer")
+    member.name = name
+    # setuid bits and owners are the image's business (sudo, ping): kept as archived
+    tf.extract(member, dest, set_attrs=True, numeric_owner=True, **_NO_FILTER)
+
+
+# Python 3.12+ (and late 3.11 builds) take a filter; the checks above are ours.
+_NO_FILTER = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}

@@ -70,7 +70,7 @@ def test_a_job_growing_into_the_high_band_is_marked_before_the_kill(state_dir):
     assert st.stats.memory_high_events > 0
     assert st.max_memory_bytes > 40 * MiB
     assert st.state in (Outcome.OUT_OF_MEMORY, Outcome.TIMEOUT)
-    assert len(out.split()) * 8 * MiB > 32 * MiB  # it got into the band before the end
+    assert out.split()[-1] != "99"  # it never got its 800 MiB
 
 
 def test_a_job_that_kills_itself_with_sigkill_is_failed_not_out_of_memory(state_dir):

@@ -28,7 +28,7 @@ ip link set lo up
 cd "${MLQ_UML_REPO:?}"
 HOME=/tmp PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pytest -q -p no:cacheprovider \
   --basetemp=/tmp/pytest --junitxml="$out/junit.xml" ${MLQ_UML_ARGS:-tests/executor} \
-  > "$out/pytest.txt" 2>&1
+  -o junit_family=xunit2 > "$out/pytest.txt" 2>&1
 echo $? > "$out/exit_code"
 sync
 poweroff -f
