@@ -1,7 +1,144 @@
-"""mlq run commands (filled in by its issue)."""
+"""``mlq run FILE``: run a job file now on this node, in the foreground, bypassing the queue.
+
+The same executor path the daemon uses (start, then wait), with the job's output
+streamed from its log files, Ctrl-C as a graceful stop (the job's stop signal,
+then SIGKILL at the end of its grace period) and a second Ctrl-C as a kill.
+Root only: it creates cgroups and namespaces. The exit code is the job's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+DEFAULT_STATE_DIR = "/var/lib/mlq"
+
+
+def _pick_gpus(spec, config) -> tuple[list[tuple[str, str]], str | None]:
+    """Whole GPUs for a job run outside the queue: the first free-looking ones by index."""
+    from mlq.scheduler.errors import Refused
+
+    r = spec.resources
+    if r.mig is not None:
+        raise Refused("mlq run: MIG slices are assigned by the daemon; use mlq submit")
+    if not r.gpus:
+        return [], None
+    from mlq.executor import gpus
+
+    node = gpus.discover(config)
+    whole = [g.index for g in node.gpus if not g.mig_enabled]
+    if len(whole) < r.gpus:
+        raise Refused(f"mlq run: the job asks for {r.gpus} GPUs; this node has {len(whole)}")
+    w = gpus.wiring(node, gpus=whole[: r.gpus])
+    return [(d.host_path, d.path) for d in w.devices], w.visible
+
+
+def _pump(files: list[tuple[Path, int, object]]) -> list[tuple[Path, int, object]]:
+    """Copy what the job wrote since last time to our stdout/stderr."""
+    out = []
+    for path, pos, sink in files:
+        try:
+            with open(path, "rb") as f:
+                f.seek(pos)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        if data:
+            sink.buffer.write(data)  # type: ignore[attr-defined]
+            sink.flush()  # type: ignore[attr-defined]
+        out.append((path, pos + len(data), sink))
+    return out
+
+
+def run(
+    file: Annotated[Path, typer.Argument(help="The job file (YAML)")],
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the outcome as JSON (job output goes to stderr)")
+    ] = False,
+    state_dir: Annotated[
+        str,
+        typer.Option("--state-dir", envvar="MLQ_STATE_DIR", help="Logs, layers, checkpoints"),
+    ] = DEFAULT_STATE_DIR,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", envvar="MLQ_CONFIG", help="Cluster config for class defaults"),
+    ] = None,
+) -> None:
+    """Run a job file now on this node, isolated, in the foreground (root only)."""
+    import json
+    import signal
+    import time
+    import uuid
+
+    from mlq.executor import kill_now, start, stop, wait
+    from mlq.scheduler.cluster import DEFAULT_CLASSES, ClusterConfig, load_cluster
+    from mlq.scheduler.errors import Refused
+    from mlq.scheduler.launch import build_launch_request
+    from mlq.scheduler.spec import load_spec, resolve
+
+    if os.geteuid() != 0:
+        raise Refused("mlq run creates cgroups and namespaces and needs root; use mlq submit")
+    cluster = load_cluster(config) if config else ClusterConfig()
+    spec = resolve(load_spec(file), list(cluster.priority_classes or DEFAULT_CLASSES))
+    devices, visible = _pick_gpus(spec, cluster)
+    run_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    req = build_launch_request(
+        spec,
+        job_id=f"run-{run_id}",
+        run_id=run_id,
+        uid=int(os.environ.get("SUDO_UID", 0)),
+        gid=int(os.environ.get("SUDO_GID", 0)),
+        state_dir=state_dir,
+        devices=devices,
+        visible_devices=visible,
+        checkpoint_key=spec.name,  # the same job name finds its checkpoint again
+    )
+    interrupts = [0]
+
+    def on_sigint(signum, frame):  # noqa: ARG001
+        interrupts[0] += 1
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        handle = start(req)
+        out_sink = sys.stderr if json_out else sys.stdout
+        files = [(Path(handle.stdout), 0, out_sink), (Path(handle.stderr), 0, sys.stderr)]
+        acted = 0
+        while (status := wait(handle, timeout=0.1)) is None:
+            files = _pump(files)
+            if interrupts[0] > acted:
+                acted = interrupts[0]
+                if acted == 1:
+                    print(
+                        f"mlq: stopping {spec.name} ({spec.preemption.stop_signal}, "
+                        f"{spec.preemption.grace_period}s grace); Ctrl-C again to kill",
+                        file=sys.stderr,
+                    )
+                    stop(handle)
+                else:
+                    kill_now(handle)
+        _pump(files)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if json_out:
+        print(json.dumps(status.summary()))
+    else:
+        how = f"signal {status.signal}" if status.signal else f"exit {status.exit_code}"
+        print(
+            f"mlq: {spec.name} {status.state.value} ({how}) in {status.duration_s:.1f}s, "
+            f"max memory {status.max_memory_bytes / 2**20:.1f} MiB"
+            + (f", {status.oom_kills} OOM kill(s)" if status.oom_kills else "")
+            + f"; logs in {handle.run_dir}",
+            file=sys.stderr,
+        )
+    code = status.exit_code if 0 <= status.exit_code <= 255 else 1
+    raise typer.Exit(code)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add ``mlq run`` to the root app."""
+    app.command("run")(run)

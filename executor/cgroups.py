@@ -270,6 +270,8 @@ class V1Driver:
                         raise ExecutorError(f"create cgroup {path}: {exc.strerror}") from None
                 cg.paths[c] = path
             for controller, file, value in self._values(resources):
+                if controller not in cg.paths:
+                    continue  # blkio without a weighting scheduler is not joined
                 target = os.path.join(cg.paths[controller], file)
                 if not os.path.exists(target):
                     continue  # memsw needs swap accounting, blkio.weight a weighted scheduler
