@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -156,3 +157,25 @@ def test_a_job_whose_nvidia_smi_lists_nothing_fails(check, fake_node):
             "exited 255 (its output is above)",
         ),
     ]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="jobs need root")
+def test_the_check_s_jobs_run_and_are_judged_on_fake_nodes(check, fake_node):
+    # No nvidia-smi here, so the nvidia-smi step fails; what it shows is that both
+    # launch paths (mlq run for a whole GPU, the daemon's path for a slice) run the
+    # job and that its variables and /dev are read back and judged right.
+    fake_node("h100-8-mig")
+    node = gpus.discover()
+    check.run_job("whole GPU", {"gpus": 1}, node)
+    check.run_job("MIG slice", {"mig": {"profile": "1g.10gb"}}, node, (7, 3))
+    assert [(s, name) for s, name, _ in check.results] == [
+        ("PASS", "job given one whole GPU: visible devices"),
+        ("PASS", "job given one whole GPU: /dev"),
+        ("FAIL", "job given one whole GPU: nvidia-smi -L inside"),
+        ("WARN", "job given one whole GPU: nvidia-smi -L inside"),
+        ("PASS", "job given one MIG slice: visible devices"),
+        ("PASS", "job given one MIG slice: /dev"),
+        ("FAIL", "job given one MIG slice: nvidia-smi -L inside"),
+        ("WARN", "job given one MIG slice: nvidia-smi -L inside"),
+    ]
+    assert check.results[4][2] == MIG11
