@@ -48,6 +48,10 @@ def simulate(
     days: Annotated[
         float | None, typer.Option("--days", help="Only jobs submitted in the first N days.")
     ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Start the trace here: seconds, or a date for Philly."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print only JSON.")] = False,
 ) -> None:
     """Replay a trace through mlq's policy and through a baseline; print both with ratios."""
@@ -58,7 +62,7 @@ def simulate(
     if policy not in ("fifo", "default"):
         raise InvalidInput(f'--policy: "{policy}" is not a policy; use fifo or default')
     sim_cluster = load_sim_cluster(cluster)
-    jobs = load_trace(trace, days=days, max_gpus=sim_cluster.max_node_gpus)
+    jobs = load_trace(trace, days=days, max_gpus=sim_cluster.max_node_gpus, since=since)
     result = compare(jobs, sim_cluster, baseline=policy)
     if as_json:
         print(json.dumps(result))

@@ -14,6 +14,7 @@ profile's valid starts (mig.py). Existing slices are never reshaped.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -21,6 +22,7 @@ from mlq.scheduler import mig
 from mlq.scheduler.snapshot import MigSlot, Node
 
 
+@functools.lru_cache(maxsize=256)
 def canonical(model: str) -> str:
     return mig.canonical_model(model) or model
 
@@ -144,6 +146,11 @@ class MigGpu:
         return got
 
 
+# id(Node) -> (Node, models by index, free whole GPUs by model); the Node is kept so its
+# id cannot be reused while the entry lives
+_LAYOUTS: dict[int, tuple[Node, dict[int, str], dict[str, list[int]]]] = {}
+
+
 class NodeRoom:
     """One node's free room in the working copy."""
 
@@ -156,18 +163,24 @@ class NodeRoom:
         self.memory = node.memory
         self.free_cpu = node.cpus
         self.free_mem = node.memory
-        self.free: dict[str, list[int]] = {}  # model -> free whole GPU indices
-        self.models: dict[int, str] = {}  # index -> model of every GPU
         self.mig: dict[int, MigGpu] = {}
+        # the GPU layout of a Node is immutable: its models and whole GPUs are read once
+        # per Node object (the daemon and the simulator pass the same objects again)
+        layout = _LAYOUTS.get(id(node))
+        if layout is None or layout[0] is not node:
+            models = {g.index: canonical(g.model) for g in node.gpus}
+            whole: dict[str, list[int]] = {}
+            for g in sorted(node.gpus, key=lambda g: g.index):
+                if g.mig is None:
+                    whole.setdefault(models[g.index], []).append(g.index)
+            if len(_LAYOUTS) > 100_000:
+                _LAYOUTS.clear()
+            layout = _LAYOUTS[id(node)] = (node, models, whole)
+        self.models: dict[int, str] = layout[1]  # index -> model of every GPU (read only)
+        self.free: dict[str, list[int]] = {m: list(v) for m, v in layout[2].items()}
         for g in node.gpus:
-            model = canonical(g.model)
-            self.models[g.index] = model
-            if g.mig is None:
-                self.free.setdefault(model, []).append(g.index)
-            else:
-                self.mig[g.index] = MigGpu(g.index, model, g.mig)
-        for idx in self.free.values():
-            idx.sort()
+            if g.mig is not None:
+                self.mig[g.index] = MigGpu(g.index, self.models[g.index], g.mig)
 
     def mig_capacity(self, profile: str) -> int:
         return sum(g.capacity(profile) for g in self.mig.values())
@@ -229,9 +242,9 @@ class Room:
     ) -> None:
         """Mark devices, CPUs and memory as taken (a running job, a start or a claim)."""
         for idx in gpus:
-            model = n.models.get(idx)
-            if model is not None and idx in n.free.get(model, ()):
-                n.free[model].remove(idx)
+            free = n.free.get(n.models.get(idx, ""))
+            if free is not None and idx in free:
+                free.remove(idx)
         for s in slots:
             g = n.mig.get(s.gpu)
             if g is not None:

@@ -56,7 +56,11 @@ class _Pass:
         self.teams = {t.name: t for t in snap.teams}
         self.room = Room(snap.nodes)
         self.usage: dict[str, dict[str, float]] = {}
-        self.held: list[list[Held]] = [[] for _ in self.room.nodes]
+        # running jobs per node; their Held views are built when a node is first examined
+        self.jobs_on: list[list] = [[] for _ in self.room.nodes]
+        self._held: dict[int, list[Held]] = {}
+        self.chosen_ids: set[JobId] = set()
+        self._shapes: dict[tuple, tuple[quota.Demand, list[str] | None]] = {}
         self.stopping: dict[JobId, list[Held]] = {}
         # node index -> (end, gpus, slots, cpu, mem) started or claimed in this pass
         self.added: dict[int, list[tuple[float, tuple, tuple, int, int]]] = {}
@@ -78,8 +82,7 @@ class _Pass:
         # node index -> (class, team, covered by its guarantee) -> devices held by jobs
         # that may still be victims: a cheap bound on what preemption could free there
         self.victim_gpus: list[dict[tuple[str, str, bool], int]] = [{} for _ in self.room.nodes]
-        for r in snap.running:
-            self._charge_running(r)
+        self._charge_running(snap.running)
         for t in self.usage:
             self.charge(t, ())
         self.room.index_all()
@@ -103,33 +106,91 @@ class _Pass:
         self.over[team] = {k for k, v in g.items() if usage.get(k, 0.0) > v + 1e-9}
         self.shares.pop(team, None)
 
-    def _charge_running(self, r) -> None:
-        n = self.room.by_name.get(r.node)
-        if n is None:  # a job on a node that left the snapshot holds nothing we can give
-            return
+    def _shape(self, r, n: NodeRoom) -> tuple:
         if r.mig:
-            demand = quota.mig_demand([s.profile for s in r.mig], r.cpus, r.memory)
-        else:
-            model = n.models.get(r.gpus[0], "") if r.gpus else ""
-            demand = quota.whole_gpu_demand(len(r.gpus), model, r.cpus, r.memory)
-        rule = self.rule(r.priority_class)
-        end = r.started_at + r.time_limit if r.time_limit is not None else math.inf
-        since = r.checkpoint_at if r.checkpoint_at is not None else r.started_at
-        h = Held(r, rule, n.i, demand, end, lost=max(0.0, self.now - since))
-        h.cover = quota.covering_keys(demand, self.team(r.team).guarantee)
-        self.held[n.i].append(h)
-        quota.add(self.team_usage(r.team), demand)
-        if (
-            r.stopping_for is None
-            and rule.preemptible
-            and self.now - r.started_at >= rule.min_run_time
-        ):
-            counts = self.victim_gpus[n.i]
-            key = (rule.name, r.team, h.cover is not None)
-            counts[key] = counts.get(key, 0) + max(1, len(r.gpus) + len(r.mig))
-        self.room.hold(n, r.gpus, r.mig, r.cpus, r.memory)
-        if r.stopping_for is not None:
-            self.stopping.setdefault(r.stopping_for, []).append(h)
+            return (r.team, tuple(s.profile for s in r.mig), r.cpus, r.memory)
+        model = n.models.get(r.gpus[0], "") if r.gpus else ""
+        return (r.team, len(r.gpus), model, r.cpus, r.memory)
+
+    def _demand(self, shape: tuple) -> tuple[quota.Demand, list[str] | None]:
+        """A running job's demand and the guarantee keys that cover it, per (team, shape)."""
+        got = self._shapes.get(shape)
+        if got is None:
+            team, what, *rest = shape
+            cpus, memory = rest[-2], rest[-1]
+            if isinstance(what, tuple):
+                demand = quota.mig_demand(what, cpus, memory)
+            else:
+                demand = quota.whole_gpu_demand(what, rest[0], cpus, memory)
+            got = self._shapes[shape] = (
+                demand,
+                quota.covering_keys(demand, self.team(team).guarantee),
+            )
+        return got
+
+    def _charge_running(self, running) -> None:
+        """Hold every running job's devices and charge its team. This runs for every job
+        on every decision, so it does only counting; per-job views are built lazily."""
+        by_name = self.room.by_name
+        totals: dict[tuple, int] = {}
+        victims: dict[tuple, int] = {}  # (node, class, shape) -> devices that may be freed
+        stopping_nodes: set[int] = set()
+        now = self.now
+        rules = self.rules
+        for r in running:
+            n = by_name.get(r.node)
+            if n is None:  # a job on a node that left the snapshot holds nothing we can give
+                continue
+            if r.mig:
+                shape: tuple = (r.team, tuple(s.profile for s in r.mig), r.cpus, r.memory)
+            else:
+                model = n.models.get(r.gpus[0], "") if r.gpus else ""
+                shape = (r.team, len(r.gpus), model, r.cpus, r.memory)
+            totals[shape] = totals.get(shape, 0) + 1
+            self.jobs_on[n.i].append(r)
+            if r.stopping_for is None:
+                rule = rules.get(r.priority_class) or self.rule(r.priority_class)
+                if rule.preemptible and now - r.started_at >= rule.min_run_time:
+                    vkey = (n.i, rule.name, shape)
+                    victims[vkey] = victims.get(vkey, 0) + (len(r.gpus) + len(r.mig) or 1)
+            else:
+                stopping_nodes.add(n.i)
+            if r.mig:
+                self.room.hold(n, (), r.mig, 0, 0)
+            elif r.gpus:
+                free = n.free.get(shape[2])
+                if free is not None:
+                    for idx in r.gpus:
+                        if idx in free:
+                            free.remove(idx)
+            n.free_cpu -= r.cpus
+            n.free_mem -= r.memory
+        for shape, count in totals.items():
+            quota.add(self.team_usage(shape[0]), self._demand(shape)[0], count)
+        for (i, cls, shape), count in victims.items():
+            counts = self.victim_gpus[i]
+            vkey = (cls, shape[0], self._demand(shape)[1] is not None)
+            counts[vkey] = counts.get(vkey, 0) + count
+        for i in sorted(stopping_nodes):
+            for h in self.held_on(i):
+                if h.job.stopping_for is not None:
+                    self.stopping.setdefault(h.job.stopping_for, []).append(h)
+
+    def held_on(self, i: int) -> list[Held]:
+        """The running jobs of node ``i`` as the policy's mutable views (built once)."""
+        held = self._held.get(i)
+        if held is None:
+            held = self._held[i] = []
+            n = self.room.nodes[i]
+            for r in self.jobs_on[i]:
+                demand, cover = self._demand(self._shape(r, n))
+                end = r.started_at + r.time_limit if r.time_limit is not None else math.inf
+                since = r.checkpoint_at if r.checkpoint_at is not None else r.started_at
+                lost = max(0.0, self.now - since)
+                held.append(
+                    Held(r, self.rule(r.priority_class), i, demand, end, lost=lost, cover=cover)
+                )
+        return held
 
     # -- step 2: the order --------------------------------------------------------------
 
@@ -388,7 +449,7 @@ class _Pass:
                 ):
                     dead.add(i)
                     continue
-            cands = [(self.victim_key(h), h) for h in self.held[i] if eligible(h)]
+            cands = [(self.victim_key(h), h) for h in self.held_on(i) if eligible(h)]
             if not cands and not mine:
                 dead.add(i)
                 continue
@@ -469,6 +530,7 @@ class _Pass:
         self.room.reindex(n)
         for h in vs.victims:
             h.chosen = True
+            self.chosen_ids.add(h.id)
             self.charge(h.job.team, h.demand, -1)
             counts = self.victim_gpus[h.node]
             counts[(h.rule.name, h.job.team, h.cover is not None)] -= max(
@@ -493,10 +555,15 @@ class _Pass:
         """The head job's earliest start by running jobs' time limits, and the node."""
         best: tuple[float, int | None] = (math.inf, None)
         for n in self.room.nodes:
+            # running jobs by their time limits; victims chosen now or earlier are left out
+            # (their room is promised to the job they stop for)
             events = [
-                (h.end, h.job.gpus, h.job.mig, h.job.cpus, h.job.memory)
-                for h in self.held[n.i]
-                if not h.chosen and h.job.stopping_for is None and h.end < best[0]
+                (r.started_at + r.time_limit, r.gpus, r.mig, r.cpus, r.memory)
+                for r in self.jobs_on[n.i]
+                if r.time_limit is not None
+                and r.started_at + r.time_limit < best[0]
+                and r.stopping_for is None
+                and r.id not in self.chosen_ids
             ]
             events += [e for e in self.added.get(n.i, ()) if e[0] < best[0]]
             if not events:

@@ -1,0 +1,467 @@
+"""``mlq simulate``: replay a workload trace through the scheduling policy.
+
+Event-driven: at every arrival and completion (all events of one second together) the
+simulator builds a Snapshot and calls the same ``policy.decide`` that the daemon and
+``mlq plan`` call, starts what it says to start and stops what it says to preempt.
+A preempted job is requeued with its original submission time and loses the work
+done since its last checkpoint (every ``checkpoint_interval`` seconds of run time).
+Victims stop at once (no grace period), so the job they stop for starts in the same
+second. The baseline ``fifo`` is strict FIFO: submission order, no classes, no quotas,
+no backfill, no preemption; the head job waits until it fits and everything waits
+behind it. Both use the same placement (packing, one node per job).
+
+MIG slices that the policy carves for a job are destroyed when the job ends; slices
+declared carved in the cluster file stay. docs/scheduling.md describes the cluster
+file and every figure.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mlq.scheduler import mig
+from mlq.scheduler.cluster import DEFAULT_CLASSES, PriorityClass, TeamConfig
+from mlq.scheduler.errors import InvalidInput
+from mlq.scheduler.placement import Room, take_slices
+from mlq.scheduler.policy import decide
+from mlq.scheduler.quota import mig_share
+from mlq.scheduler.snapshot import (
+    Decisions,
+    Gpu,
+    MigRequest,
+    Node,
+    PendingJob,
+    RunningJob,
+    Snapshot,
+    Start,
+    Team,
+    rules_from_classes,
+)
+from mlq.scheduler.spec import Bytes, Millicores, Seconds, Strict, load_yaml, validation_problems
+from mlq.scheduler.traces import TraceJob
+from pydantic import Field, ValidationError, model_validator
+
+Policy = Callable[[Snapshot], Decisions]
+
+
+# -- the simulated cluster ----------------------------------------------------------------
+
+
+class NodeGroup(Strict):
+    """``count`` identical nodes named ``<name>-<i>``."""
+
+    name: str
+    count: int = Field(1, ge=1, le=10000)
+    cpus: Millicores
+    memory: Bytes
+    gpus: int = Field(8, ge=0, le=64)
+    model: str = "H100-80GB"
+    mig: bool = False  # all GPUs in MIG mode, uncarved (carved per job)
+    carved: list[list[str]] | None = None  # per GPU: ["3g.40gb@0", ...], kept for good
+
+    @model_validator(mode="after")
+    def _mig(self) -> NodeGroup:
+        if (self.mig or self.carved) and mig.canonical_model(self.model) is None:
+            raise ValueError(
+                f'model "{self.model}" has no MIG profiles; known: {", ".join(mig.CATALOGUE)}'
+            )
+        return self
+
+
+class SimConfig(Strict):
+    nodes: list[NodeGroup] = Field(min_length=1)
+    teams: list[TeamConfig] = []
+    # teams in the trace that are not listed get a guarantee of their share of the
+    # trace's GPU-time, in gpu-equivalents of this cluster ("none": no guarantee)
+    guarantees: str = Field("trace-share", pattern="^(trace-share|none)$")
+    priority_classes: list[PriorityClass] = list(DEFAULT_CLASSES)
+    checkpoint_interval: Seconds = 1800
+    cpus_per_gpu: Millicores = 4000
+    memory_per_gpu: Bytes = 32 * 2**30
+
+
+@dataclass
+class SimCluster:
+    config: SimConfig
+    nodes: tuple[Node, ...]
+
+    @property
+    def gpus(self) -> int:
+        return sum(len(n.gpus) for n in self.nodes)
+
+    @property
+    def max_node_gpus(self) -> int:
+        return max((len(n.gpus) for n in self.nodes), default=0)
+
+
+def _gpus(group: NodeGroup) -> tuple[Gpu, ...]:
+    out = []
+    for i in range(group.gpus):
+        carved = None
+        if group.carved is not None and i < len(group.carved):
+            carved = tuple((s.split("@")[0], int(s.split("@")[1])) for s in group.carved[i])
+        elif group.mig:
+            carved = ()
+        out.append(Gpu(i, group.model, carved))
+    return tuple(out)
+
+
+def parse_sim_cluster(data: Any, source: str | None = None) -> SimCluster:
+    try:
+        cfg = SimConfig.model_validate(data or {})
+    except ValidationError as exc:
+        raise InvalidInput(validation_problems(exc, SimConfig), source) from None
+    problems = []
+    for k, g in enumerate(cfg.nodes):
+        for i, layout in enumerate(g.carved or []):
+            try:
+                slices = [(s.split("@")[0], int(s.split("@")[1])) for s in layout]
+            except (IndexError, ValueError):
+                problems.append(f'nodes[{k}].carved[{i}]: write slices as "3g.40gb@0"')
+                continue
+            for p in mig.layout_problems(mig.canonical_model(g.model) or g.model, slices):
+                problems.append(f"nodes[{k}].carved[{i}]: {p}")
+    if problems:
+        raise InvalidInput(problems, source)
+    nodes = tuple(
+        Node(f"{g.name}-{i}" if g.count > 1 else g.name, g.cpus, g.memory, _gpus(g))
+        for g in cfg.nodes
+        for i in range(g.count)
+    )
+    return SimCluster(cfg, nodes)
+
+
+def load_sim_cluster(path: str | Path) -> SimCluster:
+    return parse_sim_cluster(load_yaml(path), str(path))
+
+
+# -- the baseline -----------------------------------------------------------------------------
+
+
+def fifo_decide(snap: Snapshot) -> Decisions:
+    """Strict FIFO: by submission time; the first job that does not fit blocks the rest."""
+    room = Room(snap.nodes)
+    for r in snap.running:
+        n = room.by_name.get(r.node)
+        if n is not None:
+            room.hold(n, r.gpus, r.mig, r.cpus, r.memory)
+    room.index_all()
+    starts: list[Start] = []
+    reasons: dict = {}
+    blocked = False
+    for j in sorted(snap.pending, key=lambda j: (j.submitted_at, str(j.id))):
+        if blocked:
+            reasons[j.id] = "Priority"
+            continue
+        got = None
+        if j.mig:
+            n = room.find_slices(j.mig.profile, j.mig.count, j.cpus, j.memory)
+            if n is not None:
+                slots = tuple(take_slices(n, j.mig.profile, j.mig.count))
+                got = (n, (), slots)
+        elif j.gpus:
+            models = [j.gpu_model] if j.gpu_model else room.whole_models
+            found = room.find_whole(j.gpus, models, j.cpus, j.memory)
+            if found is not None:
+                n, m = found
+                got = (n, tuple(n.free[m][: j.gpus]), ())
+        else:
+            n = room.find_cpu(j.cpus, j.memory)
+            if n is not None:
+                got = (n, (), ())
+        if got is None:
+            reasons[j.id] = "Resources"
+            blocked = True
+            continue
+        n, gpus, slots = got
+        room.hold(n, gpus, slots, j.cpus, j.memory)
+        room.reindex(n)
+        starts.append(Start(j.id, n.name, gpus, slots))
+    return Decisions(tuple(starts), (), reasons)
+
+
+POLICIES: dict[str, Policy] = {"default": decide, "fifo": fifo_decide}
+
+
+# -- the simulation ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _JobState:
+    job: TraceJob
+    remaining: float  # seconds of work still to do
+    gpu_eq: float
+    first_start: float | None = None
+    started: float = 0.0
+    epoch: int = 0  # bumped on preemption, so a stale completion event is ignored
+    preempted: int = 0
+    lost_gpu_s: float = 0.0
+    finish: float | None = None
+
+
+@dataclass
+class SimResult:
+    policy: str
+    jobs: list[_JobState] = field(default_factory=list)
+    decisions: int = 0
+    capacity_gpus: int = 0
+    busy_gpu_s: float = 0.0
+    wall_s: float = 0.0
+
+
+def _guarantees(cluster: SimCluster, jobs: list[TraceJob]) -> tuple[Team, ...]:
+    cfg = cluster.config
+    teams = {t.name: Team(t.name, dict(t.guarantee), dict(t.limit)) for t in cfg.teams}
+    if cfg.guarantees == "trace-share":
+        use: dict[str, float] = {}
+        for j in jobs:
+            eq = j.gpus * (mig_share(j.mig_profile) if j.mig_profile else 1)
+            use[j.team] = use.get(j.team, 0.0) + eq * j.duration
+        total = sum(use.values()) or 1.0
+        for name, u in sorted(use.items()):
+            if name not in teams:
+                share = math.floor(cluster.gpus * u / total * 100) / 100
+                teams[name] = Team(name, {"gpu-equivalent": share} if share > 0 else {}, {})
+    return tuple(teams.values())
+
+
+def simulate(jobs: list[TraceJob], cluster: SimCluster, policy: str = "default") -> SimResult:
+    """Run one policy over the trace until every job has finished."""
+    import time
+
+    t_wall = time.perf_counter()
+    cfg = cluster.config
+    decide_fn = POLICIES[policy]
+    classes = {c.name: c for c in cfg.priority_classes}
+    rules = rules_from_classes(cfg.priority_classes)
+    teams = _guarantees(cluster, jobs)
+    nodes = list(cluster.nodes)
+    node_at = {n.name: i for i, n in enumerate(nodes)}
+    declared = {(n.name, g.index): set(g.mig or ()) for n in nodes for g in n.gpus}
+    state: dict[int, _JobState] = {}
+    pending: dict[int, PendingJob] = {}
+    running: dict[int, RunningJob] = {}
+    events: list[tuple[float, int, int, int]] = []  # (time, 0 completion / 1 arrival, id, epoch)
+    for j in jobs:
+        eq = j.gpus * (mig_share(j.mig_profile) if j.mig_profile else 1)
+        state[j.id] = _JobState(j, j.duration, eq)
+        heapq.heappush(events, (j.submit_time, 1, j.id, 0))
+    result = SimResult(policy, capacity_gpus=cluster.gpus)
+
+    def pending_job(s: _JobState) -> PendingJob:
+        j = s.job
+        cls = classes.get(j.kind) or classes[next(iter(classes))]
+        per = mig_share(j.mig_profile) if j.mig_profile else 1
+        return PendingJob(
+            id=j.id,
+            team=j.team,
+            priority_class=cls.name,
+            gpus=0 if j.mig_profile else j.gpus,
+            mig=MigRequest(j.mig_profile, j.gpus) if j.mig_profile else None,
+            cpus=max(1000, int(cfg.cpus_per_gpu * j.gpus * per)),
+            memory=max(2**30, int(cfg.memory_per_gpu * j.gpus * per)),
+            submitted_at=j.submit_time,
+            time_limit=j.time_limit if j.time_limit is not None else cls.defaults.time_limit,
+        )
+
+    def set_slices(node: str, slots, add: bool) -> None:
+        i = node_at[node]
+        n = nodes[i]
+        gpus = list(n.gpus)
+        for s in slots:
+            g = gpus[s.gpu]
+            carved = set(g.mig or ())
+            if add:
+                carved.add((s.profile, s.start))
+            elif (s.profile, s.start) not in declared[(node, s.gpu)]:
+                carved.discard((s.profile, s.start))
+            gpus[s.gpu] = replace(g, mig=tuple(sorted(carved, key=lambda c: c[1])))
+        nodes[i] = replace(n, gpus=tuple(gpus))
+
+    def stop(jid: int, now: float, finished: bool) -> None:
+        r = running.pop(jid)
+        s = state[jid]
+        ran = now - s.started
+        result.busy_gpu_s += ran * s.gpu_eq
+        if r.mig:
+            set_slices(r.node, r.mig, add=False)
+        if finished:
+            s.remaining = 0.0
+            s.finish = now
+            return
+        interval = s.job.checkpoint_interval or cfg.checkpoint_interval
+        saved = math.floor(ran / interval) * interval if interval else 0.0
+        s.lost_gpu_s += (ran - saved) * s.gpu_eq
+        s.remaining -= saved
+        s.preempted += 1
+        s.epoch += 1
+        pending[jid] = pending_job(s)
+
+    while events:
+        now = events[0][0]
+        while events and events[0][0] == now:
+            _, kind, jid, epoch = heapq.heappop(events)
+            s = state[jid]
+            if kind == 1:
+                pending[jid] = pending_job(s)
+            elif epoch == s.epoch and jid in running:
+                stop(jid, now, finished=True)
+        for _ in range(4):  # preempted victims are gone at once: decide again this second
+            if not pending:
+                break
+            snap = Snapshot(
+                now, tuple(nodes), tuple(running.values()), tuple(pending.values()), teams, rules
+            )
+            d = decide_fn(snap)
+            result.decisions += 1
+            for st in d.starts:
+                p = pending.pop(st.job)
+                s = state[st.job]
+                if s.first_start is None:
+                    s.first_start = now
+                s.started = now
+                running[st.job] = RunningJob(
+                    st.job,
+                    p.team,
+                    p.priority_class,
+                    st.node,
+                    st.gpus,
+                    st.mig,
+                    p.cpus,
+                    p.memory,
+                    started_at=now,
+                    time_limit=p.time_limit,
+                )
+                if st.mig:
+                    set_slices(st.node, st.mig, add=True)
+                heapq.heappush(events, (now + max(1.0, s.remaining), 0, st.job, s.epoch))
+            for pr in d.preemptions:
+                if pr.victim in running:
+                    stop(pr.victim, now, finished=False)
+            if not d.preemptions:
+                break
+    result.jobs = list(state.values())
+    result.wall_s = time.perf_counter() - t_wall
+    return result
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": 0.0, "p50": 0.0, "p95": 0.0}
+    v = sorted(values)
+    return {
+        "mean": statistics.fmean(v),
+        "p50": v[len(v) // 2],
+        "p95": v[min(len(v) - 1, int(math.ceil(len(v) * 0.95)) - 1)],
+    }
+
+
+def summarize(r: SimResult) -> dict[str, Any]:
+    done = [s for s in r.jobs if s.finish is not None]
+    first = min((s.job.submit_time for s in r.jobs), default=0.0)
+    last = max((s.finish for s in done), default=first)
+    makespan = last - first
+
+    def figures(group: list[_JobState]) -> dict[str, Any]:
+        return {
+            "jobs": len(group),
+            "jct_s": _stats([s.finish - s.job.submit_time for s in group if s.finish is not None]),
+            "queue_s": _stats(
+                [s.first_start - s.job.submit_time for s in group if s.first_start is not None]
+            ),
+        }
+
+    by_class: dict[str, list[_JobState]] = {}
+    by_team: dict[str, list[_JobState]] = {}
+    for s in done:
+        by_class.setdefault(s.job.kind, []).append(s)
+        by_team.setdefault(s.job.team, []).append(s)
+    return {
+        "policy": r.policy,
+        "jobs_finished": len(done),
+        **figures(done),
+        "gpu_utilization": r.busy_gpu_s / (r.capacity_gpus * makespan) if makespan else 0.0,
+        "preemptions": sum(s.preempted for s in r.jobs),
+        "gpu_hours_lost": sum(s.lost_gpu_s for s in r.jobs) / 3600,
+        "makespan_s": makespan,
+        "decisions": r.decisions,
+        "wall_s": r.wall_s,
+        "by_class": {k: figures(v) for k, v in sorted(by_class.items())},
+        "by_team": {k: figures(v) for k, v in sorted(by_team.items())},
+    }
+
+
+def compare(jobs: list[TraceJob], cluster: SimCluster, baseline: str = "fifo") -> dict[str, Any]:
+    """Simulate mlq's default policy and the baseline on the same trace."""
+    folded = sum(1 for j in jobs if j.folded_from)
+    default = summarize(simulate(jobs, cluster, "default"))
+    base = summarize(simulate(jobs, cluster, baseline))
+    return {
+        "trace": {"jobs": len(jobs), "folded_to_one_node": folded},
+        "cluster": {"nodes": len(cluster.nodes), "gpus": cluster.gpus},
+        "default": default,
+        baseline if baseline != "default" else "baseline": base,
+    }
+
+
+def _ratio(a: float, b: float) -> str:
+    if b == 0:
+        return "-" if a == 0 else "inf"
+    return f"{a / b:.2f}"
+
+
+def _fmt_s(v: float) -> str:
+    if v >= 86400:
+        return f"{v / 86400:.1f}d"
+    if v >= 3600:
+        return f"{v / 3600:.1f}h"
+    if v >= 60:
+        return f"{v / 60:.1f}m"
+    return f"{v:.0f}s"
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    names = [k for k in result if k not in ("trace", "cluster")]
+    a, b = result[names[0]], result[names[1]]
+    lines = [
+        f"trace: {result['trace']['jobs']} jobs ({result['trace']['folded_to_one_node']} wider than a node, "
+        f"folded onto one); cluster: {result['cluster']['nodes']} nodes, {result['cluster']['gpus']} GPUs",
+        f"{'':28} {names[0]:>10} {names[1]:>10} {'ratio':>7}",
+    ]
+
+    def row(label: str, x: float, y: float, fmt: Callable[[float], str]) -> None:
+        lines.append(f"{label:28} {fmt(x):>10} {fmt(y):>10} {_ratio(x, y):>7}")
+
+    num = lambda v: f"{v:.0f}"  # noqa: E731
+    row("jobs finished", a["jobs_finished"], b["jobs_finished"], num)
+    for key, label in (("jct_s", "completion time"), ("queue_s", "queueing delay")):
+        for stat in ("mean", "p50", "p95"):
+            row(f"{label} {stat}", a[key][stat], b[key][stat], _fmt_s)
+    row("GPU utilization", a["gpu_utilization"], b["gpu_utilization"], lambda v: f"{v:.1%}")
+    row("preemptions", a["preemptions"], b["preemptions"], num)
+    row(
+        "GPU-hours lost to preemption",
+        a["gpu_hours_lost"],
+        b["gpu_hours_lost"],
+        lambda v: f"{v:.1f}",
+    )
+    row("makespan", a["makespan_s"], b["makespan_s"], _fmt_s)
+    row("decisions", a["decisions"], b["decisions"], num)
+    row("simulation wall time (s)", a["wall_s"], b["wall_s"], lambda v: f"{v:.1f}")
+    for group in ("by_class", "by_team"):
+        for name in sorted(set(a[group]) | set(b[group])):
+            ga, gb = a[group].get(name), b[group].get(name)
+            if not ga or not gb:
+                continue
+            row(f"{name}: mean queueing", ga["queue_s"]["mean"], gb["queue_s"]["mean"], _fmt_s)
+            row(f"{name}: p95 completion", ga["jct_s"]["p95"], gb["jct_s"]["p95"], _fmt_s)
+    return "\n".join(lines)
