@@ -124,11 +124,17 @@ def _read(path: str) -> str | None:
         return None
 
 
+_made: set[str] = set()  # parents known to exist, so a launch does not mkdir them again
+
+
 def _mkdir(path: str) -> None:
+    if path in _made and os.path.isdir(path):
+        return
     try:
         os.mkdir(path)
+        _made.add(path)
     except FileExistsError:
-        pass
+        _made.add(path)
     except OSError as exc:
         raise ExecutorError(f"create cgroup {path}: {exc.strerror}") from None
 

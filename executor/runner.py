@@ -28,7 +28,7 @@ import shutil
 import signal
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlq.executor import cgroups, helper, images, network, plan
@@ -52,6 +52,9 @@ class Handle:
     cgroup_version: int
     cgroup_paths: dict[str, str]
     address: str | None = None
+    # The launcher's end of the supervisor's report pipe: "done" arrives on it the
+    # moment status.json is final. Only in the process that called start().
+    notify_fd: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def stdout(self) -> str:
@@ -157,7 +160,7 @@ def start(req: LaunchRequest) -> Handle:
                 for m in plan.mounts(req, driver, cg)
             ]
             step = "supervisor"
-            sup_pid, init_pid = _spawn(helper.path(), plan_path)
+            sup_pid, init_pid, notify_fd = _spawn(helper.path(), plan_path)
             undo.pop_all()  # the supervisor owns the cleanup from here on
     except LaunchError as exc:
         _record_failure(paths.run_dir, exc)
@@ -169,7 +172,7 @@ def start(req: LaunchRequest) -> Handle:
     sup = _read_json(os.path.join(paths.run_dir, "supervisor.json")) or {}
     record["supervisor"] = sup
     with open(os.path.join(paths.run_dir, "launch.json"), "w") as f:
-        json.dump(record, f, indent=1)
+        f.write(json.dumps(record, indent=1))
     return Handle(
         req.run_id,
         paths.run_dir,
@@ -179,6 +182,7 @@ def start(req: LaunchRequest) -> Handle:
         driver.version,
         cg.paths,
         net.address if net else None,
+        notify_fd,
     )
 
 
@@ -216,8 +220,27 @@ def _record_failure(run_dir: str, err: LaunchError) -> None:
     )
 
 
-def _spawn(binary: str, plan_path: str) -> tuple[int, int]:
-    """posix_spawn the helper (no fork of this big process); read its one-line report."""
+# Supervisors this process spawned: reaped whenever the API is used, so a daemon
+# that never waits on one does not collect zombies.
+_children: set[int] = set()
+
+
+def _reap_children() -> None:
+    for pid in list(_children):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _children.discard(pid)
+
+
+def _spawn(binary: str, plan_path: str) -> tuple[int, int, int]:
+    """posix_spawn the helper (no fork of this big process); read its one-line report.
+
+    Returns the supervisor's pid, init's host pid and the pipe on which "done" follows.
+    """
+    _reap_children()
     r, w = os.pipe()
     if w == 3:  # dup2(3, 3) would keep close-on-exec set
         w2 = os.dup(w)
@@ -233,21 +256,21 @@ def _spawn(binary: str, plan_path: str) -> tuple[int, int]:
         )
     finally:
         os.close(w)
+    _children.add(pid)
     data = b""
-    try:
-        while not data.endswith(b"\n"):
-            chunk = os.read(r, 4096)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(r)
+    while not data.endswith(b"\n"):
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        data += chunk
     line = data.decode(errors="replace").strip()
     if line.startswith("ok "):
         _, sup, init = line.split()
-        return int(sup), int(init)
+        return int(sup), int(init), r
+    os.close(r)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
+    _children.discard(pid)
     if line.startswith("error "):
         step, _, msg = line[6:].partition(": ")
         raise LaunchError(step, msg)
@@ -297,7 +320,8 @@ def _supervisor(run_dir: str) -> tuple[int, int] | None:
 def _reap(pid: int) -> None:
     """Collect the supervisor if it is this process's child (mlq run, tests)."""
     with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            _children.discard(pid)
 
 
 def _version(run_dir: str) -> int:
@@ -351,8 +375,17 @@ def _request(run_dir: str) -> LaunchRequest:
 def wait(ref: RunRef, timeout: float | None = None) -> Status | None:
     """The run's status once it has ended (None if ``timeout`` passes first)."""
     run_dir = _run_dir(ref)
+    _reap_children()
+    if isinstance(ref, Handle) and ref.notify_fd is not None:
+        # the launcher's fast path: "done" (or EOF, if the supervisor died) on the pipe
+        p = select.poll()
+        p.register(ref.notify_fd, select.POLLIN)
+        if not p.poll(None if timeout is None else int(timeout * 1000)):
+            return None
+        os.close(ref.notify_fd)
+        ref.notify_fd = None
     sup = _supervisor(run_dir)
-    if sup is not None:
+    if sup is not None and not os.path.exists(os.path.join(run_dir, "status.json")):
         pid = sup[0]
         try:
             fd = os.pidfd_open(pid)

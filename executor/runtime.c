@@ -25,6 +25,7 @@
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/openat2.h>
+#include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <poll.h>
@@ -984,13 +985,20 @@ static void write_status(const char *state, const char *reason, int raw, int hav
     }
 }
 
+static void remove_cgroups(void)
+{
+    for (int i = 0; i < C.ncg; i++) {
+        int t = 0;
+        for (; t < 2000 && rmdir(C.cgroups[i]) < 0 && errno == EBUSY; t++)
+            usleep(1000);
+        char m[256];
+        snprintf(m, sizeof m, "rmdir %s tries %d", C.cgroups[i], t);
+        tmark(m);
+    }
+}
+
 static void cleanup(void)
 {
-    for (int i = 0; i < C.ncg; i++)
-        for (int t = 0; t < 2000 && rmdir(C.cgroups[i]) < 0 && errno == EBUSY; t++)
-            usleep(1000);
-    for (int i = 0; i < C.nunl; i++)
-        unlink(C.unlinks[i]);
     for (int i = 0; i < C.nrm; i++)
         nftw(C.rmtrees[i], rm_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
 }
@@ -1025,6 +1033,8 @@ int main(int argc, char **argv)
     }
     /* fd 3 is the launcher's report pipe; without it errors go to stderr */
     int launcher = fcntl(3, F_GETFD) >= 0 ? 3 : -1;
+    if (launcher >= 0)
+        fcntl(launcher, F_SETFD, FD_CLOEXEC);
     argv_area = argv[0];
     argv_len = argv[argc - 1] + strlen(argv[argc - 1]) + 1 - argv[0];
     report_fd = launcher;
@@ -1046,14 +1056,48 @@ int main(int argc, char **argv)
         sigaddset(&mask, sigs[i]);
     sigprocmask(SIG_BLOCK, &mask, NULL);
 
+    long long high_events = C.v1_usage ? 0 : -1;
+    int hipipe[2] = {-1, -1};
+    if (C.v1_usage && pipe2(hipipe, O_CLOEXEC | O_NONBLOCK) == 0) {
+        /* registering takes the kernel an RCU grace period (milliseconds): a thread
+         * does it while the job is being set up (the cgroup join waits for a grace period too: the two waits overlap), and says so through the pipe */
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&th, &attr, register_high, &hipipe[1]) != 0)
+            high_events = -1;
+    }
     int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | (C.newnet ? CLONE_NEWNET : 0);
     tmark("sup: start");
     double started = now_wall();
     long long t0 = now_ms();
-    pid_t pid = syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, NULL);
+    /* cgroup v2: clone3 with CLONE_INTO_CGROUP creates init inside the job's cgroup,
+     * with no migration afterwards; v1 (or an older kernel) migrates it below */
+    int in_cgroup = 0;
+    pid_t pid = -1;
+    if (C.cg_kill && C.ncg == 1) {
+        int cgfd = open(C.cgroups[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        struct clone_args ca = {.flags = (uint64_t)flags | CLONE_INTO_CGROUP, .exit_signal = SIGCHLD,
+                                .cgroup = (uint64_t)cgfd};
+        if (cgfd >= 0) {
+            pid = syscall(SYS_clone3, &ca, sizeof ca);
+            in_cgroup = pid >= 0;
+            if (pid != 0)
+                close(cgfd);
+        }
+    }
+    if (pid < 0)
+        pid = syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, NULL);
     if (pid < 0)
         die("namespaces", "clone with new pid, mount, uts, ipc%s namespaces", C.newnet ? ", net" : "");
     if (pid == 0) {
+        if (launcher >= 0)
+            close(launcher); /* the launcher's EOF must mean "the supervisor is gone" */
+        if (hipipe[0] >= 0) {
+            close(hipipe[0]);
+            close(hipipe[1]);
+        }
         close(gop[1]);
         close(rep[0]);
         dup2(outfd, 1);
@@ -1068,7 +1112,7 @@ int main(int argc, char **argv)
     /* 1. the cgroup, before init runs a single step of its own */
     char pidbuf[32];
     snprintf(pidbuf, sizeof pidbuf, "%d", pid);
-    for (int i = 0; i < C.ncg; i++) {
+    for (int i = 0; i < C.ncg && !in_cgroup; i++) {
         char procs[4096];
         snprintf(procs, sizeof procs, "%s/cgroup.procs", C.cgroups[i]);
         if (write_file(procs, pidbuf) < 0) {
@@ -1136,8 +1180,10 @@ int main(int argc, char **argv)
             if (p)
                 starttime = strtoull(p + 1, NULL, 10);
         }
-        snprintf(buf, sizeof buf, "{\"pid\": %d, \"starttime\": %llu, \"init_pid\": %d, \"started_at\": %.6f}\n",
-                 getpid(), starttime, pid, started);
+        snprintf(buf, sizeof buf,
+                 "{\"pid\": %d, \"starttime\": %llu, \"init_pid\": %d, \"started_at\": %.6f, "
+                 "\"cgroup_join\": \"%s\"}\n",
+                 getpid(), starttime, pid, started, in_cgroup ? "clone_into_cgroup" : "cgroup.procs");
         int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (fd >= 0) {
             ssize_t w = write(fd, buf, strlen(buf));
@@ -1146,10 +1192,10 @@ int main(int argc, char **argv)
         }
     }
     tmark("sup: ready");
-    if (launcher >= 0) {
+    /* the launcher keeps this pipe: "done" on it says status.json is final, before
+     * the cleanup, so the process that started the job learns of the end at once */
+    if (launcher >= 0)
         say(launcher, "ok %d %d\n", getpid(), pid);
-        close(launcher);
-    }
     report_fd = -1;
     int devnull = open("/dev/null", O_RDWR);
     if (devnull >= 0) {
@@ -1164,18 +1210,6 @@ int main(int argc, char **argv)
     /* 4. supervise */
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
     tmark("sup: supervising");
-    long long high_events = C.v1_usage ? 0 : -1;
-    int hipipe[2] = {-1, -1};
-    if (C.v1_usage && pipe2(hipipe, O_CLOEXEC | O_NONBLOCK) == 0) {
-        /* registering takes the kernel an RCU grace period (milliseconds): a thread
-         * does it while the job already runs, and says so through the pipe */
-        pthread_t th;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&th, &attr, register_high, &hipipe[1]) != 0)
-            high_events = -1;
-    }
     int efd = -1;
     tmark("sup: high-mark notification registered");
     const char *reason = "exited";
@@ -1315,9 +1349,21 @@ int main(int argc, char **argv)
         state = "FAILED";
     if (efd >= 0)
         close(efd);
+    /* the job's network namespace died with init, and its veth with it: its address
+     * (a lease file) is free now, before the status says the job ended */
+    for (int i = 0; i < C.nunl; i++)
+        unlink(C.unlinks[i]);
     write_status(state, reason, raw, have_raw, started, finished, oom, high_events,
                  empty ? NULL : "processes remained in the cgroup after SIGKILL");
     tmark("sup: status written");
+    /* the cgroup goes before "done": a launcher that starts the next job at once
+     * does not contend with this removal for the cgroup locks */
+    remove_cgroups();
+    tmark("sup: cgroup removed");
+    if (launcher >= 0) {
+        say(launcher, "done\n");
+        close(launcher);
+    }
     cleanup();
     tmark("sup: cleaned");
     return 0;

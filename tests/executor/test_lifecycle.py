@@ -163,7 +163,7 @@ def test_a_launch_that_fails_midway_says_which_step_and_undoes_everything(state_
     # nothing_left: cgroup, mounts and processes are gone
 
 
-def test_logs_and_the_launch_record_are_kept_next_to_the_status(state_dir):
+def test_logs_and_the_launch_record_are_kept_next_to_the_status(state_dir, cgroup_version):
     st, out, err = run(state_dir, ["/bin/sh", "-c", "echo to-out; echo to-err >&2"])
     assert (out, err) == ("to-out\n", "to-err\n")
     run_dir = next(Path(state_dir, "runs").iterdir())
@@ -171,6 +171,9 @@ def test_logs_and_the_launch_record_are_kept_next_to_the_status(state_dir):
     assert record["cgroup"]["written"]
     assert any(m["target"] == "/proc" for m in record["mounts"])
     assert json.loads((run_dir / "status.json").read_text())["state"] == "COMPLETED"
+    # v2 creates init inside its cgroup (clone3 CLONE_INTO_CGROUP); v1 migrates it before exec
+    join = record["supervisor"]["cgroup_join"]
+    assert join == ("clone_into_cgroup" if cgroup_version == 2 else "cgroup.procs")
 
 
 def test_the_supervisor_outlives_the_launcher_and_a_new_process_adopts_and_stops_the_job(
