@@ -77,8 +77,11 @@ def _lease(lease_dir: str, subnet: ipaddress.IPv4Network, run_id: str) -> tuple[
     raise ExecutorError(f"allocate an address in {subnet}: every address is leased")
 
 
-def setup(net: Network, run_id: str, state_dir: str) -> JobNetwork:
-    """Make the job's namespace, veth pair and address; undone by ``teardown``."""
+def setup(net: Network, run_key: str, state_dir: str) -> JobNetwork:
+    """Make the job's namespace, veth pair and address; undone by ``teardown``.
+
+    ``run_key`` (the run directory) names the interfaces; it is unique on the node.
+    """
     from pyroute2 import IPRoute, NetNS, netns
 
     try:
@@ -86,12 +89,12 @@ def setup(net: Network, run_id: str, state_dir: str) -> JobNetwork:
     except ValueError as exc:
         raise ExecutorError(f"network subnet {net.subnet}: {exc}") from None
     gateway = str(next(subnet.hosts()))
-    short = hashlib.sha256(run_id.encode()).hexdigest()[:10]
+    short = hashlib.sha256(run_key.encode()).hexdigest()[:10]
     name = f"mlq-{short}"
     host_if, peer_if = f"mlqv{short}", f"mlqp{short}"
     lease_dir = os.path.join(state_dir, "net", net.bridge)
     with _locked(os.path.join(state_dir, "net", ".lock")):
-        address, lease = _lease(lease_dir, subnet, run_id)
+        address, lease = _lease(lease_dir, subnet, os.path.basename(run_key))
     jn = JobNetwork(
         name, os.path.join(NETNS_DIR, name), host_if, address, subnet.prefixlen, gateway, lease
     )

@@ -20,6 +20,7 @@ over to the supervisor (``pop_all``) only when the launch fully succeeded.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -66,6 +67,13 @@ class Handle:
 
 
 RunRef = Handle | str
+
+
+def cgroup_name(req: LaunchRequest) -> str:
+    """The run's cgroup name: its id plus a tag of its state dir, so two daemons (or
+    test suites) on one node that both number their runs "7-0" never collide."""
+    tag = hashlib.sha256(os.path.realpath(req.state_dir).encode()).hexdigest()[:8]
+    return f"{req.run_id}.{tag}"
 
 
 # ---------------------------------------------------------------- start
@@ -139,14 +147,14 @@ def start(req: LaunchRequest) -> Handle:
                 os.makedirs(req.checkpoint.source, exist_ok=True)
             # 4. the cgroup with its limits, before any process exists to escape them
             step = "cgroup"
-            cg = driver.create(req.run_id, req.resources)
+            cg = driver.create(cgroup_name(req), req.resources)
             undo.callback(_remove_cgroup, driver, cg)
             record["cgroup"] = {"paths": cg.paths, "written": cg.written}
             # 5. the network: a veth on the bridge, in a namespace the job joins
             net = None
             if req.network.mode == "bridge":
                 step = "network"
-                net = network.setup(req.network, req.run_id, req.state_dir)
+                net = network.setup(req.network, paths.run_dir, req.state_dir)
                 undo.callback(network.teardown, net)
                 record["network"] = asdict(net)
             # 6. the plan, and the helper that executes it and stays as supervisor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from mlq.executor import LaunchRequest, Process, Resources, Status, kill_now, start, wait
+from mlq.executor.runner import cgroup_name
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 APPLETS = [
@@ -46,34 +48,51 @@ APPLETS = [
 ]
 
 
-def cgroup_leftovers() -> list[str]:
-    out = []
-    root = Path("/sys/fs/cgroup")
-    for parent in [root / "mlq", *root.glob("*/mlq")]:
-        if parent.is_dir():
-            out += [str(p) for p in parent.iterdir() if p.is_dir()]
-    return out
+def _alive(pid: int, starttime: int | None = None) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    rest = text[text.rindex(")") + 2 :].split()
+    return rest[0] not in ("Z", "X") and (starttime is None or int(rest[19]) == starttime)
 
 
 def leftovers(marker: str) -> list[str]:
-    found = cgroup_leftovers()
+    """What remains of the runs made under ``marker`` (a test's tmp dir): cgroups,
+    mounts, veths, network namespaces, supervisors and inits. Only this test's runs
+    are looked at, so suites running side by side on the node do not confuse it."""
+    found: list[str] = []
+    base = Path(marker)
+    # not a recursive glob: supervisors delete overlay dirs under runs/ meanwhile
+    for req_file in [*base.glob("runs/*/request.json"), *base.glob("*/runs/*/request.json")]:
+        run_dir = req_file.parent
+        req = LaunchRequest.from_json(req_file.read_text())
+        name = cgroup_name(req)
+        root = Path("/sys/fs/cgroup")
+        found += [str(p) for p in [root / "mlq" / name, *root.glob(f"*/mlq/{name}")] if p.exists()]
+        try:
+            sup = json.loads((run_dir / "supervisor.json").read_text())
+        except (OSError, ValueError):
+            sup = None
+        if sup and _alive(sup["pid"], sup["starttime"]):
+            found.append(f"supervisor {sup['pid']} of {run_dir.name}")
+        if sup and _alive(sup["init_pid"]):
+            try:
+                if Path(f"/proc/{sup['init_pid']}/comm").read_text().strip() == "mlq-init":
+                    found.append(f"init {sup['init_pid']} of {run_dir.name}")
+            except OSError:
+                pass
+        try:
+            net = json.loads((run_dir / "launch.json").read_text()).get("network")
+        except (OSError, ValueError):
+            net = None
+        if net:
+            if Path("/sys/class/net", net["host_if"]).exists():
+                found.append(f"veth {net['host_if']}")
+            if Path(net["netns_path"]).exists():
+                found.append(f"netns {net['netns_path']}")
     with open("/proc/self/mountinfo") as f:
         found += [line.split()[4] for line in f if marker in line]
-    if os.path.isdir("/sys/class/net"):
-        found += [n for n in os.listdir("/sys/class/net") if n.startswith(("mlqv", "mlqp"))]
-    if os.path.isdir("/run/netns"):
-        found += [f"/run/netns/{n}" for n in os.listdir("/run/netns") if n.startswith("mlq-")]
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-                st = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if comm.startswith("mlq-runtime") and st not in ("Z", "X"):
-                found.append(f"process {pid} {comm}")
-            if comm == "mlq-init":
-                found.append(f"process {pid} {comm}")
     return found
 
 
