@@ -68,14 +68,20 @@ def mounts(
     # Only this job's devices: the host's other GPUs never appear in its /dev.
     m += [(d.path, d.target(), "", "bind", "") for d in req.devices]
     m.append(("sysfs", "/sys", "sysfs", "ro,nosuid,nodev,noexec", ""))
-    m += driver.job_mounts(cg)
     m.append(("tmpfs", "/tmp", "tmpfs", "nosuid,nodev", "mode=1777"))
     for v in req.mounts:
         m.append((v.source, v.destination, "", "rbind,ro" if v.readonly else "rbind", ""))
     if req.checkpoint:
         # a bind of the host directory: writes never go through the overlay's upper layer
         m.append((req.checkpoint.source, req.checkpoint.destination, "", "rbind", ""))
+    # last: the cgroup filesystem, mounted from inside the job's cgroup namespace (the
+    # helper builds everything above while the job is being moved into its cgroup)
+    m.append(CGROUPNS_MARK)
+    m += driver.job_mounts(cg)
     return m
+
+
+CGROUPNS_MARK = ("", "", "", "", "")
 
 
 def build(
@@ -124,8 +130,11 @@ def build(
     else:
         lines.append(("newnet", "1"))
     lines += driver.plan(cg, paths.run_dir)
-    for src, dst, fstype, flags, data in mounts(req, driver, cg):
-        lines.append(("mount", src, dst, fstype, flags, data))
+    for entry in mounts(req, driver, cg):
+        if entry == CGROUPNS_MARK:
+            lines.append(("cgroupns_mounts",))
+        else:
+            lines.append(("mount", *entry))
     lines += [
         ("symlink", "/proc/self/fd", "/dev/fd"),
         ("symlink", "/proc/self/fd/0", "/dev/stdin"),

@@ -166,6 +166,7 @@ def start(req: LaunchRequest) -> Handle:
             record["mounts"] = [
                 dict(zip(("source", "target", "type", "flags", "data"), m, strict=True))
                 for m in plan.mounts(req, driver, cg)
+                if m != plan.CGROUPNS_MARK
             ]
             step = "supervisor"
             sup_pid, init_pid, notify_fd = _spawn(helper.path(), plan_path)

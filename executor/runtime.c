@@ -69,7 +69,7 @@ static struct {
     char *cgroups[16];
     int ncg;
     struct mnt mounts[MAXN];
-    int nmounts;
+    int nmounts, cg_mount_start; /* mounts from cg_mount_start on need the cgroup namespace */
     char *masks[64];
     int nmask;
     char *ropaths[64];
@@ -306,6 +306,7 @@ static void parse_plan(const char *path)
             m->flags = mount_flags(ARG(4), &m->ro_bind, &m->is_file);
             m->data = nf > 5 && *f[5] ? f[5] : NULL;
         }
+        else if (!strcmp(k, "cgroupns_mounts")) C.cg_mount_start = C.nmounts;
         else if (!strcmp(k, "mask") && C.nmask < 64) C.masks[C.nmask++] = f[1];
         else if (!strcmp(k, "ropath") && C.nro < 64) C.ropaths[C.nro++] = f[1];
         else if (!strcmp(k, "symlink") && C.nlinks < 32) { C.links[C.nlinks][0] = f[1]; C.links[C.nlinks++][1] = f[2]; }
@@ -393,7 +394,8 @@ static void fdpath(char *buf, size_t size, int fd)
 
 /* ---------- init: the root filesystem ---------- */
 
-static void do_mounts(void)
+/* The root: / made private (nothing propagates to the host), then the overlay. */
+static int mount_root(void)
 {
     tmark("init: mounts begin");
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
@@ -410,7 +412,13 @@ static void do_mounts(void)
     int rootfd = open(C.rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (rootfd < 0)
         die("mount", "open %s", C.rootfs);
-    for (int i = 0; i < C.nmounts; i++) {
+    return rootfd;
+}
+
+/* Mounts [from, to) of the plan, each target resolved inside the root. */
+static void mount_range(int rootfd, int from, int to)
+{
+    for (int i = from; i < to; i++) {
         struct mnt *m = &C.mounts[i];
         if ((m->flags & MS_BIND) && strcmp(m->type, "remount")) {
             struct stat st;
@@ -442,6 +450,11 @@ static void do_mounts(void)
         }
         close(fd);
     }
+}
+
+/* Symlinks in /dev, and the root made read-only if asked. */
+static void finish_root(int rootfd)
+{
     for (int i = 0; i < C.nlinks; i++) {
         char full[4096];
         snprintf(full, sizeof full, "%s%s", C.rootfs, C.links[i][1]);
@@ -748,21 +761,27 @@ static void init_main(int go_r, int rep_w)
     report_fd = rep_w;
     name_init();
     char c;
-    /* wait until the supervisor has put this process in the job's cgroup */
-    if (read(go_r, &c, 1) != 1)
-        die("cgroup", "the supervisor did not place the job in its cgroup");
-    close(go_r);
-    /* a cgroup namespace rooted at the job's own cgroup: the job sees only its own
-     * limits (and the mount below makes them read-only) */
-    if (unshare(CLONE_NEWCGROUP) < 0)
-        die("namespaces", "unshare the cgroup namespace");
     if (C.netns) {
         int nfd = open(C.netns, O_RDONLY | O_CLOEXEC);
         if (nfd < 0 || setns(nfd, CLONE_NEWNET) < 0)
             die("network", "join %s", C.netns);
         close(nfd);
     }
-    do_mounts();
+    /* the root and the mounts that do not show cgroups are built while the supervisor
+     * moves this process into the job's cgroup (on v1 the kernel makes that wait for
+     * an RCU grace period); nothing of the job runs before both are done */
+    int rootfd = mount_root();
+    int split = C.cg_mount_start ? C.cg_mount_start : C.nmounts;
+    mount_range(rootfd, 0, split);
+    if (read(go_r, &c, 1) != 1)
+        die("cgroup", "the supervisor did not place the job in its cgroup");
+    close(go_r);
+    /* a cgroup namespace rooted at the job's own cgroup: the job sees only its own
+     * limits (and the mounts below make them read-only) */
+    if (unshare(CLONE_NEWCGROUP) < 0)
+        die("namespaces", "unshare the cgroup namespace");
+    mount_range(rootfd, split, C.nmounts);
+    finish_root(rootfd);
     tmark("init: mounts done");
     do_pivot();
     tmark("init: pivoted");
@@ -985,9 +1004,13 @@ static void write_status(const char *state, const char *reason, int raw, int hav
     }
 }
 
-static void remove_cgroups(void)
+/* Remove the job's cgroups; with ``defer_memory`` the v1 memory one is left for later
+ * (its rmdir would wait for a high-mark registration still in flight). */
+static void remove_cgroups(int defer_memory)
 {
     for (int i = 0; i < C.ncg; i++) {
+        if (defer_memory && C.v1_usage && !strncmp(C.v1_usage, C.cgroups[i], strlen(C.cgroups[i])))
+            continue;
         int t = 0;
         for (; t < 2000 && rmdir(C.cgroups[i]) < 0 && errno == EBUSY; t++)
             usleep(1000);
@@ -1358,12 +1381,15 @@ int main(int argc, char **argv)
     tmark("sup: status written");
     /* the cgroup goes before "done": a launcher that starts the next job at once
      * does not contend with this removal for the cgroup locks */
-    remove_cgroups();
+    int pending = hipipe[0] >= 0; /* a short job: the registration has not finished */
+    remove_cgroups(pending);
     tmark("sup: cgroup removed");
     if (launcher >= 0) {
         say(launcher, "done\n");
         close(launcher);
     }
+    if (pending)
+        remove_cgroups(0);
     cleanup();
     tmark("sup: cleaned");
     return 0;
