@@ -143,6 +143,10 @@ def build(
         ("symlink", "pts/ptmx", "/dev/ptmx"),
     ]
     lines += [("mask", x) for x in MASKED_PATHS]
+    if layers.kind == "host":
+        # the host's / is the image: hide mlq's own state (other runs' logs, requests,
+        # checkpoints) behind an empty read-only tmpfs
+        lines.append(("mask", os.path.realpath(req.state_dir)))
     lines += [("ropath", x) for x in READONLY_PATHS]
     lines += [("rmtree", x) for x in (paths.upper, paths.work, paths.rootfs)]
     lines += [("arg", a) for a in p.args]

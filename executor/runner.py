@@ -143,8 +143,10 @@ def start(req: LaunchRequest) -> Handle:
                 os.mkdir(d)
             undo.callback(_rmtrees, [paths.upper, paths.work, paths.rootfs])
             # 3. the checkpoint volume outlives runs: made if missing, never removed
-            if req.checkpoint:
-                os.makedirs(req.checkpoint.source, exist_ok=True)
+            if req.checkpoint and not os.path.isdir(req.checkpoint.source):
+                os.makedirs(req.checkpoint.source)
+                # the job's user owns its checkpoint volume (as mapped on the host)
+                os.chown(req.checkpoint.source, *_host_ids(req))
             # 4. the cgroup with its limits, before any process exists to escape them
             step = "cgroup"
             cg = driver.create(cgroup_name(req), req.resources)
@@ -193,6 +195,21 @@ def start(req: LaunchRequest) -> Handle:
         net.address if net else None,
         notify_fd,
     )
+
+
+def _host_ids(req: LaunchRequest) -> tuple[int, int]:
+    """The job user's uid and gid as the host sees them (through the user namespace)."""
+    uid, gid = req.process.user.uid, req.process.user.gid
+    if req.namespaces.user:
+        for m in req.namespaces.uid_mappings:
+            if m.container_id <= uid < m.container_id + m.size:
+                uid = m.host_id + uid - m.container_id
+                break
+        for m in req.namespaces.gid_mappings:
+            if m.container_id <= gid < m.container_id + m.size:
+                gid = m.host_id + gid - m.container_id
+                break
+    return uid, gid
 
 
 def _oserror(exc: OSError) -> str:

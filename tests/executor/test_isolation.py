@@ -183,3 +183,9 @@ def test_a_device_node_missing_on_the_host_is_refused_before_anything_is_made(st
     with pytest.raises(BadRequest, match="nvidia7 does not exist"):
         run(state_dir, ["/bin/true"], devices=[Device(str(tmp_path / "nvidia7"))])
     assert not os.path.exists(os.path.join(state_dir, "runs"))
+
+
+def test_a_host_image_job_does_not_see_mlqs_state_dir(state_dir):
+    st, out, _ = run(state_dir, ["/bin/sh", "-c", f"ls -A {state_dir} | wc -l"])
+    assert st.state == Outcome.COMPLETED
+    assert out.strip() == "0"  # runs/, other jobs' logs: hidden

@@ -121,6 +121,20 @@ def test_the_checkpoint_volume_keeps_a_file_across_two_runs(state_dir, tmp_path)
     assert (first.strip(), second.strip()) == ("none", "1")
 
 
+def test_a_job_running_as_a_user_owns_its_new_checkpoint_volume(state_dir, tmp_path):
+    from mlq.executor import User
+
+    ck = Checkpoint(str(tmp_path / "ck-user"), "/ckpt")
+    st, out, err = run(
+        state_dir,
+        ["/bin/sh", "-c", "echo 5 > /ckpt/step && id -u"],
+        checkpoint=ck,
+        user=User(1234, 1234),
+    )
+    assert (st.state, out.strip()) == (Outcome.COMPLETED, "1234"), err
+    assert os.stat(tmp_path / "ck-user" / "step").st_uid == 1234
+
+
 def test_volumes_are_bound_read_only_or_read_write(state_dir, tmp_path):
     data, out_dir = tmp_path / "data", tmp_path / "out"
     data.mkdir()
