@@ -1147,8 +1147,9 @@ int main(int argc, char **argv)
         }
     }
     tmark("sup: in cgroup");
-    if (write(gop[1], "g", 1) != 1)
-        die("start", "release init");
+    if (write(gop[1], "g", 1) != 1) {
+        /* init already failed (EPIPE): its report, read below, says why */
+    }
     close(gop[1]);
 
     /* 2. wait for "ready" (the command exec'd) or the step that failed */

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -68,9 +69,10 @@ def make_oci_layout(tmp: Path) -> Path:
     config = _blob(layout, b"{}")
     config["mediaType"] = "application/vnd.oci.image.config.v1+json"
     layers = []
-    for data in (layer1, layer2):
+    # the base layer plain, the top one gzipped: both media types a registry serves
+    for data, media in ((layer1, "tar"), (gzip.compress(layer2), "tar+gzip")):
         d = _blob(layout, data)
-        d["mediaType"] = "application/vnd.oci.image.layer.v1.tar"
+        d["mediaType"] = f"application/vnd.oci.image.layer.v1.{media}"
         layers.append(d)
     manifest = {"schemaVersion": 2, "config": config, "layers": layers}
     m = _blob(layout, json.dumps(manifest).encode())
