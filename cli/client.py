@@ -6,7 +6,6 @@ imports. One ``Client`` keeps one keep-alive connection for all its requests.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -29,12 +28,33 @@ def socket_path(explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLQ_SOCKET") or DEFAULT_SOCKET
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
+class _Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
 
-    def connect(self) -> None:
+
+class _UnixConnection:
+    """HTTP/1.1 over a Unix socket with keep-alive, in a few lines.
+
+    Not ``http.client``: importing it pulls in ``ssl`` and ``email``, about 20 ms of
+    every CLI command's start-up, for features a local socket never uses.
+    """
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self._buf = b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+        self._buf = b""
+
+    def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -43,6 +63,52 @@ class _UnixConnection(http.client.HTTPConnection):
             sock.close()
             raise
         self.sock = sock
+        return sock
+
+    def _read_until(self, sep: bytes) -> bytes:
+        assert self.sock is not None
+        while sep not in self._buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the daemon closed the connection")
+            self._buf += chunk
+        head, _, self._buf = self._buf.partition(sep)
+        return head
+
+    def _read_exact(self, n: int) -> bytes:
+        assert self.sock is not None
+        while len(self._buf) < n:
+            chunk = self.sock.recv(max(65536, n - len(self._buf)))
+            if not chunk:
+                raise ConnectionResetError("the daemon closed the connection")
+            self._buf += chunk
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def request(self, method: str, url: str, body: bytes | None) -> _Response:
+        sock = self.sock or self._connect()
+        head = f"{method} {url} HTTP/1.1\r\nHost: mlq\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        status_line, *lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        status = int(status_line.split(" ", 2)[1])
+        headers = {}
+        for line in lines:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if headers.get("transfer-encoding") == "chunked":
+            parts = []
+            while size := int(self._read_until(b"\r\n").split(b";")[0], 16):
+                parts.append(self._read_exact(size))
+                self._read_exact(2)
+            self._read_until(b"\r\n")
+            data = b"".join(parts)
+        else:
+            data = self._read_exact(int(headers.get("content-length", "0")))
+        if headers.get("connection") == "close":
+            self.close()
+        return _Response(status, headers, data)
 
 
 class Client:
@@ -61,12 +127,10 @@ class Client:
         if query:
             url += "?" + urlencode({k: v for k, v in query.items() if v is not None}, doseq=True)
         payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
         for attempt in (1, 2):
             try:
-                self._conn.request(method, url, body=payload, headers=headers)
-                resp = self._conn.getresponse()
-                data = resp.read()
+                resp = self._conn.request(method, url, payload)
+                data = resp.body
                 break
             except (ConnectionRefusedError, FileNotFoundError) as exc:
                 raise Unreachable(
@@ -77,7 +141,7 @@ class Client:
                 raise Unreachable(
                     f"cannot reach the mlq daemon at {self.path}: {exc.strerror}"
                 ) from None
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            except (BrokenPipeError, ConnectionResetError) as exc:
                 # A kept-alive connection the server closed: reconnect once.
                 self._conn.close()
                 if attempt == 2:

@@ -22,7 +22,7 @@ from mlq.scheduler import migrations, states
 from mlq.scheduler.cluster import ClassDefaults, ClusterConfig, PriorityClass
 from mlq.scheduler.errors import Conflict, InvalidInput, NotFound
 from mlq.scheduler.models import Job, JobEvent, Member, Meta, PriorityClassRow, Quota, Team
-from sqlalchemy import create_engine, event, func, insert, select, update
+from sqlalchemy import create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -73,6 +73,10 @@ class Store:
         migrations.upgrade(self.engine)
         # One writer at a time inside this process; SQLite serialises across processes.
         self._write_lock = threading.RLock()
+        # Teams and classes are read on every submission and change rarely: cached,
+        # and dropped whenever this store writes them. (One daemon owns a store.)
+        self._teams: list[TeamView] | None = None
+        self._classes: list[PriorityClass] | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -83,11 +87,18 @@ class Store:
             yield s
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """A session whose changes are committed (durably) when the block ends."""
+    def write(self, config: bool = False) -> Iterator[Session]:
+        """A session whose changes are committed (durably) when the block ends.
+
+        ``config``: the block changes teams, members, quotas or classes.
+        """
         with self._write_lock, Session(self.engine, expire_on_commit=False) as s:
-            yield s
-            s.commit()
+            try:
+                yield s
+                s.commit()
+            finally:
+                if config:
+                    self._teams = self._classes = None
 
     # -- first start ---------------------------------------------------------------
 
@@ -98,7 +109,7 @@ class Store:
     def seed(self, cluster: ClusterConfig) -> None:
         """Load teams, quotas and classes from the cluster config, once."""
         now = time.time()
-        with self.write() as s:
+        with self.write(config=True) as s:
             if s.get(Meta, "seeded") is not None:
                 return
             for c in cluster.priority_classes:
@@ -123,9 +134,11 @@ class Store:
     # -- priority classes -------------------------------------------------------------
 
     def classes(self) -> list[PriorityClass]:
-        with self.session() as s:
-            rows = s.exec(select(PriorityClassRow).order_by(col(PriorityClassRow.value).desc()))
-            return [_class_model(r) for (r,) in rows]
+        if self._classes is None:
+            with self.session() as s:
+                q = select(PriorityClassRow).order_by(col(PriorityClassRow.value).desc())
+                self._classes = [_class_model(r) for (r,) in s.exec(q)]
+        return list(self._classes)
 
     def set_class(self, pc: PriorityClass) -> None:
         known = {c.name for c in self.classes()} | {pc.name}
@@ -134,12 +147,17 @@ class Store:
                 raise InvalidInput(
                     f'preempts: "{p}" is not a class; known: {", ".join(sorted(known))}'
                 )
-        with self.write() as s:
+        with self.write(config=True) as s:
             s.merge(_class_row(pc))
 
     # -- teams and quotas ---------------------------------------------------------------
 
     def teams(self) -> list[TeamView]:
+        if self._teams is None:
+            self._teams = self._load_teams()
+        return list(self._teams)
+
+    def _load_teams(self) -> list[TeamView]:
         with self.session() as s:
             views = {t.name: TeamView(t.name) for (t,) in s.exec(select(Team).order_by(Team.name))}
             for (m,) in s.exec(select(Member).order_by(Member.name)):
@@ -162,13 +180,13 @@ class Store:
         raise NotFound(f'team "{name}" does not exist; see mlq team list')
 
     def create_team(self, name: str) -> None:
-        with self.write() as s:
+        with self.write(config=True) as s:
             if s.get(Team, name) is not None:
                 raise Conflict(f'team "{name}" already exists')
             s.add(Team(name=name, created_at=time.time()))
 
     def delete_team(self, name: str) -> None:
-        with self.write() as s:
+        with self.write(config=True) as s:
             if s.get(Team, name) is None:
                 raise NotFound(f'team "{name}" does not exist; see mlq team list')
             active = s.exec(
@@ -187,14 +205,14 @@ class Store:
             s.delete(s.get(Team, name))
 
     def add_member(self, team: str, name: str, role: str) -> None:
-        with self.write() as s:
+        with self.write(config=True) as s:
             if s.get(Team, team) is None:
                 raise NotFound(f'team "{team}" does not exist; see mlq team list')
             if s.get(Member, (team, name, role)) is None:
                 s.add(Member(team=team, name=name, role=role))
 
     def remove_member(self, team: str, name: str, role: str | None = None) -> None:
-        with self.write() as s:
+        with self.write(config=True) as s:
             q = select(Member).where(Member.team == team, Member.name == name)
             if role:
                 q = q.where(Member.role == role)
@@ -211,7 +229,7 @@ class Store:
         limit: dict[str, float],
         clear: Iterable[str] = (),
     ) -> TeamView:
-        with self.write() as s:
+        with self.write(config=True) as s:
             if s.get(Team, team) is None:
                 raise NotFound(f'team "{team}" does not exist; see mlq team list')
             for key in clear:
@@ -242,36 +260,47 @@ class Store:
         names = {user} | {f"@{g}" for g in groups}
         member: set[str] = set()
         admin: set[str] = set()
-        with self.session() as s:
-            for (m,) in s.exec(select(Member).where(col(Member.name).in_(names))):
-                member.add(m.team)
-                if m.role == "admin":
-                    admin.add(m.team)
+        for t in self.teams():
+            if names.intersection(t.admins):
+                admin.add(t.name)
+                member.add(t.name)
+            if names.intersection(t.members):
+                member.add(t.name)
         return member, admin
 
     # -- jobs ---------------------------------------------------------------------------
 
     def add_jobs(
-        self, jobs: list[Job], reason: str = "Submitted", as_array: bool = False
+        self, rows: list[dict[str, Any]], reason: str = "Submitted", as_array: bool = False
     ) -> list[int]:
-        """Insert jobs and their first event in one transaction; returns their IDs.
+        """Insert jobs (column dicts) and their first event in one transaction.
 
-        With ``as_array`` the jobs share an array ID: the first job's ID, as in Slurm.
+        Fills in and returns their IDs. With ``as_array`` the jobs share an array ID:
+        the first job's ID, as in Slurm. Core inserts, not the ORM: submission is
+        the hot path of the API.
         """
-        ids: list[int] = []
-        with self.write() as s:
-            conn = s.connection()
-            for job in jobs:
-                values = job.model_dump(exclude={"id"})
-                result = conn.execute(insert(Job).values(**values))
-                ids.append(int(result.inserted_primary_key[0]))
+        table = Job.__table__
+        with self._write_lock, self.engine.begin() as conn:
+            if len(rows) == 1:
+                ids = [int(conn.execute(table.insert(), rows[0]).inserted_primary_key[0])]
+            else:
+                ids = sorted(r[0] for r in conn.execute(table.insert().returning(table.c.id), rows))
+            for row, i in zip(rows, ids, strict=True):
+                row["id"] = i
             if as_array and ids:
-                conn.execute(update(Job).where(col(Job.id).in_(ids)).values(array_id=ids[0]))
+                conn.execute(update(table).where(table.c.id.in_(ids)).values(array_id=ids[0]))
+                for row in rows:
+                    row["array_id"] = ids[0]
             conn.execute(
-                insert(JobEvent),
+                JobEvent.__table__.insert(),
                 [
-                    {"job_id": i, "at": j.submitted_at, "state": j.state, "reason": reason}
-                    for i, j in zip(ids, jobs, strict=True)
+                    {
+                        "job_id": r["id"],
+                        "at": r["submitted_at"],
+                        "state": r["state"],
+                        "reason": reason,
+                    }
+                    for r in rows
                 ],
             )
         return ids

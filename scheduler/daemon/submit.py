@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from mlq.scheduler import states
@@ -67,8 +68,9 @@ def prepare(
 
 def store_jobs(
     store: Store, caller: Caller, resolved: JobSpec, indices: list[int] | None
-) -> tuple[list[int], int | None]:
-    """Write the job (or one job per array index); returns IDs and the array ID."""
+) -> list[SimpleNamespace]:
+    """Write the job (or one job per array index); returns them, with their IDs, as
+    objects with the ``Job`` table's attributes."""
     classes = {c.name: c for c in store.classes()}
     now = time.time()
     body = resolved.model_dump_json(exclude={"array"})
@@ -86,9 +88,12 @@ def store_jobs(
         spec=body,
         submitted_at=now,
         depends_on=json.dumps(resolved.depends_on),
+        held=False,
+        restart_count=0,
+        array_index=None,
     )
-    if indices is None:
-        return store.add_jobs([Job(**common)]), None
-    jobs = [Job(**common, array_index=i) for i in indices]
-    ids = store.add_jobs(jobs, as_array=True)
-    return ids, ids[0]
+    rows = [common] if indices is None else [common | {"array_index": i} for i in indices]
+    store.add_jobs(rows, as_array=indices is not None)
+    # Rows as objects with every column of the table, unset ones as None.
+    columns = [c.name for c in Job.__table__.columns]
+    return [SimpleNamespace(**{c: r.get(c) for c in columns}) for r in rows]
