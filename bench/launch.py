@@ -59,9 +59,10 @@ def make_bundle(bundle: Path, rootfs: Path) -> Path:
     return bundle
 
 
-def time_cmd(argv_for, runs: int) -> list[float]:
+def time_cmd(argv_for, runs: int, gap: float = 0.0) -> list[float]:
     out = []
     for i in range(runs):
+        time.sleep(gap)
         argv = argv_for(i)
         t = time.perf_counter()
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True)
@@ -73,14 +74,17 @@ def time_cmd(argv_for, runs: int) -> list[float]:
     return out
 
 
-def time_mlq(rootfs: Path, state: Path, runs: int) -> tuple[list[float], list[float]]:
+def time_mlq(
+    rootfs: Path, state: Path, runs: int, gap: float = 0.0
+) -> tuple[list[float], list[float]]:
     from mlq.executor import LaunchRequest, Outcome, Process, Resources, Root, helper, start, wait
 
     helper.path()
     total, started = [], []
     for i in range(runs):
+        time.sleep(gap)
         req = LaunchRequest(
-            run_id=f"bench-{os.getpid()}-{i}",
+            run_id=f"bench-{os.getpid()}-{time.monotonic_ns()}",
             state_dir=str(state),
             process=Process(args=["/bin/true"]),
             root=Root(image=str(rootfs)),
@@ -96,14 +100,14 @@ def time_mlq(rootfs: Path, state: Path, runs: int) -> tuple[list[float], list[fl
             raise RuntimeError(f"mlq run {i}: {st}")
         started.append(t1 - t)
         total.append(t2 - t)
-        shutil.rmtree(h.run_dir, ignore_errors=True)
     return total, started
 
 
-def inner_crun(bundle: str, runs: int) -> None:
+def inner_crun(bundle: str, runs: int, gap: float) -> None:
     """In a private mount namespace: hide the empty cgroup2 mount crun trips on, then time."""
     subprocess.run(["umount", "/sys/fs/cgroup/unified"], check=False)
-    times = time_cmd(lambda i: ["crun", "run", "-b", bundle, f"bench-crun-{os.getpid()}-{i}"], runs)
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    times = time_cmd(lambda i: ["crun", "run", "-b", bundle, f"bench-crun-{tag}-{i}"], runs, gap)
     print(json.dumps(times))
 
 
@@ -112,13 +116,78 @@ def ms(xs: list[float], q: float = 0.5) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
+def measure(rootfs: Path, bundle: Path, state: Path, runs: int, gap: float) -> dict:
+    results: dict[str, list[float]] = {}
+    results["mlq"], started = time_mlq(rootfs, state, runs, gap)
+    results["mlq start()"] = started
+    if shutil.which("runc"):
+        tag = f"{os.getpid()}-{time.monotonic_ns()}"
+        results["runc run"] = time_cmd(
+            lambda i: ["runc", "run", "-b", str(bundle), f"bench-runc-{tag}-{i}"], runs, gap
+        )
+    if shutil.which("crun"):
+        out = subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                sys.executable,
+                __file__,
+                "--inner-crun",
+                str(bundle),
+                str(runs),
+                str(gap),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        results["crun run"] = json.loads(out)
+    if shutil.which("bwrap"):
+        bwrap = [
+            "bwrap",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup",
+            "--die-with-parent",
+            "--bind",
+            str(rootfs),
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "/bin/true",
+        ]
+        results["bwrap"] = time_cmd(lambda i: bwrap, runs, gap)
+    results["unshare"] = time_cmd(
+        lambda i: ["unshare", "-fmpuinC", f"--root={rootfs}", "/bin/true"], runs, gap
+    )
+    return results
+
+
+def report(title: str, results: dict[str, list[float]]) -> None:
+    mlq_med = ms(results["mlq"])
+    print(title)
+    print(f"  {'tool':<12} {'median ms':>10} {'p90 ms':>8} {'mlq / tool':>11}")
+    for name, xs in results.items():
+        ratio = "" if name == "mlq start()" else f"{mlq_med / ms(xs):>11.2f}"
+        print(f"  {name:<12} {ms(xs):>10.2f} {ms(xs, 0.9):>8.2f} {ratio}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=300)
-    ap.add_argument("--inner-crun", nargs=2, metavar=("BUNDLE", "RUNS"), help=argparse.SUPPRESS)
+    ap.add_argument("--spaced-runs", type=int, default=60, help="runs 50 ms apart (0: skip)")
+    ap.add_argument(
+        "--inner-crun", nargs=3, metavar=("BUNDLE", "RUNS", "GAP"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
     if args.inner_crun:
-        inner_crun(args.inner_crun[0], int(args.inner_crun[1]))
+        inner_crun(args.inner_crun[0], int(args.inner_crun[1]), float(args.inner_crun[2]))
         return
     if os.geteuid() != 0:
         sys.exit("bench/launch needs root (namespaces, cgroups)")
@@ -126,68 +195,22 @@ def main() -> None:
     try:
         rootfs = make_rootfs(work / "rootfs")
         bundle = make_bundle(work / "bundle", rootfs)
-        results: dict[str, list[float]] = {}
-        # warm-up: compile the helper, fault in the binaries
-        time_mlq(rootfs, work / "state", 3)
-        mlq_total, mlq_started = time_mlq(rootfs, work / "state", args.runs)
-        results["mlq"] = mlq_total
-        if shutil.which("runc"):
-            results["runc run"] = time_cmd(
-                lambda i: ["runc", "run", "-b", str(bundle), f"bench-runc-{os.getpid()}-{i}"],
-                args.runs,
+        time_mlq(rootfs, work / "state", 3)  # warm-up: build the helper, fault binaries in
+        print(
+            f"launch of /bin/true, fully isolated (kernel {os.uname().release}, "
+            f"{os.cpu_count()} CPUs); mlq start() = until the job runs in its cgroup"
+        )
+        report(
+            f"back to back, median of {args.runs} runs:",
+            measure(rootfs, bundle, work / "state", args.runs, 0.0),
+        )
+        if args.spaced_runs:
+            # launches 50 ms apart, as a scheduler's are: on a v1 host each cgroup join then
+            # waits out a full RCU grace period, which back-to-back runs partly share
+            report(
+                f"50 ms apart, median of {args.spaced_runs} runs:",
+                measure(rootfs, bundle, work / "state", args.spaced_runs, 0.05),
             )
-        if shutil.which("crun"):
-            out = subprocess.run(
-                [
-                    "unshare",
-                    "-m",
-                    "--propagation",
-                    "private",
-                    sys.executable,
-                    __file__,
-                    "--inner-crun",
-                    str(bundle),
-                    str(args.runs),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            results["crun run"] = json.loads(out)
-        if shutil.which("bwrap"):
-            bwrap = [
-                "bwrap",
-                "--unshare-pid",
-                "--unshare-net",
-                "--unshare-ipc",
-                "--unshare-uts",
-                "--unshare-cgroup",
-                "--die-with-parent",
-                "--bind",
-                str(rootfs),
-                "/",
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "/bin/true",
-            ]
-            results["bwrap"] = time_cmd(lambda i: bwrap, args.runs)
-        results["unshare"] = time_cmd(
-            lambda i: ["unshare", "-fmpuinC", f"--root={rootfs}", "/bin/true"], args.runs
-        )
-        mlq_med = ms(mlq_total)
-        print(
-            f"launch of /bin/true, fully isolated, median of {args.runs} runs "
-            f"(kernel {os.uname().release}, {os.cpu_count()} CPUs)"
-        )
-        print(f"{'tool':<10} {'median ms':>10} {'p90 ms':>8} {'mlq / tool':>11}")
-        for name, xs in results.items():
-            print(f"{name:<10} {ms(xs):>10.2f} {ms(xs, 0.9):>8.2f} {mlq_med / ms(xs):>11.2f}")
-        print(
-            f"mlq start() returned (job running in its cgroup) after {ms(mlq_started):.2f} ms median;"
-            " the rest is the job, its reaping, the fsync'd status and the cleanup"
-        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
