@@ -261,3 +261,69 @@ def register(app: typer.Typer) -> None:
     app.command("show")(show)
     app.command("cancel")(cancel)
     app.command("history")(history)
+    app.command("logs")(logs)
+    app.command("checkpoint-done")(checkpoint_done)
+
+
+def logs(
+    job_id: Annotated[int, typer.Argument(help="The job's ID")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Follow a running job to its end")
+    ] = False,
+    stderr: Annotated[
+        bool, typer.Option("--stderr", help="Print stderr instead of stdout")
+    ] = False,
+    run: Annotated[
+        int | None, typer.Option("--run", help="Only this run of a requeued job (0 is the first)")
+    ] = None,
+    sock: SocketOpt = None,
+) -> None:
+    """Print a job's output; every run of a requeued job, each labelled."""
+    import sys
+
+    client = Client(sock)
+    stream = "stderr" if stderr else "stdout"
+    first = client.get(f"/v1/jobs/{job_id}/logs", stream=stream, run=run, offset=0, limit=0)
+    runs = [run] if run is not None else (first["runs"] or [first["run"]])
+    out = sys.stdout
+    for n in runs:
+        if len(runs) > 1 or n > 0:
+            out.write(f"==> job {job_id} run {n} <==\n")
+        offset = 0
+        while True:
+            chunk = client.get(f"/v1/jobs/{job_id}/logs", stream=stream, run=n, offset=offset)
+            out.write(chunk["data"])
+            out.flush()
+            moved = chunk["next_offset"] != offset
+            offset = chunk["next_offset"]
+            if moved:
+                continue  # drain what is there before deciding to wait
+            if not (follow and chunk["running"]):
+                break
+            if n == runs[-1] and chunk["state"] == "PENDING":
+                break
+            time.sleep(0.2)
+        if follow and n == runs[-1]:
+            # the job may have been requeued meanwhile: follow its next run too
+            latest = client.get(f"/v1/jobs/{job_id}/logs", stream=stream, offset=0, limit=0)
+            if latest["run"] > n and latest["running"]:
+                runs.append(latest["run"])
+
+
+def checkpoint_done() -> None:
+    """From inside a job: record that a checkpoint was just written.
+
+    The scheduler then prefers to preempt jobs that lose the least work. This
+    touches the file named by MLQ_CHECKPOINT_MARK, on the job's checkpoint volume.
+    """
+    import os
+
+    from mlq.scheduler.errors import InvalidInput
+
+    mark = os.environ.get("MLQ_CHECKPOINT_MARK")
+    if not mark:
+        raise InvalidInput(
+            "MLQ_CHECKPOINT_MARK is not set: run this inside an mlq job that has a checkpoint volume"
+        )
+    with open(mark, "a"):
+        os.utime(mark)

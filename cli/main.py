@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 
 # Each module defines ``register(app)``; the order is the order of ``mlq --help``.
-COMMAND_MODULES = ("jobs", "admin", "serve", "plan", "run")
+COMMAND_MODULES = ("jobs", "nodes", "admin", "serve", "plan", "run")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"mlq.cli.{_name}").register(app)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from mlq.scheduler import models  # noqa: F401  (registers the tables)
 from mlq.scheduler.errors import MlqError
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
@@ -21,7 +21,23 @@ def _v1(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn)
 
 
-STEPS: dict[int, Callable[[Connection], None]] = {1: _v1}
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    """ALTER TABLE ... ADD COLUMN for those not there yet (step 1 creates the tables
+    as the models are today, so later steps find their columns already on a new DB)."""
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name, sql_type in columns.items():
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+
+
+def _v2(conn: Connection) -> None:
+    """Running jobs: why one is stopping (preempt or cancel), for whom, its peak memory."""
+    _add_columns(
+        conn, "jobs", {"stop_cause": "VARCHAR", "stop_for": "INTEGER", "max_memory": "BIGINT"}
+    )
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2}
 SCHEMA_VERSION = max(STEPS)
 
 

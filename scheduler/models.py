@@ -46,6 +46,10 @@ class Job(SQLModel, table=True):
     signal: str | None = None
     restart_count: int = 0
     checkpoint_at: float | None = None
+    # schema 2: why a running job is being stopped, and for whom
+    stop_cause: str | None = None  # "preempt" | "cancel"
+    stop_for: int | None = None  # the job a preemption makes room for
+    max_memory: int | None = None  # peak memory of the last run, bytes
 
 
 class JobEvent(SQLModel, table=True):

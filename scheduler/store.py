@@ -358,6 +358,21 @@ class Store:
             s.add(JobEvent(job_id=job_id, at=time.time(), state=state, reason=reason))
             return job
 
+    def count_by_state(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.exec(select(Job.state, func.count()).group_by(Job.state))
+            return {state: n for state, n in rows}
+
+    def update_fields(self, job_id: int, **fields: Any) -> None:
+        """Change columns that are not a state change (no event)."""
+        with self.write() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} does not exist")
+            for k, v in fields.items():
+                setattr(job, k, v)
+            s.add(job)
+
     def set_reasons(self, reasons: dict[int, str]) -> None:
         """Write pending reasons; not events (a reason is not a state change)."""
         if not reasons:

@@ -18,10 +18,13 @@ from fastapi.responses import JSONResponse, Response
 from mlq.scheduler import states
 from mlq.scheduler.cluster import ClassDefaults, PriorityClass, parse_quota_value
 from mlq.scheduler.daemon import schemas as S
-from mlq.scheduler.daemon.auth import Caller, require_admin, require_cancel
+from mlq.scheduler.daemon.auth import Caller, require_admin, require_owner
+from mlq.scheduler.daemon.logs import read_log
+from mlq.scheduler.daemon.nodes import node_view
 from mlq.scheduler.daemon.peer import Peer
 from mlq.scheduler.daemon.submit import cgroup_limits, prepare, store_jobs
 from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, NotFound, Refused
+from mlq.scheduler.spec import JobSpec
 from mlq.scheduler.store import Store
 from mlq.scheduler.units import format_cpus, format_duration, format_size
 from pydantic import BaseModel
@@ -46,6 +49,7 @@ class Daemon:
         self.on_change: Callable[[str], None] = lambda why: None
         # Cancelling a running job needs the executor; the loop installs this.
         self.stop_running: Callable[[int, bool, str], str] | None = None
+        self.loop: Any = None  # the scheduling loop, when the daemon runs one
 
 
 def caller(request: Request) -> Caller:
@@ -130,7 +134,7 @@ def build_app(daemon: Daemon) -> FastAPI:
         if missing:
             raise NotFound(f"job {missing[0]} does not exist; see mlq queue or mlq history")
         for j in jobs.values():
-            require_cancel(who, j, store)
+            require_owner(who, j, store)
         results = []
         for job_id in body.ids:
             j = jobs[job_id]
@@ -259,6 +263,82 @@ def build_app(daemon: Daemon) -> FastAPI:
         store.set_class(pc)
         daemon.on_change("class")
         return class_out(pc)
+
+    # -- the running system -------------------------------------------------------------
+
+    def need_loop() -> Any:
+        if daemon.loop is None:
+            raise Conflict("this daemon runs no scheduling loop")
+        return daemon.loop
+
+    @app.get("/v1/nodes", response_model=S.NodeList, tags=["nodes"])
+    async def nodes(who: Who, refresh: bool = False) -> S.NodeList:
+        loop = need_loop()
+        if refresh:
+            require_admin(who, "rediscover this node's GPUs", daemon.admin_group)
+            loop.refresh_gpus()
+        return S.NodeList(nodes=[node_view(store, loop.node)])
+
+    @app.get("/v1/status", response_model=S.StatusOut, tags=["meta"])
+    async def status() -> S.StatusOut:
+        loop = need_loop()
+        counts = store.count_by_state()
+        return S.StatusOut(
+            passes=loop.stats.passes,
+            asks=loop.stats.asks,
+            last_pass_ms=loop.stats.last_pass_ms,
+            uptime_s=time.time() - loop.stats.started,
+            running=sum(
+                counts.get(x, 0) for x in (states.STARTING, states.RUNNING, states.STOPPING)
+            ),
+            pending=counts.get(states.PENDING, 0),
+        )
+
+    @app.get("/v1/top", response_model=S.TopOut, tags=["nodes"])
+    async def top() -> S.TopOut:
+        loop = need_loop()
+        running = []
+        for j in store.jobs(states_in=(states.STARTING, states.RUNNING, states.STOPPING)):
+            spec = JobSpec.model_validate_json(j.spec)
+            figures = loop.live_stats(j)
+            running.append(
+                S.RunningOut(
+                    id=j.id or 0,
+                    name=j.name,
+                    team=j.team,
+                    user=j.user,
+                    state=j.state,
+                    memory_current=figures.memory_current if figures else None,
+                    memory_peak=figures.memory_peak if figures else None,
+                    memory_max=spec.resources.memory or 0,
+                    cpus=format_cpus(spec.resources.cpus or 0),
+                    cpu_usage_s=figures.cpu_usage_usec / 1e6 if figures else None,
+                    cpu_throttled_s=figures.cpu_throttled_usec / 1e6 if figures else None,
+                )
+            )
+        pending = [S.JobOut.of(j) for j in store.jobs(states_in=(states.PENDING,), limit=200)]
+        return S.TopOut(
+            nodes=[node_view(store, loop.node)],
+            running=running,
+            pending=pending,
+            passes=loop.stats.passes,
+            last_pass_ms=loop.stats.last_pass_ms,
+        )
+
+    @app.get("/v1/jobs/{job_id}/logs", response_model=S.LogChunk, tags=["jobs"])
+    async def logs(
+        job_id: int,
+        who: Who,
+        stream: str = "stdout",
+        run: int | None = None,
+        offset: int = 0,
+        limit: int = 1 << 20,
+    ) -> S.LogChunk:
+        if stream not in ("stdout", "stderr"):
+            raise InvalidInput(f'stream: "{stream}" is not allowed; use stdout or stderr')
+        job = store.job(job_id)
+        require_owner(who, job, store, action="read the logs of")
+        return read_log(job, stream, run, offset, limit)
 
     @app.get("/v1/whoami", response_model=S.WhoAmI, tags=["meta"])
     async def whoami(who: Who) -> S.WhoAmI:

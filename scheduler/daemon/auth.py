@@ -1,7 +1,8 @@
 """Who may do what. Pure rules over a caller and the store's membership.
 
 - A user submits only to a team they are a member of (as a user or via ``@group``).
-- A user cancels their own jobs; a team admin cancels any job of the team.
+- A user cancels (and reads the logs of) their own jobs; a team admin does so for
+  any job of the team.
 - Root, or a member of the configured admin group, manages teams, quotas and
   priority classes, and may submit to or cancel in any team.
 Refusals say who asked for what and why not.
@@ -51,13 +52,14 @@ def require_submit(caller: Caller, team: str, store: Store) -> None:
         )
 
 
-def require_cancel(caller: Caller, job: Job, store: Store) -> None:
+def require_owner(caller: Caller, job: Job, store: Store, action: str = "cancel") -> None:
+    """The job's owner, its team's admins and mlq admins may ``action`` it."""
     if caller.is_admin or job.user == caller.user:
         return
     _, admin = store.teams_of(caller.user, caller.peer.groups)
     if job.team in admin:
         return
     raise Refused(
-        f"{caller.user} may not cancel job {job.id}: it belongs to {job.user} "
+        f"{caller.user} may not {action} job {job.id}: it belongs to {job.user} "
         f'and you are not an admin of team "{job.team}"'
     )

@@ -209,3 +209,71 @@ class ErrorOut(BaseModel):
     error: str
     message: str
     problems: list[str] = []
+
+
+class LogChunk(BaseModel):
+    """A piece of one run's output; ``next_offset`` continues from where it ends."""
+
+    job_id: int
+    run: int
+    runs: list[int] = Field(description="Every run of the job that has a log, oldest first")
+    stream: str
+    offset: int
+    next_offset: int
+    data: str
+    running: bool = Field(description="True while this run may still write")
+    state: str
+
+
+class TeamUsage(BaseModel):
+    team: str
+    used: dict[str, float]
+    guarantee: dict[str, float]
+    limit: dict[str, float]
+
+
+class NodeOut(BaseModel):
+    name: str
+    cpus: str
+    memory: str
+    cpus_used: str
+    memory_used: str
+    gpu_source: str
+    gpu_problem: str | None = None
+    gpus: list[dict[str, Any]]
+    teams: list[TeamUsage]
+
+
+class NodeList(BaseModel):
+    nodes: list[NodeOut]
+
+
+class RunningOut(BaseModel):
+    id: int
+    name: str
+    team: str
+    user: str
+    state: str
+    memory_current: int | None = None
+    memory_peak: int | None = None
+    memory_max: int
+    cpus: str
+    cpu_usage_s: float | None = None
+    cpu_throttled_s: float | None = None
+
+
+class TopOut(BaseModel):
+    nodes: list[NodeOut]
+    running: list[RunningOut]
+    pending: list[JobOut]
+    passes: int
+    last_pass_ms: float
+
+
+class StatusOut(BaseModel):
+    passes: int
+    asks: int
+    last_pass_ms: float
+    uptime_s: float
+    running: int
+    pending: int

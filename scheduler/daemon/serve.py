@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlq.scheduler.cluster import ClusterConfig, load_cluster
+from mlq.scheduler.daemon.loop import NodeView
 from mlq.scheduler.errors import MlqError
 from mlq.scheduler.store import Store, sqlite_url
 
@@ -99,13 +100,19 @@ def serve(paths: ServerPaths, log_level: str = "warning") -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     import uvicorn
     from mlq.scheduler.daemon.app import Daemon, build_app
+    from mlq.scheduler.daemon.loop import Loop
     from mlq.scheduler.daemon.peer import PeerCredProtocol
 
     lock_fd = _lock_state_dir(paths.state_dir)
     store, cluster = open_store(paths)
     _clear_stale_socket(paths.socket)
+    loop = Loop(store, cluster, paths.state_dir, discover_node(cluster))
     daemon = Daemon(store, cluster.admin_group)
+    daemon.loop = loop
+    daemon.on_change = loop.ask
+    daemon.stop_running = loop.cancel_running
     app = build_app(daemon)
+    loop.start()
     config = uvicorn.Config(
         app,
         uds=str(paths.socket),
@@ -119,5 +126,21 @@ def serve(paths: ServerPaths, log_level: str = "warning") -> None:
     try:
         server.run()
     finally:
+        loop.stop()  # running jobs keep running under their supervisors
         store.close()
         os.close(lock_fd)
+
+
+def discover_node(cluster: ClusterConfig) -> NodeView:
+    """This node: CPUs and memory from the config (or the machine), GPUs from NVML
+    (or the config's declared list, never both)."""
+    from mlq.executor.gpus import discover
+
+    gpus = discover(cluster.node)
+    log.info("node %s: %s", cluster.node.name, gpus.summary())
+    return NodeView(
+        name=cluster.node.name,
+        cpus=cluster.node.cpu_millicores(),
+        memory=cluster.node.memory_bytes(),
+        gpus=gpus,
+    )

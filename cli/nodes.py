@@ -1,0 +1,172 @@
+"""``mlq nodes`` and ``mlq top``: this node, its GPUs and slices, who holds them,
+and each team's use of its quota; ``top`` refreshes in place."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from mlq.cli.client import Client
+from mlq.cli.jobs import JsonOpt, SocketOpt
+from mlq.cli.output import console, print_json, table
+
+
+def _quota_cell(used: float, limit: float | None, key: str) -> str:
+    from mlq.scheduler.units import format_cpus, format_size
+
+    def fmt(v: float) -> str:
+        if key == "cpu":
+            return format_cpus(int(v))
+        if key == "memory":
+            return format_size(int(v))
+        return f"{v:g}"
+
+    return fmt(used) + ("" if limit is None else f"/{fmt(limit)}")
+
+
+def node_renderables(node: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    head = (
+        f"[bold]{node['name']}[/bold]  CPUs {node['cpus_used']}/{node['cpus']}  "
+        f"memory {node['memory_used']}/{node['memory']}  GPUs from {node['gpu_source']}"
+    )
+    out.append(head + (f"  ({node['gpu_problem']})" if node.get("gpu_problem") else ""))
+    rows = []
+    for g in node["gpus"]:
+        model = g.get("model") or g.get("name")
+        if g.get("mig"):
+            for m in g["mig"]:
+                rows.append(
+                    [
+                        g["index"],
+                        model,
+                        f"MIG {m['profile']} @{m['start']}",
+                        m.get("uuid", ""),
+                        m.get("job") or "-",
+                    ]
+                )
+        else:
+            rows.append([g["index"], model, "whole", g.get("uuid", ""), g.get("job") or "-"])
+    if rows:
+        out.append(table(["GPU", "MODEL", "SLICE", "UUID", "JOB"], rows))
+    trows = []
+    for t in node["teams"]:
+        keys = sorted(set(t["used"]) | set(t["guarantee"]) | set(t["limit"]))
+        for k in keys:
+            g = t["guarantee"].get(k)
+            trows.append(
+                [
+                    t["team"],
+                    k,
+                    _quota_cell(t["used"].get(k, 0.0), None, k),
+                    "" if g is None else _quota_cell(g, None, k),
+                    "" if k not in t["limit"] else _quota_cell(t["limit"][k], None, k),
+                ]
+            )
+    if trows:
+        out.append(table(["TEAM", "RESOURCE", "USED", "GUARANTEE", "LIMIT"], trows))
+    return out
+
+
+def nodes(
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Rediscover GPUs and MIG slices through NVML (admins)")
+    ] = False,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """This node's CPUs, memory and GPUs with the jobs holding them, and team quota use."""
+    resp = Client(sock).get("/v1/nodes", refresh=str(refresh).lower() if refresh else None)
+    if json_out:
+        print_json(resp)
+        return
+    out = console()
+    for n in resp["nodes"]:
+        for r in node_renderables(n):
+            out.print(r)
+
+
+def _top_view(data: dict[str, Any]) -> Any:
+    from mlq.scheduler.units import format_size
+    from rich.console import Group
+
+    parts: list[Any] = []
+    for n in data["nodes"]:
+        parts += node_renderables(n)
+
+    def mem(j: dict[str, Any]) -> str:
+        cur = j.get("memory_current")
+        pct = (
+            f" ({100 * cur / j['memory_max']:.0f}%)" if cur is not None and j["memory_max"] else ""
+        )
+        return ("?" if cur is None else format_size(cur)) + f"/{format_size(j['memory_max'])}" + pct
+
+    rows = [
+        [
+            j["id"],
+            j["name"],
+            j["team"],
+            j["user"],
+            j["state"],
+            mem(j),
+            j["cpus"],
+            "" if j.get("cpu_usage_s") is None else f"{j['cpu_usage_s']:.1f}s",
+            "" if j.get("cpu_throttled_s") is None else f"{j['cpu_throttled_s']:.1f}s",
+        ]
+        for j in data["running"]
+    ]
+    parts.append(
+        table(
+            ["ID", "NAME", "TEAM", "USER", "STATE", "MEMORY", "CPUS", "CPU TIME", "THROTTLED"],
+            rows,
+            title="running",
+        )
+    )
+    prow = [
+        [j["id"], j["name"], j["team"], j["priority_class"], j["reason"]]
+        for j in data["pending"][:20]
+    ]
+    parts.append(
+        table(
+            ["ID", "NAME", "TEAM", "CLASS", "REASON"],
+            prow,
+            title=f"pending ({len(data['pending'])})",
+        )
+    )
+    parts.append(f"scheduling passes: {data['passes']}, last {data['last_pass_ms']:.1f} ms")
+    return Group(*parts)
+
+
+def top(
+    interval: Annotated[
+        float, typer.Option("--interval", "-n", help="Seconds between refreshes")
+    ] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit")] = False,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """A live view of the node, running jobs (memory against limits, CPU) and the queue."""
+    client = Client(sock)
+    if json_out:
+        print_json(client.get("/v1/top"))
+        return
+    if once:
+        console().print(_top_view(client.get("/v1/top")))
+        return
+    from rich.live import Live
+
+    with Live(
+        _top_view(client.get("/v1/top")), console=console(), screen=False, auto_refresh=False
+    ) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(_top_view(client.get("/v1/top")), refresh=True)
+        except KeyboardInterrupt:
+            pass
+
+
+def register(app: typer.Typer) -> None:
+    app.command("nodes")(nodes)
+    app.command("top")(top)

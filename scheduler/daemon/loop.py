@@ -1,0 +1,548 @@
+"""The scheduling loop: the daemon's one place where the policy's decisions meet the
+store and the executor.
+
+One worker thread runs passes, so passes never overlap. Anything that may change
+a decision (a submit, a cancel, a quota change, a run that ends) only *asks* for a
+pass; asks that arrive while a pass runs fold into the next one, so a burst of a
+thousand submissions costs a few passes. The worker sleeps on the runs' end
+notifications too, so a victim's exit starts its preemptor at once; an
+APScheduler interval job asks for a pass now and then as a safety net.
+
+Each pass, top to bottom:
+1. collect the runs that ended (status written durably by their supervisors);
+2. read the checkpoint marks of running jobs;
+3. settle dependencies;
+4. take a snapshot and ask the pure policy for decisions;
+5. apply them: stop victims, start jobs, write the reasons of the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlq.scheduler import states
+from mlq.scheduler.cluster import ClusterConfig
+from mlq.scheduler.models import Job
+from mlq.scheduler.snapshot import (
+    Gpu,
+    MigRequest,
+    MigSlot,
+    Node,
+    PendingJob,
+    RunningJob,
+    Snapshot,
+    Start,
+    Team,
+    rules_from_classes,
+)
+from mlq.scheduler.spec import JobSpec
+from mlq.scheduler.store import Store
+from mlq.scheduler.units import format_size
+
+log = logging.getLogger("mlq.loop")
+
+CHECKPOINT_MARK = ".mlq-checkpoint-done"
+SAFETY_INTERVAL_S = 5.0
+
+
+@dataclass
+class NodeView:
+    """This node as the loop sees it: capacity from the config, GPUs from discovery."""
+
+    name: str
+    cpus: int
+    memory: int
+    gpus: Any  # mlq.executor.gpus.NodeGpus
+
+    def snapshot_node(self) -> Node:
+        decls = self.gpus.to_decls()
+        return Node(
+            name=self.name,
+            cpus=self.cpus,
+            memory=self.memory,
+            gpus=tuple(
+                Gpu(
+                    index=g.index,
+                    model=g.model,
+                    mig=None if g.mig is None else tuple((m.profile, m.start) for m in g.mig),
+                )
+                for g in decls
+            ),
+        )
+
+
+@dataclass
+class LoopStats:
+    passes: int = 0
+    last_pass_ms: float = 0.0
+    asks: int = 0
+    started: float = field(default_factory=time.time)
+
+
+def devices_of(job: Job) -> tuple[tuple[int, ...], tuple[MigSlot, ...]]:
+    if not job.devices:
+        return (), ()
+    d = json.loads(job.devices)
+    return tuple(d.get("gpus", [])), tuple(
+        MigSlot(m["gpu"], m["profile"], m["start"]) for m in d.get("mig", [])
+    )
+
+
+class Loop:
+    """Runs scheduling passes in one thread; holds the executor handles of running jobs."""
+
+    def __init__(
+        self, store: Store, cluster: ClusterConfig, state_dir: Path, node: NodeView
+    ) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.state_dir = state_dir
+        self.node = node
+        self.stats = LoopStats()
+        self.handles: dict[int, Any] = {}  # job id -> executor Handle
+        self._lock = threading.Lock()  # one pass at a time; also guards self.handles
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._timer: Any = None
+        self._pidfds: dict[int, int] = {}  # supervisor pid -> pidfd, for adopted runs
+
+    # -- outside world -------------------------------------------------------------
+
+    def ask(self, why: str = "") -> None:
+        """Ask for a pass soon. Cheap, never blocks, safe from any thread."""
+        self.stats.asks += 1
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    def start(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.recover()
+        self._thread = threading.Thread(target=self._run, name="mlq-loop", daemon=True)
+        self._thread.start()
+        self._timer = BackgroundScheduler(daemon=True)
+        self._timer.add_job(self.ask, "interval", seconds=SAFETY_INTERVAL_S, args=["interval"])
+        self._timer.start()
+        self.ask("start")
+
+    def stop(self) -> None:
+        """Stop passing; running jobs keep running under their supervisors."""
+        self._stopping.set()
+        self.ask("shutdown")
+        if self._timer is not None:
+            self._timer.shutdown(wait=False)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _watch_fds(self) -> list[int]:
+        fds = [self._wake_r]
+        for h in self.handles.values():
+            if h.notify_fd is not None:
+                fds.append(h.notify_fd)
+            else:
+                fd = self._pidfds.get(h.supervisor_pid)
+                if fd is None:
+                    try:
+                        fd = os.pidfd_open(h.supervisor_pid)
+                    except ProcessLookupError:
+                        continue  # already gone: the pass will collect it
+                    self._pidfds[h.supervisor_pid] = fd
+                fds.append(fd)
+        return fds
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                fds = self._watch_fds()
+            try:
+                ready, _, _ = select.select(fds, [], [], SAFETY_INTERVAL_S)
+            except (OSError, ValueError):
+                ready = []  # an fd closed under us by a pass; go round again
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_r, 4096):
+                        pass
+            if self._stopping.is_set():
+                break
+            try:
+                self.run_pass()
+            except Exception:  # a pass must never kill the loop
+                log.exception("scheduling pass failed; the next one retries")
+                time.sleep(0.5)
+
+    # -- one pass -------------------------------------------------------------------
+
+    def run_pass(self) -> None:
+        t0 = time.perf_counter()
+        with self._lock:
+            self.collect_ended()
+            self.read_checkpoint_marks()
+            self.settle_dependencies()
+            snapshot, jobs = self.snapshot()
+            from mlq.scheduler.policy import decide
+
+            decisions = decide(snapshot)
+            self.apply(decisions, jobs)
+        self.stats.passes += 1
+        self.stats.last_pass_ms = (time.perf_counter() - t0) * 1000
+
+    def collect_ended(self) -> None:
+        from mlq.executor import poll
+
+        for job in self.store.jobs(states_in=(states.STARTING, states.RUNNING, states.STOPPING)):
+            assert job.id is not None
+            ref = self.handles.get(job.id) or job.run_dir
+            if ref is None or (job.state == states.STARTING and job.id not in self.handles):
+                continue  # being started by this very pass, or recovered separately
+            status = poll(ref)
+            if status is not None:
+                self.finish(job, status)
+
+    def finish(self, job: Job, status: Any) -> None:
+        """Record how a run ended; requeue a preempted job that asks for it."""
+        assert job.id is not None
+        h = self.handles.pop(job.id, None)
+        if h is not None:
+            fd = self._pidfds.pop(h.supervisor_pid, None)
+            if fd is not None:
+                os.close(fd)
+        spec = JobSpec.model_validate_json(job.spec)
+        outcome = status.state.value if hasattr(status.state, "value") else str(status.state)
+        fields: dict[str, Any] = {
+            "ended_at": time.time(),
+            "exit_code": status.exit_code,
+            "signal": status.signal,
+            "max_memory": status.max_memory_bytes or None,
+        }
+        how = _how_it_ended(status)
+        if job.stop_cause == "preempt":
+            self.store.transition(
+                job.id, states.PREEMPTED, f"Preempted for job {job.stop_for} ({how})", **fields
+            )
+            if spec.preemption.requeue:
+                self.store.transition(
+                    job.id,
+                    states.PENDING,
+                    f"Requeued after preemption (restart {job.restart_count + 1})",
+                    restart_count=job.restart_count + 1,
+                    node=None,
+                    devices=None,
+                    cgroup=None,
+                    stop_cause=None,
+                    stop_for=None,
+                    ended_at=None,
+                )
+            return
+        if job.stop_cause == "cancel":
+            self.store.transition(job.id, states.CANCELLED, f"{job.reason} ({how})", **fields)
+            return
+        if outcome == "OUT_OF_MEMORY":
+            limit = format_size(spec.resources.memory or 0)
+            reason = (
+                f"killed by the kernel for memory: it used more than its limit of {limit} "
+                "(resources.memory); raise resources.memory or use less"
+            )
+            self.store.transition(job.id, states.OUT_OF_MEMORY, reason, **fields)
+        elif outcome == "TIMEOUT":
+            self.store.transition(
+                job.id,
+                states.TIMEOUT,
+                f"ran past its time limit of {spec.time_limit}s and was stopped ({how})",
+                **fields,
+            )
+        elif outcome == "COMPLETED":
+            self.store.transition(job.id, states.COMPLETED, "exit code 0", **fields)
+        elif outcome == "STOPPED":
+            self.store.transition(
+                job.id, states.CANCELLED, f"stopped outside mlq ({how})", **fields
+            )
+        else:
+            error = getattr(status, "error", None)
+            self.store.transition(job.id, states.FAILED, error or how, **fields)
+
+    def read_checkpoint_marks(self) -> None:
+        """A job reports a checkpoint by touching its mark file (``mlq checkpoint-done``)."""
+        from mlq.scheduler.launch import checkpoint_dir
+
+        for job in self.store.jobs(states_in=(states.RUNNING,)):
+            mark = Path(checkpoint_dir(str(self.state_dir), job.id or 0)) / CHECKPOINT_MARK
+            try:
+                mtime = mark.stat().st_mtime
+            except OSError:
+                continue
+            if job.started_at and mtime >= job.started_at and mtime != job.checkpoint_at:
+                self.store.update_fields(job.id or 0, checkpoint_at=mtime)
+
+    def settle_dependencies(self) -> None:
+        """Cancel pending jobs whose afterok dependency can no longer succeed."""
+        waiting = [j for j in self.store.jobs(states_in=(states.PENDING,)) if j.depends_on != "[]"]
+        if not waiting:
+            return
+        dep_ids = {d for j in waiting for d in json.loads(j.depends_on)}
+        dep_state = {d.id: d.state for d in self.store.jobs(ids=dep_ids)}
+        for j in waiting:
+            for d in json.loads(j.depends_on):
+                st = dep_state.get(d)
+                if st in states.FINAL and st != states.COMPLETED and st != states.PREEMPTED:
+                    self.store.transition(
+                        j.id or 0,
+                        states.CANCELLED,
+                        f"DependencyNeverSatisfied: job {d} ended {st}",
+                        ended_at=time.time(),
+                    )
+                    break
+
+    def snapshot(self) -> tuple[Snapshot, dict[int, Job]]:
+        active = self.store.jobs(states_in=states.ACTIVE)
+        jobs = {j.id or 0: j for j in active}
+        done = set()
+        deps = {d for j in active if j.depends_on != "[]" for d in json.loads(j.depends_on)}
+        if deps:
+            done = {d.id for d in self.store.jobs(ids=deps) if d.state == states.COMPLETED}
+        running, pending = [], []
+        for j in active:
+            spec = JobSpec.model_validate_json(j.spec)
+            r = spec.resources
+            if j.state == states.PENDING:
+                mig = MigRequest(r.mig.profile, r.mig.count) if r.mig else None
+                pending.append(
+                    PendingJob(
+                        id=j.id or 0,
+                        team=j.team,
+                        priority_class=j.priority_class,
+                        gpus=r.gpus,
+                        gpu_model=r.gpu_model,
+                        mig=mig,
+                        cpus=r.cpus or 0,
+                        memory=r.memory or 0,
+                        submitted_at=j.submitted_at,
+                        time_limit=spec.time_limit,
+                        blocked_by_dependency=any(d not in done for d in json.loads(j.depends_on)),
+                        held=j.held,
+                    )
+                )
+            else:
+                gpus, mig_slots = devices_of(j)
+                running.append(
+                    RunningJob(
+                        id=j.id or 0,
+                        team=j.team,
+                        priority_class=j.priority_class,
+                        node=j.node or self.node.name,
+                        gpus=gpus,
+                        mig=mig_slots,
+                        cpus=r.cpus or 0,
+                        memory=r.memory or 0,
+                        started_at=j.started_at or time.time(),
+                        checkpoint_at=j.checkpoint_at,
+                        time_limit=spec.time_limit,
+                        stopping_for=j.stop_for if j.state == states.STOPPING else None,
+                    )
+                )
+        snap = Snapshot(
+            now=time.time(),
+            nodes=(self.node.snapshot_node(),),
+            running=tuple(running),
+            pending=tuple(pending),
+            teams=tuple(Team(t.name, t.guarantee, t.limit) for t in self.store.teams()),
+            classes=rules_from_classes(self.store.classes()),
+        )
+        return snap, jobs
+
+    def apply(self, decisions: Any, jobs: dict[int, Job]) -> None:
+        for p in decisions.preemptions:
+            victim = jobs.get(int(p.victim))
+            if victim is not None and victim.state == states.RUNNING:
+                self.stop_job(
+                    victim,
+                    cause="preempt",
+                    reason=f"Preempted for job {p.for_job}",
+                    stop_for=int(p.for_job),
+                )
+        for s in decisions.starts:
+            job = jobs.get(int(s.job))
+            if job is not None and job.state == states.PENDING:
+                self.start_job(job, s)
+        self.store.set_reasons({int(k): v for k, v in decisions.reasons.items()})
+
+    # -- starting and stopping -----------------------------------------------------------
+
+    def run_dir(self, job: Job) -> Path:
+        return self.state_dir / "runs" / f"{job.id}.{job.restart_count}"
+
+    def start_job(self, job: Job, start: Start) -> None:
+        from mlq.executor import start as exec_start
+        from mlq.executor.gpus import wiring
+        from mlq.scheduler.launch import build_launch_request
+
+        assert job.id is not None
+        spec = JobSpec.model_validate_json(job.spec)
+        devices: list[tuple[str, str]] = []
+        visible = None
+        if start.gpus or start.mig:
+            w = wiring(self.node.gpus, gpus=list(start.gpus), mig=list(start.mig))
+            devices = [(d.host_path, d.path) for d in w.devices]
+            visible = w.visible
+        extra = {}
+        if job.array_index is not None:
+            extra["MLQ_ARRAY_INDEX"] = str(job.array_index)
+            extra["MLQ_ARRAY_ID"] = str(job.array_id)
+        if spec.checkpoint is not None:
+            extra["MLQ_CHECKPOINT_MARK"] = f"{spec.checkpoint.target.rstrip('/')}/{CHECKPOINT_MARK}"
+        run_dir = self.run_dir(job)
+        if run_dir.exists():  # left by a start the daemon never finished; it never ran
+            shutil.rmtree(run_dir, ignore_errors=True)
+        request = build_launch_request(
+            spec,
+            job_id=job.id,
+            restart_count=job.restart_count,
+            run_id=run_dir.name,
+            uid=job.uid,
+            gid=job.gid,
+            state_dir=str(self.state_dir),
+            devices=devices,
+            visible_devices=visible,
+            extra_env=extra,
+            checkpoint_key=job.id,
+        )
+        held = {
+            "gpus": list(start.gpus),
+            "mig": [{"gpu": m.gpu, "profile": m.profile, "start": m.start} for m in start.mig],
+        }
+        # Recorded before the launch: a daemon that dies mid-launch finds the run dir.
+        self.store.transition(
+            job.id,
+            states.STARTING,
+            f"on {start.node}",
+            node=start.node,
+            devices=json.dumps(held),
+            run_dir=str(run_dir),
+            started_at=time.time(),
+        )
+        try:
+            handle = exec_start(request)
+        except Exception as exc:  # BadRequest / LaunchError: the executor undid its steps
+            log.warning("job %s failed to start: %s", job.id, exc)
+            self.store.transition(
+                job.id, states.FAILED, f"could not start: {exc}", ended_at=time.time()
+            )
+            return
+        self.handles[job.id] = handle
+        cg = ",".join(sorted(set(handle.cgroup_paths.values())))
+        self.store.transition(job.id, states.RUNNING, f"on {start.node}", cgroup=cg)
+
+    def stop_job(
+        self, job: Job, cause: str, reason: str, stop_for: int | None = None, now: bool = False
+    ) -> None:
+        from mlq.executor import kill_now, stop
+
+        assert job.id is not None
+        ref = self.handles.get(job.id) or job.run_dir
+        self.store.transition(job.id, states.STOPPING, reason, stop_cause=cause, stop_for=stop_for)
+        if ref is None:
+            return
+        try:
+            kill_now(ref) if now else stop(ref)
+        except Exception as exc:  # already ended: the next pass collects it
+            log.info("stop job %s: %s", job.id, exc)
+        self.ask("stop")
+
+    def cancel_running(self, job_id: int, now: bool, reason: str) -> str:
+        """Called by the API (another thread) to cancel a running job."""
+        with self._lock:
+            job = self.store.job(job_id)
+            if job.state in states.FINAL or job.state == states.PENDING:
+                return job.state
+            if job.state == states.STOPPING:
+                # already stopping (e.g. preempted): the cancel wins, and --now kills
+                self.store.update_fields(job_id, stop_cause="cancel", reason=reason)
+                if now and job.run_dir:
+                    from mlq.executor import kill_now
+
+                    with contextlib.suppress(Exception):
+                        kill_now(self.handles.get(job_id) or job.run_dir)
+                return states.STOPPING
+            self.stop_job(job, cause="cancel", reason=reason, now=now)
+            return states.STOPPING
+
+    def live_stats(self, job: Job) -> Any:
+        """The executor's live figures for a running job (None if not available)."""
+        from mlq.executor import stats
+
+        ref = self.handles.get(job.id or 0) or job.run_dir
+        if ref is None:
+            return None
+        try:
+            return stats(ref)
+        except Exception:
+            return None
+
+    def refresh_gpus(self) -> None:
+        """Rediscover this node's GPUs (``mlq nodes --refresh``)."""
+        from mlq.executor.gpus import discover
+
+        with self._lock:
+            self.node.gpus = discover(self.cluster.node)
+            log.info("node %s: %s", self.node.name, self.node.gpus.summary())
+        self.ask("refresh")
+
+    # -- after a restart -----------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Re-adopt every job whose supervisor lives; record those that ended meanwhile.
+
+        A job caught between STARTING and its launch never ran: it goes back to
+        PENDING. Nothing is started twice: a run dir whose supervisor lives is
+        adopted, never relaunched.
+        """
+        from mlq.executor import adopt
+
+        for job in self.store.jobs(states_in=(states.STARTING, states.RUNNING, states.STOPPING)):
+            assert job.id is not None
+            if not job.run_dir or not Path(job.run_dir).exists():
+                self._requeue_unstarted(job)
+                continue
+            started = (Path(job.run_dir) / "supervisor.json").exists()
+            found = adopt(job.run_dir)
+            if hasattr(found, "supervisor_pid"):
+                self.handles[job.id] = found
+                if job.state == states.STARTING:
+                    self.store.transition(
+                        job.id, states.RUNNING, "re-adopted after a daemon restart"
+                    )
+                log.info("re-adopted job %s (supervisor %s)", job.id, found.supervisor_pid)
+            elif not started and job.state == states.STARTING:
+                self._requeue_unstarted(job)
+            else:
+                log.info("job %s ended while the daemon was down", job.id)
+                self.finish(job, found)
+
+    def _requeue_unstarted(self, job: Job) -> None:
+        if job.run_dir:
+            shutil.rmtree(job.run_dir, ignore_errors=True)
+        self.store.transition(
+            job.id or 0,
+            states.PENDING,
+            "Requeued: the daemon stopped before the job started",
+            node=None,
+            devices=None,
+            run_dir=None,
+            started_at=None,
+        )
+
+
+def _how_it_ended(status: Any) -> str:
+    if status.signal:
+        return f"signal {status.signal}"
+    return f"exit code {status.exit_code}"
