@@ -317,6 +317,7 @@ class V1Driver:
         mem = cg.paths["memory"]
         lines: list[tuple[str, ...]] = [("cgroup", p) for p in dict.fromkeys(cg.paths.values())]
         lines += [
+            ("self_join", "1"),  # init writes "0" to each tasks file: no grace period
             ("cgroup_procs", f"{mem}/cgroup.procs"),
             ("oom", f"{mem}/memory.oom_control", "oom_kill"),
             ("peak", f"{mem}/memory.max_usage_in_bytes"),

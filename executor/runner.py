@@ -183,7 +183,7 @@ def start(req: LaunchRequest) -> Handle:
     sup = _read_json(os.path.join(paths.run_dir, "supervisor.json")) or {}
     record["supervisor"] = sup
     with open(os.path.join(paths.run_dir, "launch.json"), "w") as f:
-        f.write(json.dumps(record, indent=1))
+        f.write(json.dumps(record))
     return Handle(
         req.run_id,
         paths.run_dir,

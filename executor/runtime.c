@@ -92,7 +92,7 @@ static struct {
     gid_t groups[64];
     int ngroups;
     unsigned long long caps;
-    int nnp, seccomp, readonly_root, userns, newnet;
+    int nnp, seccomp, readonly_root, userns, newnet, self_join;
     int stop_sig;
     long grace_ms, time_limit_ms;
     long long v1_high;
@@ -295,6 +295,7 @@ static void parse_plan(const char *path)
         else if (!strcmp(k, "newnet")) C.newnet = atoi(f[1]);
         else if (!strcmp(k, "cgroup") && C.ncg < 16) C.cgroups[C.ncg++] = f[1];
         else if (!strcmp(k, "cgroup_procs")) C.cg_procs = f[1];
+        else if (!strcmp(k, "self_join")) C.self_join = atoi(f[1]);
         else if (!strcmp(k, "cgroup_kill")) C.cg_kill = f[1];
         else if (!strcmp(k, "oom")) { C.oomfile = f[1]; C.oomkey = f[2]; }
         else if (!strcmp(k, "peak")) C.peakfile = f[1];
@@ -761,6 +762,19 @@ static void init_main(int go_r, int rep_w)
     report_fd = rep_w;
     name_init();
     char c;
+    if (C.self_join) {
+        /* v1: init moves itself, as its first step, by writing "0" to each hierarchy's
+         * tasks file. A single thread moving itself skips the kernel's threadgroup
+         * lock (and the RCU grace period its writer waits for: 5-12 ms here), which
+         * a write of another process's pid to cgroup.procs takes. */
+        for (int i = 0; i < C.ncg; i++) {
+            char tasks[4096];
+            snprintf(tasks, sizeof tasks, "%s/tasks", C.cgroups[i]);
+            if (write_file(tasks, "0") < 0)
+                die("cgroup", "write tasks in %s", C.cgroups[i]);
+        }
+        tmark("init: in cgroup");
+    }
     if (C.netns) {
         int nfd = open(C.netns, O_RDONLY | O_CLOEXEC);
         if (nfd < 0 || setns(nfd, CLONE_NEWNET) < 0)
@@ -1004,13 +1018,9 @@ static void write_status(const char *state, const char *reason, int raw, int hav
     }
 }
 
-/* Remove the job's cgroups; with ``defer_memory`` the v1 memory one is left for later
- * (its rmdir would wait for a high-mark registration still in flight). */
-static void remove_cgroups(int defer_memory)
+static void remove_cgroups(void)
 {
     for (int i = 0; i < C.ncg; i++) {
-        if (defer_memory && C.v1_usage && !strncmp(C.v1_usage, C.cgroups[i], strlen(C.cgroups[i])))
-            continue;
         int t = 0;
         for (; t < 2000 && rmdir(C.cgroups[i]) < 0 && errno == EBUSY; t++)
             usleep(1000);
@@ -1027,22 +1037,39 @@ static void cleanup(void)
 }
 
 /* v1 has no memory.high: count crossings of the high mark with a usage threshold
- * notification (cgroup.event_control); hands the eventfd (or -1) to the main loop. */
+ * notification (cgroup.event_control). Registering makes the kernel wait for an RCU
+ * grace period, and removing the cgroup while a registration is in flight holds the
+ * global cgroup lock meanwhile; so a thread registers, and only for a job still
+ * running after 20 ms (a shorter one is judged by its peak alone). */
+struct high_msg {
+    int efd;     /* the eventfd, or -1 */
+    int already; /* 1 if usage was above the mark when registered */
+};
+static volatile int job_ended;
+
 static void *register_high(void *arg)
 {
     int out = *(int *)arg;
-    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    int ufd = open(C.v1_usage, O_RDONLY | O_CLOEXEC);
-    char reg[128];
-    snprintf(reg, sizeof reg, "%d %d %lld", efd, ufd, C.v1_high);
-    if (efd < 0 || ufd < 0 || write_file(C.v1_evctl, reg) < 0) {
-        if (efd >= 0)
+    struct high_msg m = {-1, 0};
+    for (int i = 0; i < 20 && !job_ended; i++)
+        usleep(1000);
+    if (!job_ended) {
+        int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        int ufd = open(C.v1_usage, O_RDONLY | O_CLOEXEC);
+        char reg[128];
+        snprintf(reg, sizeof reg, "%d %d %lld", efd, ufd, C.v1_high);
+        if (efd >= 0 && ufd >= 0 && write_file(C.v1_evctl, reg) == 0) {
+            m.efd = efd;
+            char buf[64];
+            if (read_file(C.v1_usage, buf, sizeof buf) > 0 && atoll(buf) > C.v1_high)
+                m.already = 1;
+        } else if (efd >= 0) {
             close(efd);
-        efd = -1;
+        }
+        if (ufd >= 0)
+            close(ufd);
     }
-    if (ufd >= 0)
-        close(ufd);
-    ssize_t w = write(out, &efd, sizeof efd);
+    ssize_t w = write(out, &m, sizeof m);
     (void)w;
     close(out);
     return NULL;
@@ -1062,6 +1089,7 @@ int main(int argc, char **argv)
     argv_len = argv[argc - 1] + strlen(argv[argc - 1]) + 1 - argv[0];
     report_fd = launcher;
     parse_plan(argv[1]);
+    tmark("sup: plan read");
     signal(SIGPIPE, SIG_IGN);
 
     int outfd = open(C.out, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
@@ -1079,18 +1107,6 @@ int main(int argc, char **argv)
         sigaddset(&mask, sigs[i]);
     sigprocmask(SIG_BLOCK, &mask, NULL);
 
-    long long high_events = C.v1_usage ? 0 : -1;
-    int hipipe[2] = {-1, -1};
-    if (C.v1_usage && pipe2(hipipe, O_CLOEXEC | O_NONBLOCK) == 0) {
-        /* registering takes the kernel an RCU grace period (milliseconds): a thread
-         * does it while the job is being set up (the cgroup join waits for a grace period too: the two waits overlap), and says so through the pipe */
-        pthread_t th;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&th, &attr, register_high, &hipipe[1]) != 0)
-            high_events = -1;
-    }
     int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | (C.newnet ? CLONE_NEWNET : 0);
     tmark("sup: start");
     double started = now_wall();
@@ -1117,10 +1133,6 @@ int main(int argc, char **argv)
     if (pid == 0) {
         if (launcher >= 0)
             close(launcher); /* the launcher's EOF must mean "the supervisor is gone" */
-        if (hipipe[0] >= 0) {
-            close(hipipe[0]);
-            close(hipipe[1]);
-        }
         close(gop[1]);
         close(rep[0]);
         dup2(outfd, 1);
@@ -1135,7 +1147,7 @@ int main(int argc, char **argv)
     /* 1. the cgroup, before init runs a single step of its own */
     char pidbuf[32];
     snprintf(pidbuf, sizeof pidbuf, "%d", pid);
-    for (int i = 0; i < C.ncg && !in_cgroup; i++) {
+    for (int i = 0; i < C.ncg && !in_cgroup && !C.self_join; i++) {
         char procs[4096];
         snprintf(procs, sizeof procs, "%s/cgroup.procs", C.cgroups[i]);
         if (write_file(procs, pidbuf) < 0) {
@@ -1207,7 +1219,8 @@ int main(int argc, char **argv)
         snprintf(buf, sizeof buf,
                  "{\"pid\": %d, \"starttime\": %llu, \"init_pid\": %d, \"started_at\": %.6f, "
                  "\"cgroup_join\": \"%s\"}\n",
-                 getpid(), starttime, pid, started, in_cgroup ? "clone_into_cgroup" : "cgroup.procs");
+                 getpid(), starttime, pid, started,
+                 in_cgroup ? "clone_into_cgroup" : C.self_join ? "tasks" : "cgroup.procs");
         int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (fd >= 0) {
             ssize_t w = write(fd, buf, strlen(buf));
@@ -1233,6 +1246,19 @@ int main(int argc, char **argv)
 
     /* 4. supervise */
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    long long high_events = 0;
+    int hipipe[2] = {-1, -1}, registered = 0;
+    if (C.v1_usage && pipe2(hipipe, O_CLOEXEC) == 0) {
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&th, &attr, register_high, &hipipe[1]) != 0) {
+            close(hipipe[0]);
+            close(hipipe[1]);
+            hipipe[0] = -1;
+        }
+    }
     tmark("sup: supervising");
     int efd = -1;
     tmark("sup: high-mark notification registered");
@@ -1250,11 +1276,12 @@ int main(int argc, char **argv)
         struct pollfd pf[3] = {{sfd, POLLIN, 0}, {efd, POLLIN, 0}, {hipipe[0], POLLIN, 0}};
         int r = poll(pf, 3, timeout);
         if (r > 0 && (pf[2].revents & POLLIN)) {
-            int got;
-            if (read(hipipe[0], &got, sizeof got) == sizeof got)
-                efd = got;
-            if (efd < 0)
-                high_events = -1;
+            struct high_msg m;
+            if (read(hipipe[0], &m, sizeof m) == sizeof m && m.efd >= 0) {
+                efd = m.efd;
+                registered = 1;
+                high_events += m.already;
+            }
             close(hipipe[0]);
             hipipe[0] = -1;
         }
@@ -1272,7 +1299,7 @@ int main(int argc, char **argv)
         }
         if (r > 0 && efd >= 0 && (pf[1].revents & POLLIN)) {
             uint64_t v;
-            if (read(efd, &v, sizeof v) == sizeof v && high_events >= 0) {
+            if (read(efd, &v, sizeof v) == sizeof v) {
                 high_events += (long long)v;
                 char b[32];
                 snprintf(b, sizeof b, "%lld\n", high_events);
@@ -1354,10 +1381,29 @@ int main(int argc, char **argv)
     /* anything left in the cgroup (a v1 job's stragglers) is killed before reading */
     int empty = cg_empty_wait(5000);
     long long oom = C.oomfile ? keyed_value(C.oomfile, C.oomkey) : -1;
-    if (high_events >= 0 && efd >= 0) {
+    /* the high-mark thread: told the job ended, and waited for (it must not be in
+     * the middle of a registration when the cgroup is removed) */
+    job_ended = 1;
+    if (hipipe[0] >= 0) {
+        struct high_msg m;
+        struct pollfd hp = {hipipe[0], POLLIN, 0};
+        if (poll(&hp, 1, 5000) > 0 && read(hipipe[0], &m, sizeof m) == sizeof m && m.efd >= 0) {
+            efd = m.efd;
+            registered = 1;
+            high_events += m.already;
+        }
+        close(hipipe[0]);
+    }
+    if (efd >= 0) {
         uint64_t v;
         if (read(efd, &v, sizeof v) == sizeof v)
             high_events += (long long)v;
+    }
+    if (C.v1_usage && !registered && C.peakfile) {
+        /* too short to register: it crossed its high mark if its peak is above it */
+        char pb[64];
+        if (read_file(C.peakfile, pb, sizeof pb) > 0 && atoll(pb) > C.v1_high)
+            high_events = 1;
     }
     const char *state;
     int ok = WIFEXITED(raw) && WEXITSTATUS(raw) == 0;
@@ -1382,15 +1428,12 @@ int main(int argc, char **argv)
     tmark("sup: status written");
     /* the cgroup goes before "done": a launcher that starts the next job at once
      * does not contend with this removal for the cgroup locks */
-    int pending = hipipe[0] >= 0; /* a short job: the registration has not finished */
-    remove_cgroups(pending);
+    remove_cgroups();
     tmark("sup: cgroup removed");
     if (launcher >= 0) {
         say(launcher, "done\n");
         close(launcher);
     }
-    if (pending)
-        remove_cgroups(0);
     cleanup();
     tmark("sup: cleaned");
     return 0;

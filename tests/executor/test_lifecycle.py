@@ -185,9 +185,10 @@ def test_logs_and_the_launch_record_are_kept_next_to_the_status(state_dir, cgrou
     assert record["cgroup"]["written"]
     assert any(m["target"] == "/proc" for m in record["mounts"])
     assert json.loads((run_dir / "status.json").read_text())["state"] == "COMPLETED"
-    # v2 creates init inside its cgroup (clone3 CLONE_INTO_CGROUP); v1 migrates it before exec
+    # v2 creates init inside its cgroup (clone3 CLONE_INTO_CGROUP); on v1 init moves
+    # itself (tasks) before anything else
     join = record["supervisor"]["cgroup_join"]
-    assert join == ("clone_into_cgroup" if cgroup_version == 2 else "cgroup.procs")
+    assert join == ("clone_into_cgroup" if cgroup_version == 2 else "tasks")
 
 
 def test_the_supervisor_outlives_the_launcher_and_a_new_process_adopts_and_stops_the_job(
