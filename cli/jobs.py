@@ -287,7 +287,7 @@ def logs(
     runs = [run] if run is not None else (first["runs"] or [first["run"]])
     out = sys.stdout
     for n in runs:
-        if len(runs) > 1 or n > 0:
+        if run is None and (len(runs) > 1 or n > 0):
             out.write(f"==> job {job_id} run {n} <==\n")
         offset = 0
         while True:

@@ -105,3 +105,14 @@ def format_duration(seconds: int) -> str:
             out.append(f"{seconds // size}{unit}")
             seconds %= size
     return "".join(out)
+
+
+def human_size(n: int) -> str:
+    """A size for people: ``23.5Gi``, ``512Mi``; exact when it can be."""
+    exact = format_size(n)
+    if exact.endswith(("Mi", "Gi", "Ti", "Pi")) or n < 2**20:
+        return exact
+    for unit in ("Pi", "Ti", "Gi", "Mi", "Ki"):
+        if n >= _BINARY[unit]:
+            return f"{n / _BINARY[unit]:.1f}{unit}"
+    return str(n)

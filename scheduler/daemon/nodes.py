@@ -11,7 +11,7 @@ from mlq.scheduler.daemon import schemas as S
 from mlq.scheduler.models import Job
 from mlq.scheduler.spec import JobSpec
 from mlq.scheduler.store import Store
-from mlq.scheduler.units import format_cpus, format_size
+from mlq.scheduler.units import format_cpus, human_size
 
 
 def team_usage(jobs: list[Job], models: dict[int, str]) -> dict[str, dict[str, float]]:
@@ -67,9 +67,9 @@ def node_view(store: Store, node: Any) -> S.NodeOut:
     return S.NodeOut(
         name=node.name,
         cpus=format_cpus(node.cpus),
-        memory=format_size(node.memory),
+        memory=human_size(node.memory),
         cpus_used=format_cpus(cpus) if cpus else "0",
-        memory_used=format_size(memory),
+        memory_used=human_size(memory),
         gpu_source=inv.get("source", ""),
         gpu_problem=inv.get("reason"),
         gpus=gpus,

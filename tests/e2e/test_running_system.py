@@ -1,0 +1,372 @@
+"""mlq end to end: a real daemon schedules and runs real jobs through the executor
+(namespaces, cgroups, overlay root), as users live it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from datetime import datetime
+
+import pytest
+
+
+def ts(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def events(job: dict) -> list[tuple[str, str]]:
+    return [(e["state"], e["reason"]) for e in job["events"]]
+
+
+def test_a_job_runs_end_to_end_and_its_log_is_kept(make_daemon, unix_users):
+    d = make_daemon()
+    alice = unix_users["alice"]
+    job_id = d.submit(
+        """
+name: hello
+team: nlp
+command: [/bin/sh, -c, 'echo "hello from $(id -un) job $MLQ_JOB_ID team $MLQ_TEAM"; echo oops >&2']
+resources: {cpus: 1, memory: 128Mi}
+""",
+        user=alice,
+    )
+    job = d.wait_for(job_id, "COMPLETED")
+    assert [s for s, _ in events(job)] == ["PENDING", "STARTING", "RUNNING", "COMPLETED"]
+    assert job["exit_code"] == 0
+    r = d.cli("logs", str(job_id), user=alice)
+    assert r.out == f"hello from {alice.pw_name} job {job_id} team nlp\n"
+    assert d.cli("logs", str(job_id), "--stderr", user=alice).out == "oops\n"
+    # the log belongs to its owner: another user of the team may not read it
+    assert d.cli("logs", str(job_id), user=unix_users["bob"]).code == 3
+    hist = d.cli("history", "--json", user=alice).json()["jobs"]
+    assert [(j["id"], j["state"]) for j in hist] == [(job_id, "COMPLETED")]
+
+
+def test_the_incident_one_teams_memory_hog_cannot_hurt_another_teams_job(make_daemon, unix_users):
+    """shared/seed's 2 AM incident: team C's job allocates past its limit while team
+    A's job serves; C's ends OUT_OF_MEMORY, A's keeps running and completes."""
+    d = make_daemon()
+    server = d.submit(
+        """
+name: ranker
+team: search
+command: [/bin/sh, -c, 'for i in 1 2 3 4 5 6 7 8 9 10; do echo "served $i"; sleep 0.3; done']
+resources: {cpus: 1, memory: 256Mi}
+""",
+        user=unix_users["alice"],
+    )
+    d.wait_for(server, "RUNNING")
+    hog = d.submit(
+        """
+name: hog
+team: cv
+command: [python3, -c, "x = 'y' * (400 << 20); print('allocated')"]
+resources: {cpus: 1, memory: 64Mi}
+""",
+        user=unix_users["bob"],
+    )
+    hog_job = d.wait_for(hog, {"OUT_OF_MEMORY", "FAILED", "COMPLETED"})
+    assert hog_job["state"] == "OUT_OF_MEMORY"
+    assert d.show(server)["state"] == "RUNNING"  # untouched while the hog died
+    served = d.wait_for(server, {"COMPLETED", "FAILED", "OUT_OF_MEMORY"})
+    assert served["state"] == "COMPLETED"
+    assert d.log(server).splitlines()[-1] == "served 10"
+    # what C's owner sees, in one line
+    shown = d.cli("show", str(hog), user=unix_users["bob"]).out
+    line = next(x for x in shown.splitlines() if x.strip().startswith("state"))
+    assert "OUT_OF_MEMORY" in line
+    assert "killed by the kernel for memory: it used more than its limit of 64Mi" in line
+
+
+TRAINING = """
+name: train
+team: nlp
+kind: training
+command:
+  - /bin/sh
+  - -c
+  - |
+    if [ -f "$MLQ_CHECKPOINT_DIR/state" ]; then
+      echo "resumed from $(cat "$MLQ_CHECKPOINT_DIR/state") restart=$MLQ_RESTART_COUNT"
+      exit 0
+    fi
+    i=0
+    trap 'echo "step $i" > "$MLQ_CHECKPOINT_DIR/state"; echo checkpointed; exit 0' TERM
+    echo "started restart=$MLQ_RESTART_COUNT"
+    while true; do i=$((i+1)); sleep 0.05; done
+resources: {gpus: 2, cpus: 2, memory: 256Mi}
+checkpoint: {target: /ckpt}
+preemption: {grace_period: 20s}
+"""
+
+INFERENCE = """
+name: serve
+team: search
+kind: inference
+command: [/bin/sh, -c, 'echo "serving on $CUDA_VISIBLE_DEVICES"; sleep 0.5']
+resources: {gpus: 1, cpus: 1, memory: 128Mi}
+"""
+
+
+def test_inference_preempts_training_which_checkpoints_and_comes_back(make_daemon, unix_users):
+    d = make_daemon(gpus=2)
+    alice = unix_users["alice"]
+    train = d.submit(TRAINING, user=alice)
+    d.wait_for(train, "RUNNING")
+    time.sleep(0.3)
+    serve = d.submit(INFERENCE, user=unix_users["bob"])
+    served = d.wait_for(serve, "COMPLETED", timeout=60)
+    job = d.wait_for(train, "COMPLETED", timeout=60)
+    assert [s for s, _ in events(job)] == [
+        "PENDING",
+        "STARTING",
+        "RUNNING",
+        "STOPPING",
+        "PREEMPTED",
+        "PENDING",
+        "STARTING",
+        "RUNNING",
+        "COMPLETED",
+    ]
+    assert events(job)[3][1] == f"Preempted for job {serve}"
+    assert job["restart_count"] == 1
+    # the victim checkpointed within its grace period, then came back and found it
+    assert d.log(train, run=0) == "started restart=0\ncheckpointed\n"
+    assert d.log(train, run=1).startswith("resumed from step ")
+    assert d.log(train, run=1).strip().endswith("restart=1")
+    # the preemptor started the moment the victim was gone, not at the next interval
+    preempted_at = ts(next(e["at"] for e in job["events"] if e["state"] == "PREEMPTED"))
+    started_at = ts(next(e["at"] for e in served["events"] if e["state"] == "STARTING"))
+    assert 0 <= started_at - preempted_at < 1.5
+    # and the requeued job was eligible at once: it restarted as the inference job ended
+    ended = ts(served["ended_at"])
+    restarted = ts([e["at"] for e in job["events"] if e["state"] == "STARTING"][-1])
+    assert restarted - ended < 1.5
+    both = d.cli("logs", str(train)).out
+    assert "==> job" in both and "run 0" in both and "run 1" in both
+
+
+def test_a_victim_that_ignores_sigterm_is_killed_at_grace_end(make_daemon, unix_users):
+    d = make_daemon(gpus=2)
+    stubborn = TRAINING.replace(
+        'trap \'echo "step $i" > "$MLQ_CHECKPOINT_DIR/state"; echo checkpointed; exit 0\' TERM',
+        "trap '' TERM",
+    ).replace("grace_period: 20s", "grace_period: 1s")
+    train = d.submit(stubborn, user=unix_users["alice"])
+    d.wait_for(train, "RUNNING")
+    t0 = time.monotonic()
+    serve = d.submit(INFERENCE, user=unix_users["bob"])
+    served = d.wait_for(serve, {"RUNNING", "COMPLETED"}, timeout=30)
+    elapsed = time.monotonic() - t0
+    job = d.show(train)
+    preempted = next(e for e in job["events"] if e["state"] == "PREEMPTED")
+    assert "signal SIGKILL" in preempted["reason"]
+    assert elapsed >= 0.9  # it really got its grace period
+    started_at = ts(next(e["at"] for e in served["events"] if e["state"] == "STARTING"))
+    assert started_at - ts(preempted["at"]) < 1.5
+
+
+def test_a_job_past_its_time_limit_ends_timeout_after_its_grace(make_daemon, unix_users):
+    d = make_daemon()
+    job_id = d.submit(
+        """
+name: forever
+team: nlp
+command: [/bin/sh, -c, "trap '' TERM; while true; do sleep 0.1; done"]
+resources: {cpus: 1, memory: 64Mi}
+time_limit: 1s
+preemption: {grace_period: 1s}
+""",
+        user=unix_users["alice"],
+    )
+    job = d.wait_for(job_id, {"TIMEOUT", "FAILED", "COMPLETED", "CANCELLED"}, timeout=30)
+    assert job["state"] == "TIMEOUT"
+    assert "ran past its time limit" in job["reason"]
+    ran = ts(job["ended_at"]) - ts(job["started_at"])
+    assert 1.8 <= ran < 10  # the time limit, then the grace period
+
+
+def test_cancel_stops_a_running_job_gracefully_and_now_kills(make_daemon, unix_users):
+    d = make_daemon()
+    alice = unix_users["alice"]
+    text = """
+name: loop
+team: nlp
+command: [/bin/sh, -c, "trap 'echo bye; exit 0' TERM; while true; do sleep 0.05; done"]
+resources: {cpus: 1, memory: 64Mi}
+"""
+    a = d.submit(text, user=alice)
+    b = d.submit(text.replace("trap 'echo bye; exit 0' TERM", "trap '' TERM"), user=alice)
+    d.wait_for(a, "RUNNING")
+    d.wait_for(b, "RUNNING")
+    assert d.cli("cancel", str(a), user=alice).code == 0
+    job = d.wait_for(a, "CANCELLED")
+    assert d.log(a) == "bye\n"
+    assert job["reason"].startswith(f"Cancelled by {alice.pw_name}")
+    t0 = time.monotonic()
+    assert d.cli("cancel", "--now", str(b), user=alice).code == 0
+    job = d.wait_for(b, "CANCELLED", timeout=10)
+    assert time.monotonic() - t0 < 5  # no 30 s grace period
+    assert job["signal"] == "SIGKILL"
+
+
+def test_quotas_hold_under_a_burst_of_200_jobs(make_daemon, unix_users):
+    """200 jobs from three teams at once: no team ever holds more than its limit
+    (checked from the store's events), and every job ends."""
+    extra = ""
+    d = make_daemon(cpus=16, extra_teams=extra)
+    for team in ("nlp", "search", "cv"):
+        assert d.cli("quota", "set", team, "--limit", "cpu=2").code == 0
+    ids = []
+    for team in ("nlp", "search", "cv"):
+        path = d.job_file(
+            f"{team}.yaml",
+            f"""
+name: burst-{team}
+team: {team}
+command: [/bin/sh, -c, "sleep 0.05"]
+resources: {{cpus: 1, memory: 32Mi}}
+""",
+        )
+        n = 67 if team != "cv" else 66
+        r = d.cli("submit", str(path), "--array", f"0-{n - 1}", "--json", user=unix_users["alice"])
+        assert r.code == 0, r.err
+        ids += [j["id"] for j in r.json()["jobs"]]
+    assert len(ids) == 200
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if not d.client().get("/v1/jobs")["jobs"]:
+            break
+        time.sleep(0.5)
+    jobs = {j["id"]: j for j in d.client().get("/v1/history", limit=1000)["jobs"]}
+    assert sorted(jobs) == sorted(ids)
+    assert {j["state"] for j in jobs.values()} == {"COMPLETED"}
+    # replay every STARTING/end event: at no moment does a team hold more than 2 CPUs
+    timeline = []
+    for job_id in ids:
+        detail = d.show(job_id)
+        for e in detail["events"]:
+            if e["state"] == "STARTING":
+                timeline.append((ts(e["at"]), 1, detail["team"]))
+            elif e["state"] in ("COMPLETED", "FAILED", "CANCELLED"):
+                timeline.append((ts(e["at"]), -1, detail["team"]))
+    timeline.sort(key=lambda x: (x[0], x[1]))  # an end at the same instant frees first
+    held = {"nlp": 0, "search": 0, "cv": 0}
+    peak = dict(held)
+    for _, delta, team in timeline:
+        held[team] += delta
+        peak[team] = max(peak[team], held[team])
+    assert max(peak.values()) <= 2, peak
+    assert min(peak.values()) >= 1
+    status = d.client().get("/v1/status")
+    assert status["passes"] < 2000  # passes coalesce; never one per event and per job
+
+
+def test_the_daemon_killed_mid_flight_loses_nothing_and_runs_nothing_twice(make_daemon, unix_users):
+    d = make_daemon(gpus=2)
+    alice, bob = unix_users["alice"], unix_users["bob"]
+    long = d.submit(
+        """
+name: long
+team: cv
+command: [/bin/sh, -c, 'echo start; sleep 4; echo end']
+resources: {cpus: 1, memory: 64Mi}
+""",
+        user=alice,
+    )
+    short = d.submit(
+        """
+name: short
+team: cv
+command: [/bin/sh, -c, 'echo start; sleep 1; exit 3']
+resources: {cpus: 1, memory: 64Mi}
+""",
+        user=alice,
+    )
+    blocked = d.submit(
+        """
+name: huge
+team: cv
+command: [/bin/true]
+resources: {cpus: 64, memory: 64Mi}
+""",
+        user=alice,
+    )
+    stubborn = TRAINING.replace("grace_period: 20s", "grace_period: 3s").replace(
+        'trap \'echo "step $i" > "$MLQ_CHECKPOINT_DIR/state"; echo checkpointed; exit 0\' TERM',
+        'trap \'sleep 2; echo "step $i" > "$MLQ_CHECKPOINT_DIR/state"; echo checkpointed; exit 0\' TERM',
+    )
+    train = d.submit(stubborn, user=alice)
+    for j in (long, short, train):
+        d.wait_for(j, "RUNNING")
+    serve = d.submit(INFERENCE, user=bob)
+    d.wait_for(train, "STOPPING")  # mid-preemption
+    supervisor_before = json.loads(
+        (d.state_dir / "runs" / f"{long}.0" / "supervisor.json").read_text()
+    )["pid"]
+    d.stop(signal.SIGKILL)
+    time.sleep(2.5)  # meanwhile: short exits 3, train checkpoints and exits
+    d.start()
+    assert d.wait_for(short, "FAILED")["exit_code"] == 3
+    assert d.show(long)["state"] == "RUNNING"
+    assert d.show(blocked)["state"] == "PENDING"
+    d.wait_for(serve, "COMPLETED", timeout=30)
+    t = d.wait_for(train, "COMPLETED", timeout=30)
+    assert t["restart_count"] == 1
+    assert d.log(train, run=0) == "started restart=0\ncheckpointed\n"
+    lg = d.wait_for(long, "COMPLETED", timeout=30)
+    assert d.log(long) == "start\nend\n"  # never restarted: one start, one end
+    assert lg["restart_count"] == 0
+    assert [s for s, _ in events(lg)] == ["PENDING", "STARTING", "RUNNING", "COMPLETED"]
+    runs = sorted(p.name for p in (d.state_dir / "runs").iterdir() if p.name.startswith(f"{long}."))
+    assert runs == [f"{long}.0"]
+    assert supervisor_before  # the run kept its supervisor across the restart
+    for job_id in (long, short, blocked, train, serve):
+        states = [s for s, _ in events(d.show(job_id))]
+        # never two runs at once: every RUNNING is closed before the next STARTING
+        open_runs = 0
+        for s in states:
+            if s == "STARTING":
+                open_runs += 1
+                assert open_runs == 1, states
+            elif s in ("COMPLETED", "FAILED", "PREEMPTED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY"):
+                open_runs = 0
+
+
+@pytest.mark.parametrize("bad_dep_state", ["FAILED"])
+def test_a_dependency_that_fails_cancels_the_dependent(make_daemon, unix_users, bad_dep_state):
+    d = make_daemon()
+    alice = unix_users["alice"]
+    first = d.submit(
+        "name: a\nteam: nlp\ncommand: [/bin/sh, -c, 'exit 1']\nresources: {cpus: 1, memory: 32Mi}\n",
+        user=alice,
+    )
+    second = d.submit(
+        "name: b\nteam: nlp\ncommand: [/bin/true]\nresources: {cpus: 1, memory: 32Mi}\n",
+        "--after",
+        str(first),
+        user=alice,
+    )
+    d.wait_for(first, bad_dep_state)
+    job = d.wait_for(second, "CANCELLED")
+    assert job["reason"] == f"DependencyNeverSatisfied: job {first} ended {bad_dep_state}"
+
+
+def test_a_dependent_starts_after_its_dependency_completes(make_daemon, unix_users):
+    d = make_daemon()
+    alice = unix_users["alice"]
+    first = d.submit(
+        "name: a\nteam: nlp\ncommand: [/bin/sh, -c, 'sleep 0.5']\nresources: {cpus: 1, memory: 32Mi}\n",
+        user=alice,
+    )
+    second = d.submit(
+        "name: b\nteam: nlp\ncommand: [/bin/true]\nresources: {cpus: 1, memory: 32Mi}\n",
+        "--after",
+        str(first),
+        user=alice,
+    )
+    assert d.show(second)["reason"] == "Dependency"
+    a = d.wait_for(first, "COMPLETED")
+    b = d.wait_for(second, "COMPLETED")
+    assert ts(b["started_at"]) >= ts(a["ended_at"])
