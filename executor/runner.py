@@ -27,6 +27,7 @@ import re
 import select
 import shutil
 import signal
+import stat
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -94,9 +95,7 @@ def validate(req: LaunchRequest) -> None:
         except OSError as exc:
             problems.append(f"devices[{i}]: {d.path} does not exist on this host ({exc.strerror})")
             continue
-        import stat as stmod
-
-        if not (stmod.S_ISCHR(st.st_mode) or stmod.S_ISBLK(st.st_mode)):
+        if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             problems.append(f"devices[{i}]: {d.path} is not a device node")
     for i, m in enumerate(req.mounts):
         if not os.path.exists(m.source):
@@ -455,6 +454,17 @@ def adopt(run_dir: str) -> Handle | Status:
     address released, and FAILED is recorded with the reason.
     """
     sup = _supervisor(run_dir)
+    if sup is None and not os.path.exists(os.path.join(run_dir, "supervisor.json")):
+        # a launch cut short by the launcher's death may still be coming up: give the
+        # helper its moment to write supervisor.json (or fail) before calling it lost
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not os.path.exists(
+            os.path.join(run_dir, "supervisor.json")
+        ):
+            if read_status(run_dir, 1) is not None:
+                break
+            time.sleep(0.05)
+        sup = _supervisor(run_dir)
     if sup is not None:
         launch = _read_json(os.path.join(run_dir, "launch.json")) or {}
         info = _read_json(os.path.join(run_dir, "supervisor.json")) or {}
