@@ -709,6 +709,7 @@ static void run_command(int errfd, int usync_r, int usync_w)
         die("cwd", "chdir %s", C.cwd);
     if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
         die("user", "keep capabilities across setuid");
+    tmark("cmd: ids");
     drop_bounding();
     if (setgroups(C.ngroups, C.groups) < 0 && !C.userns)
         die("user", "setgroups");
@@ -735,6 +736,7 @@ static void run_command(int errfd, int usync_r, int usync_w)
     char *exe = find_exec(C.args[0], pathbuf, sizeof pathbuf);
     C.args[C.nargs] = NULL;
     C.env[C.nenv] = NULL;
+    tmark("cmd: exec");
     if (C.nnp && C.seccomp)
         install_seccomp(!!(C.caps & (1ULL << CAP_SYS_PTRACE)));
     execve(exe, C.args, C.env);
@@ -803,8 +805,10 @@ static void init_main(int go_r, int rep_w)
     tmark("init: protected");
     if (C.hostname && sethostname(C.hostname, strlen(C.hostname)) < 0)
         die("hostname", "sethostname %s", C.hostname);
+    tmark("init: hostname");
     if (C.newnet || C.netns)
         loopback_up();
+    tmark("init: lo up");
     /* init must outlive its job under memory pressure, so the OOM killer picks the
      * command, and the cgroup's oom_kill counter tells the outcome */
     write_file("/proc/self/oom_score_adj", "-1000");
@@ -815,6 +819,7 @@ static void init_main(int go_r, int rep_w)
     sigset_t mask;
     sigfillset(&mask);
     sigprocmask(SIG_SETMASK, &mask, NULL);
+    tmark("init: forking");
     pid_t pid = fork();
     if (pid < 0)
         die("start", "fork the command");
