@@ -555,6 +555,10 @@ def _cleanup(run_dir: str) -> list[str]:
 def _recover(run_dir: str, why: str) -> Status:
     errors = _cleanup(run_dir)
     info = _read_json(os.path.join(run_dir, "supervisor.json")) or {}
+    # a launcher that is a child subreaper inherited the orphaned init: collect it
+    if info.get("init_pid"):
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(int(info["init_pid"]), 0)
     now = time.time()
     started = float(info.get("started_at", now))
     write_status(

@@ -14,6 +14,14 @@ from exec_helpers import leftovers, make_rootfs
 from mlq.executor.cgroups import detect
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _subreaper():
+    """Like a daemon should: orphans of a killed supervisor come to us to be reaped."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
 @pytest.fixture(autouse=True)
 def nothing_left(tmp_path):
     yield
