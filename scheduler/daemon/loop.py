@@ -52,7 +52,9 @@ from mlq.scheduler.units import format_size
 log = logging.getLogger("mlq.loop")
 
 CHECKPOINT_MARK = ".mlq-checkpoint-done"
-SAFETY_INTERVAL_S = 5.0
+# The safety-net pass interval; MLQ_SCHEDULE_INTERVAL changes it (tests set it long,
+# to show that starts and requeues do not wait for it).
+SAFETY_INTERVAL_S = float(os.environ.get("MLQ_SCHEDULE_INTERVAL", "5"))
 
 
 @dataclass

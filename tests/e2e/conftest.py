@@ -72,7 +72,8 @@ def make_daemon(daemon_home: Path, unix_users) -> Iterator[Callable[..., E2E]]:
     def make(**kw) -> E2E:
         config = daemon_home / "cluster.yaml"
         config.write_text(cluster(unix_users, **kw))
-        d = E2E(home=daemon_home, config=config)
+        # a long safety-net interval: every start below is driven by events, not by it
+        d = E2E(home=daemon_home, config=config, extra_env={"MLQ_SCHEDULE_INTERVAL": "600"})
         d.start()
         made.append(d)
         return d

@@ -135,14 +135,15 @@ def test_inference_preempts_training_which_checkpoints_and_comes_back(make_daemo
     assert d.log(train, run=0) == "started restart=0\ncheckpointed\n"
     assert d.log(train, run=1).startswith("resumed from step ")
     assert d.log(train, run=1).strip().endswith("restart=1")
-    # the preemptor started the moment the victim was gone, not at the next interval
+    # the preemptor started when the victim was gone, not at the next interval (600 s
+    # here): bounds far below the interval, so a loaded machine cannot fail them
     preempted_at = ts(next(e["at"] for e in job["events"] if e["state"] == "PREEMPTED"))
     started_at = ts(next(e["at"] for e in served["events"] if e["state"] == "STARTING"))
-    assert 0 <= started_at - preempted_at < 1.5
+    assert 0 <= started_at - preempted_at < 60
     # and the requeued job was eligible at once: it restarted as the inference job ended
     ended = ts(served["ended_at"])
     restarted = ts([e["at"] for e in job["events"] if e["state"] == "STARTING"][-1])
-    assert restarted - ended < 1.5
+    assert restarted - ended < 60
     both = d.cli("logs", str(train)).out
     assert "==> job" in both and "run 0" in both and "run 1" in both
 
@@ -164,7 +165,7 @@ def test_a_victim_that_ignores_sigterm_is_killed_at_grace_end(make_daemon, unix_
     assert "signal SIGKILL" in preempted["reason"]
     assert elapsed >= 0.9  # it really got its grace period
     started_at = ts(next(e["at"] for e in served["events"] if e["state"] == "STARTING"))
-    assert started_at - ts(preempted["at"]) < 1.5
+    assert started_at - ts(preempted["at"]) < 60  # not the 600 s interval
 
 
 def test_a_job_past_its_time_limit_ends_timeout_after_its_grace(make_daemon, unix_users):
@@ -184,7 +185,7 @@ preemption: {grace_period: 1s}
     assert job["state"] == "TIMEOUT"
     assert "ran past its time limit" in job["reason"]
     ran = ts(job["ended_at"]) - ts(job["started_at"])
-    assert 1.8 <= ran < 10  # the time limit, then the grace period
+    assert ran >= 1.8  # the time limit, then the grace period
 
 
 def test_cancel_stops_a_running_job_gracefully_and_now_kills(make_daemon, unix_users):
@@ -207,8 +208,8 @@ resources: {cpus: 1, memory: 64Mi}
     t0 = time.monotonic()
     assert d.cli("cancel", "--now", str(b), user=alice).code == 0
     job = d.wait_for(b, "CANCELLED", timeout=10)
-    assert time.monotonic() - t0 < 5  # no 30 s grace period
-    assert job["signal"] == "SIGKILL"
+    assert job["signal"] == "SIGKILL"  # killed, not asked
+    assert time.monotonic() - t0 < 25  # without waiting out the 30 s default grace
 
 
 def test_quotas_hold_under_a_burst_of_200_jobs(make_daemon, unix_users):
@@ -266,12 +267,16 @@ resources: {{cpus: 1, memory: 32Mi}}
 def test_the_daemon_killed_mid_flight_loses_nothing_and_runs_nothing_twice(make_daemon, unix_users):
     d = make_daemon(gpus=2)
     alice, bob = unix_users["alice"], unix_users["bob"]
+    gate = d.home / "gate"
+    gate.mkdir()
+    # the long job runs until the test opens the gate: no race with the clock
     long = d.submit(
-        """
+        f"""
 name: long
 team: cv
-command: [/bin/sh, -c, 'echo start; sleep 4; echo end']
-resources: {cpus: 1, memory: 64Mi}
+command: [/bin/sh, -c, 'echo start; while [ ! -e /gate/open ]; do sleep 0.05; done; echo end']
+resources: {{cpus: 1, memory: 64Mi}}
+volumes: [{{source: {gate}, target: /gate, readonly: true}}]
 """,
         user=alice,
     )
@@ -315,6 +320,8 @@ resources: {cpus: 64, memory: 64Mi}
     t = d.wait_for(train, "COMPLETED", timeout=30)
     assert t["restart_count"] == 1
     assert d.log(train, run=0) == "started restart=0\ncheckpointed\n"
+    assert d.show(long)["state"] == "RUNNING"
+    (gate / "open").touch()
     lg = d.wait_for(long, "COMPLETED", timeout=30)
     assert d.log(long) == "start\nend\n"  # never restarted: one start, one end
     assert lg["restart_count"] == 0
