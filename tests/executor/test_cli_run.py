@@ -24,7 +24,7 @@ def job_file(tmp_path: Path, command: list[str], **extra: object) -> Path:
 
 
 def mlq_run(tmp_path: Path, *args: str, **kw) -> subprocess.Popen:
-    env = dict(os.environ, MLQ_STATE_DIR=str(tmp_path / "state"))
+    env = kw.pop("env", None) or dict(os.environ, MLQ_STATE_DIR=str(tmp_path / "state"))
     return subprocess.Popen(
         [MLQ, "run", *args],
         env=env,
@@ -89,3 +89,30 @@ def test_ctrl_c_stops_gracefully_and_a_second_ctrl_c_kills(tmp_path):
     result = json.loads(out)
     assert (result["state"], result["signal"]) == ("STOPPED", "SIGKILL")
     assert "Ctrl-C again to kill" in err
+
+
+def test_run_gives_a_gpu_job_only_its_gpus_nodes_from_the_fake_nvml(tmp_path):
+    repo = Path(__file__).resolve().parents[2]
+    inventory = repo / "configs" / "gpus" / "h100-8-mig.yaml"
+    out = subprocess.run(
+        [sys.executable, "-m", "mlq.executor.fakenvml", str(inventory), str(tmp_path / "gpu")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    env = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in out.splitlines()
+        if line.startswith("export ")
+    )
+    script = "ls /dev | grep nvidia | sort | tr '\\n' ' '; echo; echo $CUDA_VISIBLE_DEVICES"
+    f = job_file(tmp_path, ["/bin/sh", "-c", script], resources={"gpus": 2, "memory": "64Mi"})
+    p = mlq_run(
+        tmp_path, str(f), env=dict(os.environ, MLQ_STATE_DIR=str(tmp_path / "state"), **env)
+    )
+    stdout, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    nodes, visible = stdout.splitlines()
+    gpu_nodes = [n for n in nodes.split() if n[len("nvidia") :].isdigit()]
+    assert len(gpu_nodes) == 2 and "nvidiactl" in nodes.split()
+    assert len(visible.split(",")) == 2
