@@ -18,11 +18,16 @@ from mlq.cli.client import Client  # noqa: E402
 TERMINAL = {"COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED", "PREEMPTED"}
 
 
-def cluster(users: dict, gpus: int = 0, cpus: int = 16, extra_teams: str = "") -> str:
-    decl = ", ".join(f"{{index: {i}, model: H100-80GB}}" for i in range(gpus))
+def cluster(users: dict, gpus: int | str = 0, cpus: int = 16, extra_teams: str = "") -> str:
+    """``gpus``: that many declared H100s, or "discover" for NVML (the fake, in tests)."""
+    if gpus == "discover":
+        source = "gpus: discover"
+    else:
+        decl = ", ".join(f"{{index: {i}, model: H100-80GB}}" for i in range(int(gpus)))
+        source = f"gpus: declared, declared_gpus: [{decl}]"
     members = ", ".join(["root"] + [u.pw_name for u in users.values()])
     return f"""
-node: {{name: e2e, cpus: {cpus}, memory: 64Gi, gpus: declared, declared_gpus: [{decl}]}}
+node: {{name: e2e, cpus: {cpus}, memory: 64Gi, {source}}}
 admin_group: mlqt-admins
 teams:
   - {{name: nlp, members: [{members}], limit: {{gpu: 8}}}}
@@ -69,11 +74,12 @@ class E2E(Daemon):
 def make_daemon(daemon_home: Path, unix_users) -> Iterator[Callable[..., E2E]]:
     made: list[E2E] = []
 
-    def make(**kw) -> E2E:
+    def make(env: dict[str, str] | None = None, **kw) -> E2E:
         config = daemon_home / "cluster.yaml"
         config.write_text(cluster(unix_users, **kw))
         # a long safety-net interval: every start below is driven by events, not by it
-        d = E2E(home=daemon_home, config=config, extra_env={"MLQ_SCHEDULE_INTERVAL": "600"})
+        extra = {"MLQ_SCHEDULE_INTERVAL": "600"} | (env or {})
+        d = E2E(home=daemon_home, config=config, extra_env=extra)
         d.start()
         made.append(d)
         return d
