@@ -1012,10 +1012,13 @@ static void write_status(const char *state, const char *reason, int raw, int hav
         fputs("null", f);
     fputs("}\n", f);
     fflush(f);
-    /* durable: the daemon may be dead now and read this after a reboot */
+    /* durable before "done": the daemon may be dead now and read this after a
+     * reboot. The complete file is renamed into place first, then one fsync of the
+     * file commits its data and the rename in the same journal transaction (ext4,
+     * xfs); the directory's fsync then covers filesystems that need it. */
+    rename(tmp, C.status);
     fsync(fileno(f));
     fclose(f);
-    rename(tmp, C.status);
     int dfd = open(C.rundir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
         fsync(dfd);
