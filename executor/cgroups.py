@@ -47,6 +47,8 @@ LIMITS: tuple[tuple[str, str, str, str], ...] = (
 STAT_FILES: tuple[tuple[str, str, str, str, str, str, int], ...] = (
     ("memory_current", "memory.current", "", "memory", "memory.usage_in_bytes", "", 1),
     ("memory_peak", "memory.peak", "", "memory", "memory.max_usage_in_bytes", "", 1),
+    ("memory_anon", "memory.stat", "anon", "memory", "memory.stat", "total_rss", 1),
+    ("memory_file", "memory.stat", "file", "memory", "memory.stat", "total_cache", 1),
     ("memory_high_events", "memory.events", "high", "", "", "", 1),  # v1: supervisor's count
     ("memory_max_events", "memory.events", "max", "memory", "memory.failcnt", "", 1),
     ("oom_kills", "memory.events", "oom_kill", "memory", "memory.oom_control", "oom_kill", 1),
@@ -65,6 +67,8 @@ class Stats:
 
     memory_current: int = 0
     memory_peak: int = 0
+    memory_anon: int = 0  # memory.stat: anonymous memory (v1 total_rss)
+    memory_file: int = 0  # memory.stat: page cache (v1 total_cache)
     memory_high_events: int = 0
     memory_max_events: int = 0
     oom_kills: int = 0

@@ -189,3 +189,11 @@ def test_a_host_image_job_does_not_see_mlqs_state_dir(state_dir):
     st, out, _ = run(state_dir, ["/bin/sh", "-c", f"ls -A {state_dir} | wc -l"])
     assert st.state == Outcome.COMPLETED
     assert out.strip() == "0"  # runs/, other jobs' logs: hidden
+
+
+def test_shm_is_sized_and_oci_masked_paths_are_empty(state_dir):
+    script = "grep ' /dev/shm ' /proc/mounts; wc -c < /proc/keys; ls /proc/acpi 2>/dev/null | wc -l"
+    st, out, _ = run(state_dir, ["/bin/sh", "-c", script], shm_size=16 * 2**20)
+    shm, keys, acpi = out.splitlines()
+    assert "size=16384k" in shm
+    assert (keys.strip(), acpi.strip()) == ("0", "0")

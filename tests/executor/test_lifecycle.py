@@ -92,7 +92,8 @@ def test_a_job_whose_command_forked_into_the_background_is_fully_ended(state_dir
     script = "setsid sh -c 'trap \"\" TERM; while :; do sleep 0.05; done' & echo ready; wait"
     h = start(request(state_dir, ["/bin/sh", "-c", script]))
     wait_for_output(h, "ready")
-    assert stats(h).pids_current >= 3
+    live = stats(h)
+    assert live.pids_current >= 3 and live.memory_current > 0 and live.memory_anon > 0
     stop(h, grace_s=0.5)
     st = finish(h)
     assert st.state == Outcome.STOPPED
