@@ -75,10 +75,8 @@ class _Pass:
         # search key -> nodes still worth looking at for it (room and victims only shrink
         # during a pass, so a node that cannot help a shape now will not help it later)
         self.preempt_nodes: dict[tuple, list[int]] = {}
-        self.over: dict[str, set[str]] = {}
-        self.shares: dict[
-            str, float
-        ] = {}  # team -> dominant share, dropped on change  # team -> keys held over its guarantee
+        self.over: dict[str, set[str]] = {}  # team -> keys it holds over its guarantee
+        self.shares: dict[str, float] = {}  # team -> dominant share, dropped on change
         # node index -> (class, team, covered by its guarantee) -> devices held by jobs
         # that may still be victims: a cheap bound on what preemption could free there
         self.victim_gpus: list[dict[tuple[str, str, bool], int]] = [{} for _ in self.room.nodes]
@@ -194,6 +192,31 @@ class _Pass:
 
     # -- step 2: the order --------------------------------------------------------------
 
+    @staticmethod
+    def request(j: PendingJob) -> Request:
+        return Request(
+            gpus=j.gpus if not j.mig else 0,
+            model=canonical(j.gpu_model) if j.gpu_model else None,
+            profile=j.mig.profile if j.mig else None,
+            count=j.mig.count if j.mig else 0,
+            cpus=j.cpus,
+            memory=j.memory,
+        )
+
+    def would_borrow(self, j: PendingJob) -> bool:
+        """Whether starting ``j`` would take its team past its guarantee (Kueue orders
+        such jobs after those that fit within their team's guarantee)."""
+        g = self.team(j.team).guarantee
+        if not g:
+            return True
+        d = next(iter(self.demands(j, self.request(j)).values()))
+        return not quota.within_guarantee(self.team_usage(j.team), d, g)
+
+    def key(self, team: str, head: PendingJob) -> tuple:
+        """A team's place in the merge: its head job's class, the team's share, age."""
+        rule = self.rule(head.priority_class)
+        return (-rule.value, self.share(team), head.submitted_at, id_key(head.id), team)
+
     def share(self, team: str) -> float:
         got = self.shares.get(team)
         if got is None:
@@ -202,39 +225,62 @@ class _Pass:
             )
         return got
 
+    def defers(self, j: PendingJob) -> bool:
+        """Jobs that would borrow and could be preempted wait for the second round."""
+        return self.rule(j.priority_class).preemptible and self.would_borrow(j)
+
     def order(self, pending: tuple[PendingJob, ...]):
-        levels: dict[int, dict[str, list[PendingJob]]] = {}
+        """Merge the teams' queues (each by class, then age) by the teams' keys; a team's
+        key is recomputed whenever its head changes, so shares follow this pass's starts."""
+        by_team: dict[str, list[PendingJob]] = {}
         for j in pending:
-            levels.setdefault(self.rule(j.priority_class).value, {}).setdefault(j.team, []).append(
-                j
+            by_team.setdefault(j.team, []).append(j)
+        queues = {
+            t: deque(
+                sorted(
+                    js,
+                    key=lambda j: (
+                        -self.rule(j.priority_class).value,
+                        j.submitted_at,
+                        id_key(j.id),
+                    ),
+                )
             )
-        for value in sorted(levels, reverse=True):
-            queues = {
-                t: deque(sorted(js, key=lambda j: (j.submitted_at, id_key(j.id))))
-                for t, js in levels[value].items()
-            }
-            heap = [
-                (self.share(t), q[0].submitted_at, id_key(q[0].id), t) for t, q in queues.items()
-            ]
-            heapq.heapify(heap)
-            while heap:
-                _, _, _, t = heapq.heappop(heap)
-                q = queues[t]
-                yield q.popleft()
-                if q:
-                    heapq.heappush(heap, (self.share(t), q[0].submitted_at, id_key(q[0].id), t))
+            for t, js in by_team.items()
+        }
+        heap = [self.key(t, q[0]) for t, q in queues.items()]
+        heapq.heapify(heap)
+        while heap:
+            t = heapq.heappop(heap)[-1]
+            q = queues[t]
+            yield q.popleft()
+            if q:
+                heapq.heappush(heap, self.key(t, q[0]))
 
     # -- step 3: each job ---------------------------------------------------------------
 
     def run(self, pending: tuple[PendingJob, ...]) -> Decisions:
+        """Two rounds in queue order: first the jobs that fit within their team's
+        guarantee (or cannot be preempted), then the jobs that would borrow. So room that
+        a team reclaims is not taken straight back by a borrower's requeued job of a
+        higher class (Kueue, too, admits non-borrowing entries first)."""
+        later: list[PendingJob] = []
         for j in self.order(pending):
             self.reasons[j.id] = ""  # keep queue order; filled below unless it starts
-            reason = self.consider(j)
-            if reason is None:
-                del self.reasons[j.id]
-            else:
-                self.reasons[j.id] = reason
+            if not j.held and not j.blocked_by_dependency and self.defers(j):
+                later.append(j)
+                continue
+            self.settle(j)
+        for j in later:
+            self.settle(j)
         return Decisions(tuple(self.starts), tuple(self.preemptions), dict(self.reasons))
+
+    def settle(self, j: PendingJob) -> None:
+        reason = self.consider(j)
+        if reason is None:
+            del self.reasons[j.id]
+        else:
+            self.reasons[j.id] = reason
 
     def consider(self, j: PendingJob) -> str | None:
         """Start, preempt for, or give the reason ``j`` waits (None when it starts)."""
@@ -244,14 +290,7 @@ class _Pass:
             return "Dependency"
         rule = self.rule(j.priority_class)
         team = self.team(j.team)
-        req = Request(
-            gpus=j.gpus if not j.mig else 0,
-            model=canonical(j.gpu_model) if j.gpu_model else None,
-            profile=j.mig.profile if j.mig else None,
-            count=j.mig.count if j.mig else 0,
-            cpus=j.cpus,
-            memory=j.memory,
-        )
+        req = self.request(j)
         already = [h for h in self.stopping.get(j.id, ()) if not h.chosen]
         usage = self.team_usage(j.team)
         if already:  # victims stopping for j free their team's usage for j
@@ -396,6 +435,7 @@ class _Pass:
             return None
         team = self.team(j.team)
         whole_models = [m for m in models if m is not None]
+        borrowing = own_team and rule.preemptible and self.would_borrow(j)
 
         def eligible(h: Held) -> bool:
             if h.chosen or h.job.stopping_for is not None or not h.rule.preemptible:
@@ -403,8 +443,14 @@ class _Pass:
             if self.now - h.job.started_at < h.rule.min_run_time:
                 return False
             if own_team:
-                return h.job.team == j.team and h.rule.name in rule.preempts
+                if h.job.team != j.team or h.rule.name not in rule.preempts:
+                    return False
+                return not rule.preemptible or not borrowing or self.borrowed(h)
             if h.rule.name in rule.preempts:
+                # a preemptible job that would borrow takes only jobs that borrow too: a
+                # job within its team's guarantee would come straight back for the room
+                if rule.preemptible and not reclaim:
+                    return self.borrowed(h)
                 return True
             return reclaim and h.job.team != j.team and self.borrowed(h)
 
