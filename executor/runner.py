@@ -169,9 +169,16 @@ def start(req: LaunchRequest) -> Handle:
                 for m in plan.mounts(req, driver, cg)
                 if m != plan.CGROUPNS_MARK
             ]
+            # the launch record, before the helper runs: recovery after a lost
+            # supervisor finds in it what to remove
+            with open(os.path.join(paths.run_dir, "launch.json"), "w") as f:
+                f.write(json.dumps(record))
             step = "supervisor"
             sup_pid, init_pid, notify_fd = _spawn(helper.path(), plan_path)
             undo.pop_all()  # the supervisor owns the cleanup from here on
+    except BadRequest:
+        shutil.rmtree(paths.run_dir, ignore_errors=True)  # refused: nothing is kept
+        raise
     except LaunchError as exc:
         _record_failure(paths.run_dir, exc)
         raise
@@ -180,9 +187,6 @@ def start(req: LaunchRequest) -> Handle:
         _record_failure(paths.run_dir, err)
         raise err from None
     sup = _read_json(os.path.join(paths.run_dir, "supervisor.json")) or {}
-    record["supervisor"] = sup
-    with open(os.path.join(paths.run_dir, "launch.json"), "w") as f:
-        f.write(json.dumps(record))
     return Handle(
         req.run_id,
         paths.run_dir,

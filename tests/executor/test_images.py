@@ -124,6 +124,7 @@ def test_a_tarball_member_escaping_the_layer_is_refused(state_dir, tmp_path):
     assert not (tmp_path / "escaped").exists()
 
 
-def test_an_image_that_does_not_exist_is_refused(state_dir, tmp_path):
+def test_an_image_that_does_not_exist_is_refused_and_nothing_is_kept(state_dir, tmp_path):
     with pytest.raises(BadRequest, match="does not exist"):
         run(state_dir, ["/bin/true"], root=Root(image=str(tmp_path / "nope")))
+    assert list(Path(state_dir, "runs").iterdir()) == []

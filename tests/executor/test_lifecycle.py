@@ -188,7 +188,7 @@ def test_logs_and_the_launch_record_are_kept_next_to_the_status(state_dir, cgrou
     assert json.loads((run_dir / "status.json").read_text())["state"] == "COMPLETED"
     # v2 creates init inside its cgroup (clone3 CLONE_INTO_CGROUP); on v1 init moves
     # itself (tasks) before anything else
-    join = record["supervisor"]["cgroup_join"]
+    join = json.loads((run_dir / "supervisor.json").read_text())["cgroup_join"]
     assert join == ("clone_into_cgroup" if cgroup_version == 2 else "tasks")
 
 
