@@ -77,6 +77,8 @@ class _Pass:
         self.preempt_nodes: dict[tuple, list[int]] = {}
         self.over: dict[str, set[str]] = {}  # team -> keys it holds over its guarantee
         self.shares: dict[str, float] = {}  # team -> dominant share, dropped on change
+        self.by_usage: dict[str, dict] = {}  # team -> (what, shape) -> answer, see cached()
+        self.requests: dict[JobId, Request] = {}
         # node index -> (class, team, covered by its guarantee) -> devices held by jobs
         # that may still be victims: a cheap bound on what preemption could free there
         self.victim_gpus: list[dict[tuple[str, str, bool], int]] = [{} for _ in self.room.nodes]
@@ -103,6 +105,14 @@ class _Pass:
         g = self.team(team).guarantee
         self.over[team] = {k for k, v in g.items() if usage.get(k, 0.0) > v + 1e-9}
         self.shares.pop(team, None)
+        self.by_usage.pop(team, None)
+
+    def cached(self, team: str) -> dict:
+        """Per-team answers that depend only on the team's usage; dropped on change."""
+        got = self.by_usage.get(team)
+        if got is None:
+            got = self.by_usage[team] = {}
+        return got
 
     def _shape(self, r, n: NodeRoom) -> tuple:
         if r.mig:
@@ -192,8 +202,14 @@ class _Pass:
 
     # -- step 2: the order --------------------------------------------------------------
 
+    def request(self, j: PendingJob) -> Request:
+        got = self.requests.get(j.id)
+        if got is None:
+            got = self.requests[j.id] = self._request(j)
+        return got
+
     @staticmethod
-    def request(j: PendingJob) -> Request:
+    def _request(j: PendingJob) -> Request:
         return Request(
             gpus=j.gpus if not j.mig else 0,
             model=canonical(j.gpu_model) if j.gpu_model else None,
@@ -209,8 +225,13 @@ class _Pass:
         g = self.team(j.team).guarantee
         if not g:
             return True
-        d = next(iter(self.demands(j, self.request(j)).values()))
-        return not quota.within_guarantee(self.team_usage(j.team), d, g)
+        req = self.request(j)
+        cache = self.cached(j.team)
+        got = cache.get(("borrow", req))
+        if got is None:
+            d = next(iter(self.demands(j, req).values()))
+            got = cache[("borrow", req)] = not quota.within_guarantee(self.team_usage(j.team), d, g)
+        return got
 
     def key(self, team: str, head: PendingJob) -> tuple:
         """A team's place in the merge: its head job's class, the team's share, age."""
@@ -299,12 +320,21 @@ class _Pass:
                 if h.job.team == j.team:
                     quota.add(usage, h.demand, -1)
         demands = self.demands(j, req)  # model (or None) -> demand
-        if team.limit:
+        if not team.limit:
+            allowed = demands
+        elif already:
             allowed = {
                 m: d for m, d in demands.items() if quota.over_limit(usage, d, team.limit) is None
             }
         else:
-            allowed = demands
+            cache = self.cached(j.team)
+            allowed = cache.get(("allowed", req))
+            if allowed is None:
+                allowed = cache[("allowed", req)] = {
+                    m: d
+                    for m, d in demands.items()
+                    if quota.over_limit(usage, d, team.limit) is None
+                }
 
         # backfill: after the first job blocked on Resources, a job must not delay it
         avoid = -1
@@ -334,9 +364,12 @@ class _Pass:
         if placed is not None:
             self.commit_start(j, req, placed, allowed)
             return None
-        reclaim = bool(team.guarantee) and quota.within_guarantee(
-            usage, next(iter(allowed.values())), team.guarantee
-        )
+        if already:
+            reclaim = bool(team.guarantee) and quota.within_guarantee(
+                usage, next(iter(allowed.values())), team.guarantee
+            )
+        else:
+            reclaim = not self.would_borrow(j)
         if rule.preempts or reclaim or already:
             vs = self.preempt(
                 j, rule, req, models, usage, avoid, already, own_team=False, reclaim=reclaim
