@@ -156,6 +156,20 @@ CASES = [
         id="a job at its team's limit preempts only its own team's jobs and never goes over",
     ),
     pytest.param(
+        "borrower-takes-only-borrowed.yaml",
+        [],
+        [{"job": "cv-batch", "for": "search-a"}],
+        pend(("search-a", "PreemptionPending cv-batch"), ("search-b", "Resources")),
+        id="a preemptible job that would borrow never takes a job inside its team's guarantee",
+    ),
+    pytest.param(
+        "guaranteed-before-borrowing.yaml",
+        [{"job": "nlp-batch", "node": "n1", "gpus": [0]}],
+        [],
+        pend(("cv-train", "Resources")),
+        id="a job inside its team's guarantee is placed before a higher class that would borrow",
+    ),
+    pytest.param(
         "backfill.yaml",
         [{"job": "short", "node": "n1", "gpus": [2]}],
         [],
