@@ -377,3 +377,48 @@ def test_a_dependent_starts_after_its_dependency_completes(make_daemon, unix_use
     a = d.wait_for(first, "COMPLETED")
     b = d.wait_for(second, "COMPLETED")
     assert ts(b["started_at"]) >= ts(a["ended_at"])
+
+
+def test_a_job_reports_its_checkpoint_with_mlq_checkpoint_done(
+    make_daemon, daemon_home, unix_users
+):
+    from daemon_helpers import MLQ
+
+    d = make_daemon()
+    gate = daemon_home / "gate"
+    gate.mkdir()
+    job_id = d.submit(
+        f"""
+name: ckpt
+team: nlp
+kind: training
+command: [/bin/sh, -c, '{MLQ} checkpoint-done && echo marked; while [ ! -e /gate/open ]; do sleep 0.05; done']
+resources: {{cpus: 1, memory: 256Mi}}
+checkpoint: {{target: /ckpt}}
+volumes: [{{source: {gate}, target: /gate, readonly: true}}]
+""",
+        user=unix_users["alice"],
+    )
+    d.wait_for(job_id, "RUNNING")
+    deadline = time.monotonic() + 30
+    while "marked" not in d.log(job_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert d.log(job_id) == "marked\n"
+    # the next pass reads the mark (any event triggers one)
+    other = d.submit(
+        "name: poke\nteam: nlp\ncommand: [/bin/true]\nresources: {cpus: 1, memory: 32Mi}\n",
+        user=unix_users["alice"],
+    )
+    d.wait_for(other, "COMPLETED")
+    job = d.show(job_id)
+    assert job["checkpoint_at"] is not None
+    assert ts(job["checkpoint_at"]) >= ts(job["started_at"]) - 1
+    (gate / "open").touch()
+    d.wait_for(job_id, "COMPLETED")
+
+
+def test_checkpoint_done_outside_a_job_says_why_it_cannot(make_daemon):
+    d = make_daemon()
+    r = d.cli("checkpoint-done")
+    assert r.code == 2
+    assert "MLQ_CHECKPOINT_MARK is not set" in r.err
