@@ -64,6 +64,7 @@ def _empty_capacity(model: str, masks: dict[str, tuple[tuple[int, int], ...]]) -
     return out
 
 
+_NONE: frozenset[int] = frozenset()
 # model -> profile -> how many slices an uncarved GPU can give
 _EMPTY = {model: _empty_capacity(model, masks) for model, masks in _MASKS.items()}
 
@@ -87,28 +88,36 @@ class MigGpu:
     def carve(self, profile: str, start: int) -> None:
         self.carved[start] = profile
         self.carved_occ |= _mask(mig.CATALOGUE[self.model][profile], start)
-        self.cache.clear()
+        self.cache = {}
 
     def use(self, start: int) -> None:
         self.used.add(start)
-        self.cache.clear()
+        self.cache = {}
 
-    def capacity(self, profile: str, freed: frozenset[int] = frozenset()) -> int:
-        """How many ``profile`` slices this GPU could give now (free carved + carvable)."""
-        if not freed and profile in self.cache:
-            return self.cache[profile]
-        if not self.carved and self.model in _EMPTY:
-            return _EMPTY[self.model].get(profile, 0)
+    def capacities(self) -> dict[str, int]:
+        """Every profile's capacity on this GPU now (cached until the GPU changes)."""
+        if not self.cache:
+            if not self.carved and self.model in _EMPTY:
+                self.cache = dict(_EMPTY[self.model])
+            else:
+                self.cache = {p: self._compute(p, _NONE) for p in self.masks}
+        return self.cache
+
+    def capacity(self, profile: str, freed: frozenset[int] | None = None) -> int:
+        """How many ``profile`` slices this GPU could give now (free carved + carvable);
+        ``freed``: starts whose holders are taken to be gone."""
+        if not freed:
+            return self.capacities().get(profile, 0)
+        return self._compute(profile, freed)
+
+    def _compute(self, profile: str, freed: frozenset[int]) -> int:
         masks = self.masks.get(profile)
         if not masks:
             return 0
         free_carved = sum(
             1 for s, p in self.carved.items() if p == profile and (s not in self.used or s in freed)
         )
-        n = free_carved + self._carvable(profile, masks)
-        if not freed:
-            self.cache[profile] = n
-        return n
+        return free_carved + self._carvable(profile, masks)
 
     def _carvable(self, profile: str, masks: tuple[tuple[int, int], ...]) -> int:
         limit = mig.CATALOGUE[self.model][profile].max_instances
@@ -189,8 +198,8 @@ class NodeRoom:
         """Every profile's capacity on this node, summed over its MIG GPUs."""
         out: dict[str, int] = {}
         for g in self.mig.values():
-            for profile in g.masks:
-                out[profile] = out.get(profile, 0) + g.capacity(profile)
+            for profile, cap in g.capacities().items():
+                out[profile] = out.get(profile, 0) + cap
         return out
 
 
@@ -214,14 +223,14 @@ class Room:
         for n in self.nodes:
             self.reindex(n)
 
-    def reindex(self, n: NodeRoom) -> None:
+    def reindex(self, n: NodeRoom, slices: bool = True) -> None:
+        """Move ``n`` to the buckets of its free room now (``slices=False``: only whole
+        GPUs changed, the MIG buckets stay)."""
         for model, free in n.free.items():
             self._move(self.whole[model], self._whole_at, (n.i, model), len(free))
-        if n.mig:
-            for profile in {p for g in n.mig.values() for p in g.masks}:
-                self._move(
-                    self.slices[profile], self._slices_at, (n.i, profile), n.mig_capacity(profile)
-                )
+        if n.mig and slices:
+            for profile, cap in n.mig_capacities().items():
+                self._move(self.slices[profile], self._slices_at, (n.i, profile), cap)
 
     @staticmethod
     def _move(buckets: list[dict[int, None]], at: dict, key: tuple[int, str], count: int) -> None:

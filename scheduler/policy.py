@@ -79,6 +79,7 @@ class _Pass:
         self.shares: dict[str, float] = {}  # team -> dominant share, dropped on change
         self.by_usage: dict[str, dict] = {}  # team -> (what, shape) -> answer, see cached()
         self.requests: dict[JobId, Request] = {}
+        self.covers: dict[tuple[str, Request], tuple | None] = {}
         # node index -> (class, team, covered by its guarantee) -> devices held by jobs
         # that may still be victims: a cheap bound on what preemption could free there
         self.victim_gpus: list[dict[tuple[str, str, bool], int]] = [{} for _ in self.room.nodes]
@@ -226,12 +227,18 @@ class _Pass:
         if not g:
             return True
         req = self.request(j)
-        cache = self.cached(j.team)
-        got = cache.get(("borrow", req))
-        if got is None:
+        cover = self.covers.get((j.team, req), False)
+        if cover is False:  # the guarantee keys that cover this shape never change
             d = next(iter(self.demands(j, req).values()))
-            got = cache[("borrow", req)] = not quota.within_guarantee(self.team_usage(j.team), d, g)
-        return got
+            amounts = dict(d)
+            keys = quota.covering_keys(d, g)
+            cover = self.covers[(j.team, req)] = (
+                None if keys is None else tuple((k, amounts[k], g[k]) for k in keys)
+            )
+        if cover is None:
+            return True
+        usage = self.team_usage(j.team)
+        return any(usage.get(k, 0.0) + amount > limit + 1e-9 for k, amount, limit in cover)
 
     def key(self, team: str, head: PendingJob) -> tuple:
         """A team's place in the merge: its head job's class, the team's share, age."""
@@ -435,7 +442,7 @@ class _Pass:
         elif req.gpus:
             gpus = tuple(n.free[model][: req.gpus])
         self.room.hold(n, gpus, slots, req.cpus, req.memory)
-        self.room.reindex(n)
+        self.room.reindex(n, slices=bool(slots))
         self.charge(j.team, allowed[model if req.gpus else None])
         end = self.now + j.time_limit if j.time_limit is not None else math.inf
         self.added.setdefault(n.i, []).append((end, gpus, slots, req.cpus, req.memory))
@@ -511,6 +518,7 @@ class _Pass:
         best: VictimSet | None = None
         since_found = 0
         dead: set[int] = set()
+        frees: dict[tuple[str, str, bool], bool] = {}  # may_free per key, for this search
         mine_nodes = list(dict.fromkeys(h.node for h in already))
         nodes = self.preempt_nodes.get(memo)
         if nodes is None:
@@ -518,14 +526,20 @@ class _Pass:
         for i in mine_nodes + nodes:
             if i == avoid:
                 continue
-            mine = [h for h in already if h.node == i]
+            mine = [h for h in already if h.node == i] if already else []
             n = self.room.nodes[i]
             if not mine and req.gpus:
-                potential = sum(v for k, v in self.victim_gpus[i].items() if v and may_free(k))
-                if (
-                    potential + max((len(n.free.get(m, ())) for m in whole_models), default=0)
-                    < req.gpus
-                ):
+                potential = 0
+                for k, v in self.victim_gpus[i].items():
+                    if v:
+                        ok = frees.get(k)
+                        if ok is None:
+                            ok = frees[k] = may_free(k)
+                        if ok:
+                            potential += v
+                free = n.free
+                most = max((len(free[m]) for m in whole_models if m in free), default=0)
+                if potential + most < req.gpus:
                     dead.add(i)
                     continue
             cands = [(self.victim_key(h), h) for h in self.held_on(i) if eligible(h)]
