@@ -3,7 +3,7 @@ benchmark's builder): nothing is handed out twice, limits hold, every job is ans
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,8 +12,12 @@ from mlq.scheduler import mig
 from mlq.scheduler.policy import decide
 from mlq.scheduler.quota import mig_share
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from decision import build  # noqa: E402
+_spec = importlib.util.spec_from_file_location(
+    "mlq_bench_decision", Path(__file__).resolve().parents[2] / "bench" / "decision.py"
+)
+_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bench)
+build = _bench.build
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

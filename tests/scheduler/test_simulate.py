@@ -3,8 +3,8 @@ to work out by hand."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -155,8 +155,12 @@ def test_cli_prints_both_policies_with_ratios(tmp_path: Path) -> None:
 
 
 def test_synthetic_generator_is_seeded_and_has_inference_and_mig() -> None:
-    sys.path.insert(0, str(ROOT / "bench" / "traces"))
-    from generate import generate
+    spec = importlib.util.spec_from_file_location(
+        "mlq_bench_generate", ROOT / "bench/traces/generate.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    generate = module.generate
 
     a, b = generate(1, seed=7), generate(1, seed=7)
     assert a == b and a != generate(1, seed=8)
