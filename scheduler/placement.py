@@ -163,7 +163,19 @@ _LAYOUTS: dict[int, tuple[Node, dict[int, str], dict[str, list[int]]]] = {}
 class NodeRoom:
     """One node's free room in the working copy."""
 
-    __slots__ = ("i", "name", "cpus", "memory", "free_cpu", "free_mem", "free", "models", "mig")
+    __slots__ = (
+        "i",
+        "name",
+        "cpus",
+        "memory",
+        "free_cpu",
+        "free_mem",
+        "free",
+        "models",
+        "mig",
+        "gpu_caps",
+        "mig_cap",
+    )
 
     def __init__(self, i: int, node: Node) -> None:
         self.i = i
@@ -173,6 +185,8 @@ class NodeRoom:
         self.free_cpu = node.cpus
         self.free_mem = node.memory
         self.mig: dict[int, MigGpu] = {}
+        self.gpu_caps: dict[int, dict[str, int]] = {}  # per MIG GPU, as last indexed
+        self.mig_cap: dict[str, int] = {}  # their sum: the node's capacity per profile
         # the GPU layout of a Node is immutable: its models and whole GPUs are read once
         # per Node object (the daemon and the simulator pass the same objects again)
         layout = _LAYOUTS.get(id(node))
@@ -223,14 +237,25 @@ class Room:
         for n in self.nodes:
             self.reindex(n)
 
-    def reindex(self, n: NodeRoom, slices: bool = True) -> None:
-        """Move ``n`` to the buckets of its free room now (``slices=False``: only whole
-        GPUs changed, the MIG buckets stay)."""
+    def reindex(self, n: NodeRoom, mig_gpus: Iterable[int] | None = None) -> None:
+        """Move ``n`` to the buckets of its free room now. ``mig_gpus``: the MIG GPUs that
+        changed (None: any may have; empty: none did), so only their slices are recounted."""
         for model, free in n.free.items():
             self._move(self.whole[model], self._whole_at, (n.i, model), len(free))
-        if n.mig and slices:
-            for profile, cap in n.mig_capacities().items():
-                self._move(self.slices[profile], self._slices_at, (n.i, profile), cap)
+        if not n.mig:
+            return
+        changed: set[str] = set()
+        for idx in n.mig if mig_gpus is None else mig_gpus:
+            new = n.mig[idx].capacities()
+            old = n.gpu_caps.get(idx, {})
+            for profile in new.keys() | old.keys():
+                delta = new.get(profile, 0) - old.get(profile, 0)
+                if delta or profile not in n.mig_cap:
+                    n.mig_cap[profile] = n.mig_cap.get(profile, 0) + delta
+                    changed.add(profile)
+            n.gpu_caps[idx] = dict(new)
+        for profile in changed:
+            self._move(self.slices[profile], self._slices_at, (n.i, profile), n.mig_cap[profile])
 
     @staticmethod
     def _move(buckets: list[dict[int, None]], at: dict, key: tuple[int, str], count: int) -> None:
@@ -326,6 +351,19 @@ def take_slices(
     then new ones carved on the GPU with the least room left (pack). Empty if short."""
     freed = freed or {}
     none: frozenset[int] = frozenset()
+    if count == 1 and not freed:  # the common case, without building lists
+        order = sorted(
+            (g.capacity(profile), g.index, g) for g in n.mig.values() if g.capacity(profile)
+        )
+        for _, _, g in order:
+            for s, p in sorted(g.carved.items()):
+                if p == profile and s not in g.used:
+                    return [MigSlot(g.index, profile, s)]
+        for _, _, g in order:
+            got = g.carve_new(profile, 1)
+            if got:
+                return [MigSlot(g.index, profile, got[0])]
+        return []
     gpus = sorted(
         n.mig.values(), key=lambda g: (g.capacity(profile, freed.get(g.index, none)), g.index)
     )

@@ -44,7 +44,7 @@ DEFAULT_RULES = (
 )
 # Once a victim set of one job is found, look at this many more candidate nodes for a
 # cheaper one before settling (bounds the search on large clusters; see the docs).
-PREEMPT_LOOKAHEAD = 8
+PREEMPT_LOOKAHEAD = 4
 
 
 class _Pass:
@@ -442,7 +442,7 @@ class _Pass:
         elif req.gpus:
             gpus = tuple(n.free[model][: req.gpus])
         self.room.hold(n, gpus, slots, req.cpus, req.memory)
-        self.room.reindex(n, slices=bool(slots))
+        self.room.reindex(n, {s.gpu for s in slots})
         self.charge(j.team, allowed[model if req.gpus else None])
         end = self.now + j.time_limit if j.time_limit is not None else math.inf
         self.added.setdefault(n.i, []).append((end, gpus, slots, req.cpus, req.memory))
