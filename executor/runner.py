@@ -458,6 +458,11 @@ def adopt(run_dir: str) -> Handle | Status:
     address released, and FAILED is recorded with the reason.
     """
     sup = _supervisor(run_dir)
+    status = read_status(run_dir, _version(run_dir))
+    if status is not None:
+        if sup is None:
+            _cleanup(run_dir)  # idempotent: a supervisor that died mid-cleanup
+        return status  # (a live supervisor is only finishing its cleanup)
     if sup is None and not os.path.exists(os.path.join(run_dir, "supervisor.json")):
         # a launch cut short by the launcher's death may still be coming up: give the
         # helper its moment to write supervisor.json (or fail) before calling it lost
@@ -486,7 +491,7 @@ def adopt(run_dir: str) -> Handle | Status:
         )
     status = read_status(run_dir, _version(run_dir))
     if status is not None:
-        _cleanup(run_dir)  # idempotent: a supervisor that crashed mid-cleanup
+        _cleanup(run_dir)
         return status
     return _recover(run_dir, "the supervisor was lost")
 
@@ -497,9 +502,9 @@ def stats(ref: RunRef) -> Stats:
     launch = _read_json(os.path.join(run_dir, "launch.json")) or {}
     version = int(launch.get("cgroup_version", 0))
     paths = (launch.get("cgroup") or {}).get("paths") or {}
-    if _supervisor(run_dir) is None or not paths:
-        st = read_status(run_dir, version or 1)
-        return st.stats if st else Stats()
+    st = read_status(run_dir, version or 1)
+    if st is not None or _supervisor(run_dir) is None or not paths:
+        return st.stats if st else Stats()  # ended: the final figures
     raw: dict[str, str] = {}
     for _, v2file, _, c, v1file, _, _ in cgroups.STAT_FILES:
         d = paths.get("unified" if version == 2 else c)
