@@ -20,11 +20,11 @@ from mlq.scheduler.cluster import ClassDefaults, PriorityClass, parse_quota_valu
 from mlq.scheduler.daemon import schemas as S
 from mlq.scheduler.daemon.auth import Caller, require_admin, require_owner
 from mlq.scheduler.daemon.logs import read_log
+from mlq.scheduler.daemon.loop import spec_of
 from mlq.scheduler.daemon.nodes import node_view
 from mlq.scheduler.daemon.peer import Peer
 from mlq.scheduler.daemon.submit import cgroup_limits, prepare, store_jobs
 from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, NotFound, Refused
-from mlq.scheduler.spec import JobSpec
 from mlq.scheduler.store import Store
 from mlq.scheduler.units import format_cpus, format_duration, format_size
 from pydantic import BaseModel
@@ -299,7 +299,7 @@ def build_app(daemon: Daemon) -> FastAPI:
         loop = need_loop()
         running = []
         for j in store.jobs(states_in=(states.STARTING, states.RUNNING, states.STOPPING)):
-            spec = JobSpec.model_validate_json(j.spec)
+            spec = spec_of(j)
             figures = loop.live_stats(j)
             running.append(
                 S.RunningOut(

@@ -91,6 +91,20 @@ class LoopStats:
     started: float = field(default_factory=time.time)
 
 
+def spec_of(job: Job) -> JobSpec:
+    """The job's resolved spec. Specs never change once stored, so each is parsed once."""
+    key = (job.id, job.spec)
+    spec = _SPECS.get(key)
+    if spec is None:
+        if len(_SPECS) > 200_000:  # bounded: finished jobs are not looked up again
+            _SPECS.clear()
+        spec = _SPECS[key] = JobSpec.model_validate_json(job.spec)
+    return spec
+
+
+_SPECS: dict[tuple[int | None, str], JobSpec] = {}
+
+
 def devices_of(job: Job) -> tuple[tuple[int, ...], tuple[MigSlot, ...]]:
     if not job.devices:
         return (), ()
@@ -219,7 +233,7 @@ class Loop:
             fd = self._pidfds.pop(h.supervisor_pid, None)
             if fd is not None:
                 os.close(fd)
-        spec = JobSpec.model_validate_json(job.spec)
+        spec = spec_of(job)
         outcome = status.state.value if hasattr(status.state, "value") else str(status.state)
         fields: dict[str, Any] = {
             "ended_at": time.time(),
@@ -314,7 +328,7 @@ class Loop:
             done = {d.id for d in self.store.jobs(ids=deps) if d.state == states.COMPLETED}
         running, pending = [], []
         for j in active:
-            spec = JobSpec.model_validate_json(j.spec)
+            spec = spec_of(j)
             r = spec.resources
             if j.state == states.PENDING:
                 mig = MigRequest(r.mig.profile, r.mig.count) if r.mig else None
@@ -389,7 +403,7 @@ class Loop:
         from mlq.scheduler.launch import build_launch_request
 
         assert job.id is not None
-        spec = JobSpec.model_validate_json(job.spec)
+        spec = spec_of(job)
         devices: list[tuple[str, str]] = []
         visible = None
         if start.gpus or start.mig:

@@ -8,8 +8,8 @@ from typing import Any
 
 from mlq.scheduler import quota, states
 from mlq.scheduler.daemon import schemas as S
+from mlq.scheduler.daemon.loop import spec_of
 from mlq.scheduler.models import Job
-from mlq.scheduler.spec import JobSpec
 from mlq.scheduler.store import Store
 from mlq.scheduler.units import format_cpus, human_size
 
@@ -18,7 +18,7 @@ def team_usage(jobs: list[Job], models: dict[int, str]) -> dict[str, dict[str, f
     """Each team's use of every quota key by its running (and stopping) jobs."""
     usage: dict[str, dict[str, float]] = {}
     for j in jobs:
-        spec = JobSpec.model_validate_json(j.spec)
+        spec = spec_of(j)
         r = spec.resources
         held = json.loads(j.devices) if j.devices else {}
         if held.get("mig"):
@@ -38,7 +38,7 @@ def node_view(store: Store, node: Any) -> S.NodeOut:
     holders: dict[tuple, int] = {}
     cpus = memory = 0
     for j in running:
-        spec = JobSpec.model_validate_json(j.spec)
+        spec = spec_of(j)
         cpus += spec.resources.cpus or 0
         memory += spec.resources.memory or 0
         held = json.loads(j.devices) if j.devices else {}
