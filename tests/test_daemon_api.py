@@ -271,3 +271,12 @@ def test_the_openapi_schema_is_served(daemon):
 
 def test_the_socket_is_reachable_by_every_user(daemon):
     assert daemon.socket.stat().st_mode & 0o777 == 0o666
+
+
+def test_a_volume_or_image_that_does_not_exist_is_refused_at_submit(daemon, unix_users):
+    text = GOOD + "image: /no/such/rootfs\nvolumes: [{source: /no/such/dir, target: /data}]\n"
+    r = submit(daemon, text, user=unix_users["alice"])
+    assert r.code == 2
+    assert "volumes[0].source: /no/such/dir does not exist on this node" in r.err
+    assert "image: /no/such/rootfs does not exist" in r.err
+    assert daemon.rows("jobs") == 0

@@ -7,6 +7,7 @@ transaction, so a refused or invalid submission leaves no row behind.
 from __future__ import annotations
 
 import json
+import os
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -57,6 +58,18 @@ def prepare(
             source,
         )
     require_submit(caller, spec.team, store)
+    missing_paths = [
+        f"volumes[{i}].source: {v.source} does not exist on this node"
+        for i, v in enumerate(spec.volumes)
+        if not os.path.exists(v.source)
+    ]
+    if spec.image != "host" and not os.path.exists(spec.image):
+        missing_paths.append(
+            f"image: {spec.image} does not exist; use host, a rootfs dir, a rootfs tarball "
+            "or an OCI image layout dir"
+        )
+    if missing_paths:
+        raise InvalidInput(missing_paths, source)
     resolved = resolve(spec, store.classes())
     if spec.depends_on:
         found = {j.id for j in store.jobs(ids=spec.depends_on)}
