@@ -65,6 +65,8 @@ def _empty_capacity(model: str, masks: dict[str, tuple[tuple[int, int], ...]]) -
 
 
 _NONE: frozenset[int] = frozenset()
+# (model, carved occupancy, carved +me profiles) -> profile -> new slices still carvable
+_CARVABLE: dict[tuple, dict[str, int]] = {}
 # model -> profile -> how many slices an uncarved GPU can give
 _EMPTY = {model: _empty_capacity(model, masks) for model, masks in _MASKS.items()}
 
@@ -100,8 +102,28 @@ class MigGpu:
             if not self.carved and self.model in _EMPTY:
                 self.cache = dict(_EMPTY[self.model])
             else:
-                self.cache = {p: self._compute(p, _NONE) for p in self.masks}
+                free: dict[str, int] = {}
+                for start, profile in self.carved.items():
+                    if start not in self.used:
+                        free[profile] = free.get(profile, 0) + 1
+                cache = dict(self._carvable_all())
+                for profile, k in free.items():
+                    cache[profile] = cache.get(profile, 0) + k
+                self.cache = cache
         return self.cache
+
+    def _carvable_all(self) -> dict[str, int]:
+        """New slices each profile could still be carved as, given the carved layout.
+        The same layouts recur on many GPUs, so the answer is kept per layout."""
+        key = (
+            self.model,
+            self.carved_occ,
+            tuple(sorted(p for p in self.carved.values() if p.endswith("+me"))),
+        )
+        got = _CARVABLE.get(key)
+        if got is None:
+            got = _CARVABLE[key] = {p: self._carvable(p, m) for p, m in self.masks.items()}
+        return got
 
     def capacity(self, profile: str, freed: frozenset[int] | None = None) -> int:
         """How many ``profile`` slices this GPU could give now (free carved + carvable);
