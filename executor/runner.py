@@ -438,9 +438,9 @@ def wait(ref: RunRef, timeout: float | None = None) -> Status | None:
     return status
 
 
-def _launch_young(run_dir: str) -> bool:
+def _launch_young(run_dir: str, seconds: float = 60) -> bool:
     try:
-        return time.time() - os.stat(os.path.join(run_dir, "request.json")).st_mtime < 60
+        return time.time() - os.stat(os.path.join(run_dir, "request.json")).st_mtime < seconds
     except FileNotFoundError:
         return False
 
@@ -463,10 +463,14 @@ def adopt(run_dir: str) -> Handle | Status:
         if sup is None:
             _cleanup(run_dir)  # idempotent: a supervisor that died mid-cleanup
         return status  # (a live supervisor is only finishing its cleanup)
-    if sup is None and not os.path.exists(os.path.join(run_dir, "supervisor.json")):
+    if (
+        sup is None
+        and not os.path.exists(os.path.join(run_dir, "supervisor.json"))
+        and _launch_young(run_dir, 30)
+    ):
         # a launch cut short by the launcher's death may still be coming up: give the
-        # helper its moment to write supervisor.json (or fail) before calling it lost
-        deadline = time.monotonic() + 10
+        # helper its moment (milliseconds, normally) to write supervisor.json or fail
+        deadline = time.monotonic() + 2
         while time.monotonic() < deadline and not os.path.exists(
             os.path.join(run_dir, "supervisor.json")
         ):
