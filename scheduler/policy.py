@@ -319,7 +319,8 @@ class _Pass:
         rule = self.rule(j.priority_class)
         team = self.team(j.team)
         req = self.request(j)
-        already = [h for h in self.stopping.get(j.id, ()) if not h.chosen]
+        stopping = self.stopping.get(j.id) if self.stopping else None
+        already = [h for h in stopping if not h.chosen] if stopping else []
         usage = self.team_usage(j.team)
         if already:  # victims stopping for j free their team's usage for j
             usage = dict(usage)
@@ -542,10 +543,18 @@ class _Pass:
                 if potential + most < req.gpus:
                     dead.add(i)
                     continue
-            cands = [(self.victim_key(h), h) for h in self.held_on(i) if eligible(h)]
-            if not cands and not mine:
+            held = [h for h in self.held_on(i) if eligible(h)]
+            if not held and not mine:
                 dead.add(i)
                 continue
+            if best is not None and len(best.victims) == 1 and not mine:
+                # this node needs a victim too, so it wins only by losing less work
+                if min(h.lost for h in held) > best.victims[0].lost:
+                    since_found += 1
+                    if since_found > PREEMPT_LOOKAHEAD:
+                        break
+                    continue
+            cands = [(self.victim_key(h), h) for h in held]
             if not self.could_fit(n, req, whole_models, mine, [h for _, h in cands]):
                 dead.add(i)
                 continue
