@@ -141,45 +141,53 @@ class _Pass:
         """Hold every running job's devices and charge its team. This runs for every job
         on every decision, so it does only counting; per-job views are built lazily."""
         by_name = self.room.by_name
-        totals: dict[tuple, int] = {}
-        victims: dict[tuple, int] = {}  # (node, class, shape) -> devices that may be freed
+        # (node, class, shape, may be a victim) -> jobs: one dict update per job
+        groups: dict[tuple, int] = {}
         stopping_nodes: set[int] = set()
         now = self.now
         rules = self.rules
+        jobs_on = self.jobs_on
         for r in running:
             n = by_name.get(r.node)
             if n is None:  # a job on a node that left the snapshot holds nothing we can give
                 continue
+            gpus = r.gpus
             if r.mig:
                 shape: tuple = (r.team, tuple(s.profile for s in r.mig), r.cpus, r.memory)
-            else:
-                model = n.models.get(r.gpus[0], "") if r.gpus else ""
-                shape = (r.team, len(r.gpus), model, r.cpus, r.memory)
-            totals[shape] = totals.get(shape, 0) + 1
-            self.jobs_on[n.i].append(r)
-            if r.stopping_for is None:
-                rule = rules.get(r.priority_class) or self.rule(r.priority_class)
-                if rule.preemptible and now - r.started_at >= rule.min_run_time:
-                    vkey = (n.i, rule.name, shape)
-                    victims[vkey] = victims.get(vkey, 0) + (len(r.gpus) + len(r.mig) or 1)
-            else:
-                stopping_nodes.add(n.i)
-            if r.mig:
                 self.room.hold(n, (), r.mig, 0, 0)
-            elif r.gpus:
-                free = n.free.get(shape[2])
-                if free is not None:
-                    for idx in r.gpus:
-                        if idx in free:
-                            free.remove(idx)
+            else:
+                model = n.models.get(gpus[0], "") if gpus else ""
+                shape = (r.team, len(gpus), model, r.cpus, r.memory)
+                if gpus:
+                    free = n.free.get(model)
+                    if free:
+                        for idx in gpus:
+                            if idx in free:
+                                free.remove(idx)
             n.free_cpu -= r.cpus
             n.free_mem -= r.memory
+            jobs_on[n.i].append(r)
+            if r.stopping_for is None:
+                rule = rules.get(r.priority_class) or self.rule(r.priority_class)
+                victim = rule.preemptible and (
+                    not rule.min_run_time or now - r.started_at >= rule.min_run_time
+                )
+            else:
+                stopping_nodes.add(n.i)
+                victim = False
+            key = (n.i, r.priority_class, shape, victim)
+            groups[key] = groups.get(key, 0) + 1
+        totals: dict[tuple, int] = {}
+        for (i, cls, shape, victim), count in groups.items():
+            totals[shape] = totals.get(shape, 0) + count
+            if victim:
+                cover = self._demand(shape)[1]
+                counts = self.victim_gpus[i]
+                devices = (shape[1] if isinstance(shape[1], int) else len(shape[1])) or 1
+                vkey = (self.rule(cls).name, shape[0], cover is not None)
+                counts[vkey] = counts.get(vkey, 0) + devices * count
         for shape, count in totals.items():
             quota.add(self.team_usage(shape[0]), self._demand(shape)[0], count)
-        for (i, cls, shape), count in victims.items():
-            counts = self.victim_gpus[i]
-            vkey = (cls, shape[0], self._demand(shape)[1] is not None)
-            counts[vkey] = counts.get(vkey, 0) + count
         for i in sorted(stopping_nodes):
             for h in self.held_on(i):
                 if h.job.stopping_for is not None:
