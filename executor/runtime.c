@@ -404,7 +404,13 @@ static int mount_root(void)
     char opts[16384];
     snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s,volatile", C.lower, C.upper, C.work);
     if (C.upper && *C.upper) {
-        if (mount("overlay", C.rootfs, "overlay", 0, opts) < 0)
+        int r = mount("overlay", C.rootfs, "overlay", 0, opts);
+        if (r < 0 && errno == EINVAL) {
+            /* kernels before 5.10 know no "volatile": sync the upper layer instead */
+            *strrchr(opts, ',') = 0;
+            r = mount("overlay", C.rootfs, "overlay", 0, opts);
+        }
+        if (r < 0)
             die("mount overlay", "%s on %s", opts, C.rootfs);
     } else if (mount(C.lower, C.rootfs, NULL, MS_BIND | MS_REC, NULL) < 0) {
         die("mount root", "bind %s on %s", C.lower, C.rootfs);
