@@ -79,6 +79,10 @@ class _Pass:
         self.shares: dict[str, float] = {}  # team -> dominant share, dropped on change
         self.by_usage: dict[str, dict] = {}  # team -> (what, shape) -> answer, see cached()
         self.requests: dict[JobId, Request] = {}
+        # alike(job) -> (reason, head version, team usage version): see settled_alike()
+        self.verdicts: dict[tuple, tuple[str, int, int]] = {}
+        self.head_version = 0
+        self.team_version: dict[str, int] = {}
         self.covers: dict[tuple[str, Request], tuple | None] = {}
         # node index -> (class, team, covered by its guarantee) -> devices held by jobs
         # that may still be victims: a cheap bound on what preemption could free there
@@ -107,6 +111,7 @@ class _Pass:
         self.over[team] = {k for k, v in g.items() if usage.get(k, 0.0) > v + 1e-9}
         self.shares.pop(team, None)
         self.by_usage.pop(team, None)
+        self.team_version[team] = self.team_version.get(team, 0) + 1
 
     def cached(self, team: str) -> dict:
         """Per-team answers that depend only on the team's usage; dropped on change."""
@@ -303,13 +308,33 @@ class _Pass:
         later: list[PendingJob] = []
         for j in self.order(pending):
             self.reasons[j.id] = ""  # keep queue order; filled below unless it starts
+            if self.settled_alike(j):
+                continue
             if not j.held and not j.blocked_by_dependency and self.defers(j):
                 later.append(j)
                 continue
             self.settle(j)
         for j in later:
-            self.settle(j)
+            if not self.settled_alike(j):
+                self.settle(j)
         return Decisions(tuple(self.starts), tuple(self.preemptions), dict(self.reasons))
+
+    def alike(self, j: PendingJob) -> tuple | None:
+        """What makes two pending jobs of one team behave the same in this pass."""
+        if j.held or j.blocked_by_dependency or (self.stopping and j.id in self.stopping):
+            return None
+        return (j.team, j.priority_class, self.request(j), j.time_limit)
+
+    def settled_alike(self, j: PendingJob) -> bool:
+        """Give ``j`` the reason an identical job of its team got, if nothing it depends on
+        changed since: the team's usage and the backfill head. Room and victims only
+        shrink in a pass, so the verdict holds; this keeps long queues cheap."""
+        key = self.alike(j)
+        got = self.verdicts.get(key) if key is not None else None
+        if got is None or got[1] != self.head_version or got[2] != self.team_version.get(j.team, 0):
+            return False
+        self.reasons[j.id] = got[0]
+        return True
 
     def settle(self, j: PendingJob) -> None:
         reason = self.consider(j)
@@ -374,7 +399,7 @@ class _Pass:
         # and the team's standing only shrink during a pass, so give the reason cheaply
         hopeless = (req, j.priority_class, j.team, avoid, len(allowed))
         if not already and hopeless in self.hopeless:
-            return self.hopeless[hopeless]
+            return self.verdict(j, self.hopeless[hopeless])
         models = [m for m in allowed if m is not None]
         placed = self.place_now(req, models, avoid)
         if placed is not None:
@@ -398,9 +423,17 @@ class _Pass:
             reason = "Resources"
             if self.head is None:
                 self.head = self.reservation(req, models)
+                self.head_version += 1
                 return reason  # later jobs see a new reservation: do not reuse this verdict
         if not already:
             self.hopeless[hopeless] = reason
+            self.verdict(j, reason)
+        return reason
+
+    def verdict(self, j: PendingJob, reason: str) -> str:
+        key = self.alike(j)
+        if key is not None:
+            self.verdicts[key] = (reason, self.head_version, self.team_version.get(j.team, 0))
         return reason
 
     def demands(self, j: PendingJob, req: Request) -> dict[str | None, quota.Demand]:
