@@ -202,6 +202,7 @@ class Loop:
     def run_pass(self) -> None:
         t0 = time.perf_counter()
         with self._lock:
+            reap_orphans()
             self.collect_ended()
             self.read_checkpoint_marks()
             self.settle_dependencies()
@@ -556,6 +557,18 @@ class Loop:
             run_dir=None,
             started_at=None,
         )
+
+
+def reap_orphans() -> None:
+    """Reap every exited child, including orphans adopted as a subreaper. Exit
+    statuses are not needed here: supervisors write theirs to status.json."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _how_it_ended(status: Any) -> str:

@@ -84,6 +84,17 @@ def _clear_stale_socket(path: Path) -> None:
         probe.close()
 
 
+def _become_subreaper() -> None:
+    """Adopt orphaned descendants (e.g. a job's init whose supervisor was killed):
+    PID 1 on some hosts never reaps them, and the loop reaps what it adopts."""
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) != 0:
+        log.warning("could not become a child subreaper: errno %d", ctypes.get_errno())
+
+
 def open_store(paths: ServerPaths) -> tuple[Store, ClusterConfig]:
     """The store, seeded from the cluster config at first start."""
     cluster = load_cluster(paths.config) if paths.config else ClusterConfig()
@@ -104,6 +115,7 @@ def serve(paths: ServerPaths, log_level: str = "warning") -> None:
     from mlq.scheduler.daemon.peer import PeerCredProtocol
 
     lock_fd = _lock_state_dir(paths.state_dir)
+    _become_subreaper()
     store, cluster = open_store(paths)
     _clear_stale_socket(paths.socket)
     loop = Loop(store, cluster, paths.state_dir, discover_node(cluster))
