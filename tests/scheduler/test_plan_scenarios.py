@@ -170,6 +170,30 @@ CASES = [
         id="a job inside its team's guarantee is placed before a higher class that would borrow",
     ),
     pytest.param(
+        "models-and-cpu-jobs.yaml",
+        [
+            {
+                "job": "media",
+                "node": "a40",
+                "mig": [{"gpu": 0, "profile": "1g.5gb+me", "start": 1}],
+            },
+            {"job": "any-gpu", "node": "a40", "gpus": [1]},
+            {"job": "a100-80", "node": "mixed", "gpus": [1]},
+            {"job": "cpu-only", "node": "cpu1", "gpus": []},
+            {
+                "job": "two-small",
+                "node": "a40",
+                "mig": [
+                    {"gpu": 0, "profile": "1g.5gb", "start": 0},
+                    {"gpu": 0, "profile": "1g.5gb", "start": 2},
+                ],
+            },
+        ],
+        [],
+        pend(("h100", "QuotaLimit nlp gpu:H100-80GB 0/0"), ("too-big", "Resources")),
+        id="a per-model limit steers a job to another model and driver names mean catalogue models",
+    ),
+    pytest.param(
         "backfill.yaml",
         [{"job": "short", "node": "n1", "gpus": [2]}],
         [],
