@@ -227,9 +227,6 @@ class NodeRoom:
             if g.mig is not None:
                 self.mig[g.index] = MigGpu(g.index, self.models[g.index], g.mig)
 
-    def mig_capacity(self, profile: str) -> int:
-        return sum(g.capacity(profile) for g in self.mig.values())
-
     def mig_capacities(self) -> dict[str, int]:
         """Every profile's capacity on this node, summed over its MIG GPUs."""
         out: dict[str, int] = {}
@@ -351,19 +348,6 @@ class Room:
                     if free == 0:
                         break
         return best[1] if best else None
-
-    def has_any(self, req: Request) -> bool:
-        """Cheap: is there any node bucket that could hold this shape (ignoring CPU)?"""
-        if req.profile:
-            b = self.slices.get(req.profile, [])
-            return any(b[k] for k in range(req.count, len(b)))
-        if req.gpus:
-            for m in [req.model] if req.model else self.whole_models:
-                b = self.whole.get(m, [])
-                if any(b[k] for k in range(req.gpus, len(b))):
-                    return True
-            return False
-        return True
 
 
 def take_slices(

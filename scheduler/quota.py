@@ -105,15 +105,6 @@ def covering_keys(demand: Demand, guarantee: Mapping[str, float]) -> list[str] |
     return keys or None
 
 
-def is_borrowed(usage: Mapping[str, float], demand: Demand, guarantee: Mapping[str, float]) -> bool:
-    """Whether a running job counts as borrowed: its team's guarantee does not cover it,
-    or the team holds more than its guarantee in a key that covers it."""
-    keys = covering_keys(demand, guarantee)
-    if keys is None:
-        return True
-    return any(usage.get(k, 0.0) > guarantee[k] + 1e-9 for k in keys)
-
-
 def within_guarantee(
     usage: Mapping[str, float], demand: Demand, guarantee: Mapping[str, float]
 ) -> bool:
