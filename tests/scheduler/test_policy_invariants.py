@@ -3,6 +3,7 @@ benchmark's builder): nothing is handed out twice, limits hold, every job is ans
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from dataclasses import replace
 from pathlib import Path
@@ -89,3 +90,11 @@ def test_same_snapshot_same_decisions_and_int_ids_work() -> None:
     assert len(named.starts) == len(first.starts) and len(named.preemptions) == len(
         first.preemptions
     )
+
+
+def test_the_snapshot_comes_back_unchanged() -> None:
+    """The policy works on its own copy: teams' quota maps and all else stay as given."""
+    snap = build(20, 400, seed=5)
+    before = copy.deepcopy(snap)
+    decide(snap)
+    assert snap == before
