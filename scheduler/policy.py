@@ -87,6 +87,7 @@ class _Pass:
         # node index -> (class, team, covered by its guarantee) -> devices held by jobs
         # that may still be victims: a cheap bound on what preemption could free there
         self.victim_gpus: list[dict[tuple[str, str, bool], int]] = [{} for _ in self.room.nodes]
+        self.uncovered: set[str] = set()  # teams running jobs their guarantee does not cover
         self._charge_running(snap.running)
         for t in self.usage:
             self.charge(t, ())
@@ -191,6 +192,8 @@ class _Pass:
                 devices = (shape[1] if isinstance(shape[1], int) else len(shape[1])) or 1
                 vkey = (self.rule(cls).name, shape[0], cover is not None)
                 counts[vkey] = counts.get(vkey, 0) + devices * count
+                if cover is None:
+                    self.uncovered.add(shape[0])
         for shape, count in totals.items():
             quota.add(self.team_usage(shape[0]), self._demand(shape)[0], count)
         for i in sorted(stopping_nodes):
@@ -505,6 +508,8 @@ class _Pass:
         reclaim: bool = False,
     ) -> VictimSet | None:
         """The cheapest victim set on one node, or None."""
+        if reclaim and not own_team and not self.borrowers_besides(j.team):
+            reclaim = False  # no other team holds a borrowed job: nothing to reclaim
         memo = (
             req,
             tuple(models),
@@ -635,6 +640,13 @@ class _Pass:
                         if i not in seen:
                             seen.add(i)
                             yield i
+
+    def borrowers_besides(self, team: str) -> bool:
+        """Whether a team other than ``team`` may hold borrowed jobs: it is over its
+        guarantee in some key, or runs jobs its guarantee does not cover."""
+        return any(t != team for t, keys in self.over.items() if keys) or any(
+            t != team for t in self.uncovered
+        )
 
     def could_fit(self, n: NodeRoom, req: Request, models: list[str], mine, cands) -> bool:
         """A cheap upper bound: would the job fit if every candidate stopped?"""
