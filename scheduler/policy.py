@@ -96,10 +96,16 @@ class _Pass:
     # -- step 1: what is held ---------------------------------------------------------
 
     def rule(self, name: str) -> PriorityRule:
-        return self.rules.get(name) or PriorityRule(name, 0)
+        got = self.rules.get(name)
+        if got is None:  # a class the snapshot does not define: lowest, preempts nothing
+            got = self.rules[name] = PriorityRule(name, 0)
+        return got
 
     def team(self, name: str) -> Team:
-        return self.teams.get(name) or Team(name)
+        got = self.teams.get(name)
+        if got is None:  # a team without quotas
+            got = self.teams[name] = Team(name)
+        return got
 
     def team_usage(self, name: str) -> dict[str, float]:
         return self.usage.setdefault(name, {})
@@ -279,19 +285,14 @@ class _Pass:
         by_team: dict[str, list[PendingJob]] = {}
         for j in pending:
             by_team.setdefault(j.team, []).append(j)
-        queues = {
-            t: deque(
-                sorted(
-                    js,
-                    key=lambda j: (
-                        -self.rule(j.priority_class).value,
-                        j.submitted_at,
-                        id_key(j.id),
-                    ),
-                )
-            )
-            for t, js in by_team.items()
-        }
+        value = {c: -self.rule(c).value for c in {j.priority_class for j in pending}}
+        if all(isinstance(j.id, int) for j in pending) or all(
+            isinstance(j.id, str) for j in pending
+        ):
+            queue_key = lambda j: (value[j.priority_class], j.submitted_at, j.id)  # noqa: E731
+        else:
+            queue_key = lambda j: (value[j.priority_class], j.submitted_at, id_key(j.id))  # noqa: E731
+        queues = {t: deque(sorted(js, key=queue_key)) for t, js in by_team.items()}
         heap = [self.key(t, q[0]) for t, q in queues.items()]
         heapq.heapify(heap)
         while heap:
