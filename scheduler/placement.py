@@ -218,7 +218,7 @@ class NodeRoom:
             for g in sorted(node.gpus, key=lambda g: g.index):
                 if g.mig is None:
                     whole.setdefault(models[g.index], []).append(g.index)
-            if len(_LAYOUTS) > 100_000:
+            if len(_LAYOUTS) > 4096:  # callers that build new Nodes each pass
                 _LAYOUTS.clear()
             layout = _LAYOUTS[id(node)] = (node, models, whole)
         self.models: dict[int, str] = layout[1]  # index -> model of every GPU (read only)
