@@ -31,6 +31,10 @@ command: [/bin/true]
 resources: {cpus: 1, memory: 64Mi}
 """
 
+# A job that stays queued on the bench node (it has no GPU), so submission figures
+# measure the API and the store, not jobs being launched meanwhile.
+QUEUED_JOB = TRIVIAL_JOB.replace("{cpus: 1, memory: 64Mi}", "{gpus: 1, cpus: 1, memory: 64Mi}")
+
 
 @contextmanager
 def mlq_daemon(cluster: str = BENCH_CLUSTER, env: dict[str, str] | None = None) -> Iterator[dict]:

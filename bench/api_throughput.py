@@ -13,14 +13,14 @@ import tempfile
 import time
 
 import yaml
-from _common import TRIVIAL_JOB, mlq_daemon, slurm, wall
+from _common import QUEUED_JOB, mlq_daemon, slurm, wall
 from mlq.cli.client import Client
 
 SLURM_PUBLISHED = 500.0
 
 
 def main(n: int = 1000) -> None:
-    spec = yaml.safe_load(TRIVIAL_JOB)
+    spec = yaml.safe_load(QUEUED_JOB)
     with mlq_daemon() as d:
         client = Client(d["env"]["MLQ_SOCKET"])
         for _ in range(20):  # warm up

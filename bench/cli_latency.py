@@ -11,17 +11,17 @@ import sys
 import tempfile
 
 import yaml
-from _common import MLQ, TRIVIAL_JOB, median_ms, mlq_daemon, slurm, wall
+from _common import MLQ, QUEUED_JOB, median_ms, mlq_daemon, slurm, wall
 from mlq.cli.client import Client
 
 
 def main(runs: int = 50) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(TRIVIAL_JOB)
+        f.write(QUEUED_JOB)
     rows = []
     with mlq_daemon() as d:
         Client(d["env"]["MLQ_SOCKET"]).post(
-            "/v1/jobs", {"spec": yaml.safe_load(TRIVIAL_JOB), "array": "0-999"}
+            "/v1/jobs", {"spec": yaml.safe_load(QUEUED_JOB), "array": "0-999"}
         )
         py = wall([sys.executable, "-c", "pass"], d["env"], runs)
         sub = wall([MLQ, "submit", f.name, "--json"], d["env"], runs)

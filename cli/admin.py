@@ -1,7 +1,5 @@
 """Admin commands: teams and their members, quotas, priority classes, whoami."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -1,7 +1,5 @@
 """Job commands: submit, queue (ls), show, cancel, history."""
 
-from __future__ import annotations
-
 import time
 from pathlib import Path
 from typing import Annotated

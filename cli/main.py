@@ -6,8 +6,6 @@ imported inside the commands that need them, so ``mlq queue --json`` does not
 pay for FastAPI. Every ``MlqError`` becomes one line on stderr and its exit code.
 """
 
-from __future__ import annotations
-
 import importlib
 import sys
 

@@ -1,8 +1,6 @@
 """``mlq nodes`` and ``mlq top``: this node, its GPUs and slices, who holds them,
 and each team's use of its quota; ``top`` refreshes in place."""
 
-from __future__ import annotations
-
 import time
 from typing import Annotated, Any
 

@@ -4,8 +4,6 @@
 Top-level imports stay typer + stdlib: the policy, pydantic and rich load inside.
 """
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated

@@ -6,8 +6,6 @@ then SIGKILL at the end of its grace period) and a second Ctrl-C as a kill.
 Root only: it creates cgroups and namespaces. The exit code is the job's.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 from pathlib import Path

@@ -1,7 +1,5 @@
 """``mlq server``: run the daemon in the foreground."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer
