@@ -22,7 +22,7 @@ from mlq.scheduler import migrations, states
 from mlq.scheduler.cluster import ClassDefaults, ClusterConfig, PriorityClass
 from mlq.scheduler.errors import Conflict, InvalidInput, NotFound
 from mlq.scheduler.models import Job, JobEvent, Member, Meta, PriorityClassRow, Quota, Team
-from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy import bindparam, create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -305,6 +305,12 @@ class Store:
             )
         return ids
 
+    def specs(self, ids: list[int]) -> list[tuple[int, str]]:
+        """(id, spec JSON) of these jobs."""
+        t = Job.__table__.c
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(select(t.id, t.spec).where(t.id.in_(ids)))]
+
     def job(self, job_id: int) -> Job:
         with self.session() as s:
             job = s.get(Job, job_id)
@@ -326,23 +332,30 @@ class Store:
         since: float | None = None,
         ids: Iterable[int] | None = None,
         limit: int | None = None,
-    ) -> list[Job]:
-        q = select(Job)
+        with_spec: bool = True,
+    ) -> list[Any]:
+        """Jobs as read-only rows with the ``Job`` table's attributes, oldest first.
+
+        Core rows, not ORM objects: the loop reads every active job on each pass and
+        ``mlq queue`` lists thousands; an ORM object costs ten times a row.
+        """
+        t = Job.__table__.c
+        q = select(Job.__table__) if with_spec else select(*[c for c in t if c.name != "spec"])
         if states_in is not None:
-            q = q.where(col(Job.state).in_(list(states_in)))
+            q = q.where(t.state.in_(list(states_in)))
         if team:
-            q = q.where(Job.team == team)
+            q = q.where(t.team == team)
         if user:
-            q = q.where(Job.user == user)
+            q = q.where(t.user == user)
         if since is not None:
-            q = q.where(col(Job.ended_at) >= since)
+            q = q.where(t.ended_at >= since)
         if ids is not None:
-            q = q.where(col(Job.id).in_(list(ids)))
-        q = q.order_by(Job.id)
+            q = q.where(t.id.in_(list(ids)))
+        q = q.order_by(t.id)
         if limit:
             q = q.limit(limit)
-        with self.session() as s:
-            return [j for (j,) in s.exec(q)]
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).all())
 
     def transition(self, job_id: int, state: str, reason: str = "", **fields: Any) -> Job:
         """Move a job to ``state`` and record the event, in one transaction."""
@@ -374,15 +387,18 @@ class Store:
             s.add(job)
 
     def set_reasons(self, reasons: dict[int, str]) -> None:
-        """Write pending reasons; not events (a reason is not a state change)."""
+        """Write pending reasons (not events: a reason is not a state change). Callers
+        pass only the reasons that changed; one statement for all of them."""
         if not reasons:
             return
-        with self.write() as s:
-            for job_id, reason in reasons.items():
-                job = s.get(Job, job_id)
-                if job is not None and job.reason != reason:
-                    job.reason = reason
-                    s.add(job)
+        t = Job.__table__
+        stmt = (
+            update(t)
+            .where(t.c.id == bindparam("job_id"), t.c.state == states.PENDING)
+            .values(reason=bindparam("new_reason"))
+        )
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(stmt, [{"job_id": k, "new_reason": v} for k, v in reasons.items()])
 
 
 def _class_row(c: PriorityClass) -> PriorityClassRow:
