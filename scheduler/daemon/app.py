@@ -52,8 +52,9 @@ class Daemon:
         self.loop: Any = None  # the scheduling loop, when the daemon runs one
 
 
-def caller(request: Request) -> Caller:
-    """The caller, from the socket's peer credentials (set by ``PeerCredProtocol``)."""
+async def caller(request: Request) -> Caller:
+    """The caller, from the socket's peer credentials (set by ``PeerCredProtocol``).
+    ``async``: a plain function would be run in a worker thread, a hop per request."""
     peer: Peer | None = request.scope.get("mlq.peer")
     if peer is None:
         raise Refused("the caller could not be identified; connect over mlq's Unix socket")

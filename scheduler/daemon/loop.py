@@ -193,9 +193,10 @@ class Loop:
                 fds = self._watch_fds()
             with contextlib.suppress(OSError, ValueError):  # an fd a pass closed meanwhile
                 select.select(fds, [], [], SAFETY_INTERVAL_S)
-            # Under a burst, leave twice as long between passes as a pass takes, so the
-            # API keeps two thirds of the CPU and the asks of the gap fold into one pass.
-            gap = max(MIN_GAP_S, 2 * self.stats.last_pass_ms / 1000) - (
+            # Under a burst, leave four times as long between passes as a pass takes, so
+            # the API keeps most of the CPU and the asks of the gap fold into one pass.
+            # (An idle daemon's passes take a few ms: a lone submit still starts at once.)
+            gap = max(MIN_GAP_S, 4 * self.stats.last_pass_ms / 1000) - (
                 time.monotonic() - self._last_end
             )
             if gap > 0:
