@@ -122,6 +122,9 @@ def run(
         _pump(files)
     finally:
         signal.signal(signal.SIGINT, previous)
+        from mlq.executor.cgroups import release_parents
+
+        release_parents()  # an idle node keeps no cgroup of mlq
     if json_out:
         print(json.dumps(status.summary()))
     else:

@@ -400,3 +400,26 @@ def driver_for(version: int, root: str = "/sys/fs/cgroup") -> V1Driver | V2Drive
     if d.version != version:
         raise ExecutorError(f"this run used cgroup v{version} but the host now has v{d.version}")
     return d
+
+
+def release_parents(root: str = "/sys/fs/cgroup") -> list[str]:
+    """Remove mlq's parent cgroups where no job cgroup is left under them.
+
+    The parent is made on a node's first launch; whoever stops launching (the
+    daemon at shutdown, ``mlq run`` at its end, a test session) releases it, so an
+    idle node keeps nothing of mlq. A parent that still holds a job is left alone
+    (rmdir refuses a non-empty cgroup), and a later launch makes it again.
+    Returns the parents removed.
+    """
+    removed = []
+    for mount, fstype, _ in _mounts():
+        if fstype not in ("cgroup", "cgroup2") or not mount.startswith(root):
+            continue
+        parent = os.path.join(mount, PARENT)
+        try:
+            os.rmdir(parent)
+        except OSError:
+            continue  # absent, or still in use
+        _made.discard(parent)
+        removed.append(parent)
+    return removed

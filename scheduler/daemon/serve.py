@@ -139,6 +139,9 @@ def serve(paths: ServerPaths, log_level: str = "warning") -> None:
         server.run()
     finally:
         loop.stop()  # running jobs keep running under their supervisors
+        from mlq.executor.cgroups import release_parents
+
+        release_parents()  # only where no job is left
         store.close()
         os.close(lock_fd)
 

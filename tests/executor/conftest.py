@@ -57,3 +57,12 @@ def _check_cgroup_version(cgroup_version):
 def busybox_rootfs(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("rootfs")
     return str(make_rootfs(root, {"/etc/mlq-image": "busybox-image\n"}))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _release_cgroup_parents():
+    """At the end, as any user of the executor that stops launching does."""
+    yield
+    from mlq.executor.cgroups import release_parents
+
+    release_parents()

@@ -42,3 +42,12 @@ def _no_outside_env(monkeypatch: pytest.MonkeyPatch):
     # A developer's shell may export these; each test sets what it needs.
     for key in (nvml.ENV_FAKE, nvml.ENV_DEV_ROOT, nvml.ENV_CAPS_FILE):
         monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _release_cgroup_parents():
+    """At the end, as any user of the executor that stops launching does."""
+    yield
+    from mlq.executor.cgroups import release_parents
+
+    release_parents()
