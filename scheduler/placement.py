@@ -74,7 +74,17 @@ _EMPTY = {model: _empty_capacity(model, masks) for model, masks in _MASKS.items(
 class MigGpu:
     """A GPU in MIG mode: its carved slices and which of them are held."""
 
-    __slots__ = ("index", "model", "carved", "used", "carved_occ", "masks", "cache")
+    __slots__ = (
+        "index",
+        "model",
+        "carved",
+        "used",
+        "carved_occ",
+        "masks",
+        "cache",
+        "free_counts",
+        "carvable",
+    )
 
     def __init__(self, index: int, model: str, carved: Iterable[tuple[str, int]]) -> None:
         self.index = index
@@ -84,37 +94,74 @@ class MigGpu:
         self.used: set[int] = set()
         self.carved_occ = 0
         self.cache: dict[str, int] = {}  # profile -> capacity, cleared on every change
+        # profile -> carved slices nobody holds, kept as slices are carved and used (every
+        # start re-counts its GPU's capacities, so this is not rebuilt from ``carved``)
+        self.free_counts: dict[str, int] = {}
+        self.carvable: dict[str, int] | None = None  # _carvable_all(), until a carve
         for profile, start in carved:
             self.carve(profile, start)
 
-    def carve(self, profile: str, start: int) -> None:
+    def copy(self) -> MigGpu:
+        """A working copy of this GPU (the layout cache keeps one per declared GPU, so a
+        decision copies it instead of carving the declared slices again)."""
+        g = MigGpu.__new__(MigGpu)
+        g.index, g.model, g.masks = self.index, self.model, self.masks
+        g.carved, g.used, g.carved_occ = dict(self.carved), set(self.used), self.carved_occ
+        g.free_counts, g.carvable, g.cache = dict(self.free_counts), self.carvable, self.cache
+        return g
+
+    def carve(self, profile: str, start: int, mask: int | None = None) -> None:
+        old = self.carved.get(start)
+        if old is not None and start not in self.used:
+            self.free_counts[old] -= 1
         self.carved[start] = profile
-        self.carved_occ |= _mask(mig.CATALOGUE[self.model][profile], start)
+        if start not in self.used:
+            self.free_counts[profile] = self.free_counts.get(profile, 0) + 1
+        if mask is None:
+            mask = _mask(mig.CATALOGUE[self.model][profile], start)
+        self.carved_occ |= mask
         self.cache = {}
+        self.carvable = None
 
     def use(self, start: int) -> None:
-        self.used.add(start)
+        if start not in self.used:
+            self.used.add(start)
+            profile = self.carved.get(start)
+            if profile is not None:
+                self.free_counts[profile] -= 1
         self.cache = {}
 
+    def save(self) -> tuple:
+        """The carving state, for a trial carve that restore() undoes."""
+        return dict(self.carved), self.carved_occ, dict(self.free_counts)
+
+    def restore(self, saved: tuple) -> None:
+        self.carved, self.carved_occ, self.free_counts = saved
+        self.cache = {}
+        self.carvable = None
+
     def capacities(self) -> dict[str, int]:
-        """Every profile's capacity on this GPU now (cached until the GPU changes)."""
+        """Every profile's capacity on this GPU now (cached until the GPU changes). The
+        dict is shared (with other GPUs of the same layout, and with Room.reindex):
+        read it, never change it."""
         if not self.cache:
             if not self.carved and self.model in _EMPTY:
-                self.cache = dict(_EMPTY[self.model])
+                self.cache = _EMPTY[self.model]
             else:
-                free: dict[str, int] = {}
-                for start, profile in self.carved.items():
-                    if start not in self.used:
-                        free[profile] = free.get(profile, 0) + 1
-                cache = dict(self._carvable_all())
-                for profile, k in free.items():
-                    cache[profile] = cache.get(profile, 0) + k
+                cache = self._carvable_all()
+                free = [(p, k) for p, k in self.free_counts.items() if k]
+                if free:
+                    cache = dict(cache)
+                    for profile, k in free:
+                        cache[profile] = cache.get(profile, 0) + k
                 self.cache = cache
         return self.cache
 
     def _carvable_all(self) -> dict[str, int]:
         """New slices each profile could still be carved as, given the carved layout.
         The same layouts recur on many GPUs, so the answer is kept per layout."""
+        if self.carvable is not None:
+            return self.carvable
         key = (
             self.model,
             self.carved_occ,
@@ -123,6 +170,7 @@ class MigGpu:
         got = _CARVABLE.get(key)
         if got is None:
             got = _CARVABLE[key] = {p: self._carvable(p, m) for p, m in self.masks.items()}
+        self.carvable = got
         return got
 
     def capacity(self, profile: str, freed: frozenset[int] | None = None) -> int:
@@ -166,20 +214,21 @@ class MigGpu:
         carved slice overlaps (in this working copy)."""
         masks = self.masks.get(profile, ())
         limit = mig.CATALOGUE[self.model][profile].max_instances if masks else 0
-        limit -= sum(1 for p in self.carved.values() if p == profile)
+        if limit - len(self.carved) < want:  # else the per-profile limit cannot bind first
+            limit -= sum(1 for p in self.carved.values() if p == profile)
         got: list[int] = []
         for s, m in masks:
             if len(got) >= want or len(got) >= limit:
                 break
             if not m & self.carved_occ:
-                self.carve(profile, s)
+                self.carve(profile, s, m)
                 got.append(s)
         return got
 
 
-# id(Node) -> (Node, models by index, free whole GPUs by model); the Node is kept so its
-# id cannot be reused while the entry lives
-_LAYOUTS: dict[int, tuple[Node, dict[int, str], dict[str, list[int]]]] = {}
+# id(Node) -> (Node, models by index, free whole GPUs by model, MIG GPUs as declared); the
+# Node is kept so its id cannot be reused while the entry lives
+_LAYOUTS: dict[int, tuple[Node, dict[int, str], dict[str, list[int]], dict[int, MigGpu]]] = {}
 
 
 class NodeRoom:
@@ -218,14 +267,18 @@ class NodeRoom:
             for g in sorted(node.gpus, key=lambda g: g.index):
                 if g.mig is None:
                     whole.setdefault(models[g.index], []).append(g.index)
+            migs = {
+                g.index: MigGpu(g.index, models[g.index], g.mig)
+                for g in node.gpus
+                if g.mig is not None
+            }
             if len(_LAYOUTS) > 4096:  # callers that build new Nodes each pass
                 _LAYOUTS.clear()
-            layout = _LAYOUTS[id(node)] = (node, models, whole)
+            layout = _LAYOUTS[id(node)] = (node, models, whole, migs)
         self.models: dict[int, str] = layout[1]  # index -> model of every GPU (read only)
         self.free: dict[str, list[int]] = {m: list(v) for m, v in layout[2].items()}
-        for g in node.gpus:
-            if g.mig is not None:
-                self.mig[g.index] = MigGpu(g.index, self.models[g.index], g.mig)
+        for idx, g in layout[3].items():
+            self.mig[idx] = g.copy()
 
     def mig_capacities(self) -> dict[str, int]:
         """Every profile's capacity on this node, summed over its MIG GPUs."""
@@ -264,15 +317,24 @@ class Room:
         if not n.mig:
             return
         changed: set[str] = set()
+        mig_cap = n.mig_cap
         for idx in n.mig if mig_gpus is None else mig_gpus:
             new = n.mig[idx].capacities()
-            old = n.gpu_caps.get(idx, {})
-            for profile in new.keys() | old.keys():
-                delta = new.get(profile, 0) - old.get(profile, 0)
-                if delta or profile not in n.mig_cap:
-                    n.mig_cap[profile] = n.mig_cap.get(profile, 0) + delta
+            old = n.gpu_caps.get(idx)
+            if old is new:  # the same cached dict: this GPU did not change since indexed
+                continue
+            if old is None:
+                old = {}
+            for profile, cap in new.items():
+                delta = cap - old.get(profile, 0)
+                if delta or profile not in mig_cap:
+                    mig_cap[profile] = mig_cap.get(profile, 0) + delta
                     changed.add(profile)
-            n.gpu_caps[idx] = dict(new)
+            for profile, cap in old.items():
+                if profile not in new:
+                    mig_cap[profile] = mig_cap.get(profile, 0) - cap
+                    changed.add(profile)
+            n.gpu_caps[idx] = new  # capacities() dicts are never changed in place
         for profile in changed:
             self._move(self.slices[profile], self._slices_at, (n.i, profile), n.mig_cap[profile])
 
@@ -358,13 +420,21 @@ def take_slices(
     freed = freed or {}
     none: frozenset[int] = frozenset()
     if count == 1 and not freed:  # the common case, without building lists
-        order = sorted(
-            (g.capacity(profile), g.index, g) for g in n.mig.values() if g.capacity(profile)
-        )
+        order = []
+        for g in n.mig.values():
+            cap = g.capacities().get(profile, 0)
+            if cap:
+                order.append((cap, g.index, g))
+        order.sort()
         for _, _, g in order:
-            for s, p in sorted(g.carved.items()):
-                if p == profile and s not in g.used:
-                    return [MigSlot(g.index, profile, s)]
+            if g.free_counts.get(profile):  # it has a free carved slice of the profile
+                return [
+                    MigSlot(
+                        g.index,
+                        profile,
+                        min(s for s, p in g.carved.items() if p == profile and s not in g.used),
+                    )
+                ]
         for _, _, g in order:
             got = g.carve_new(profile, 1)
             if got:
@@ -406,13 +476,12 @@ def fit_with_freed(
         have = sum(g.capacity(req.profile, ff.get(g.index, frozenset())) for g in n.mig.values())
         if have < req.count:
             return None
-        saved = {i: (dict(g.carved), g.carved_occ) for i, g in n.mig.items()}
+        saved = {i: g.save() for i, g in n.mig.items()}
         try:
             got = take_slices(n, req.profile, req.count, ff)
         finally:
-            for i, (carved, occ) in saved.items():
-                n.mig[i].carved, n.mig[i].carved_occ = carved, occ
-                n.mig[i].cache.clear()
+            for i, state in saved.items():
+                n.mig[i].restore(state)
         return ((), tuple(got)) if got else None
     if req.gpus:
         for m in models:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 
 from mlq.scheduler import quota
 from mlq.scheduler.placement import NodeRoom, Request, Room, canonical, fit_with_freed, take_slices
@@ -153,12 +152,15 @@ class _Pass:
         """Hold every running job's devices and charge its team. This runs for every job
         on every decision, so it does only counting; per-job views are built lazily."""
         by_name = self.room.by_name
-        # (node, class, shape, may be a victim) -> jobs: one dict update per job
-        groups: dict[tuple, int] = {}
+        # shape -> (demand, covering keys, devices): one dict lookup per job
+        info: dict[tuple, tuple] = {}
+        totals: dict[tuple, int] = {}  # shape -> running jobs: the teams' usage
         stopping_nodes: set[int] = set()
         now = self.now
         rules = self.rules
         jobs_on = self.jobs_on
+        victim_gpus = self.victim_gpus
+        hold = self.room.hold
         for r in running:
             n = by_name.get(r.node)
             if n is None:  # a job on a node that left the snapshot holds nothing we can give
@@ -166,7 +168,7 @@ class _Pass:
             gpus = r.gpus
             if r.mig:
                 shape: tuple = (r.team, tuple(s.profile for s in r.mig), r.cpus, r.memory)
-                self.room.hold(n, (), r.mig, 0, 0)
+                hold(n, (), r.mig, 0, 0)
             else:
                 model = n.models.get(gpus[0], "") if gpus else ""
                 shape = (r.team, len(gpus), model, r.cpus, r.memory)
@@ -179,27 +181,26 @@ class _Pass:
             n.free_cpu -= r.cpus
             n.free_mem -= r.memory
             jobs_on[n.i].append(r)
-            if r.stopping_for is None:
-                rule = rules.get(r.priority_class) or self.rule(r.priority_class)
-                victim = rule.preemptible and (
-                    not rule.min_run_time or now - r.started_at >= rule.min_run_time
-                )
-            else:
+            totals[shape] = totals.get(shape, 0) + 1
+            if r.stopping_for is not None:
                 stopping_nodes.add(n.i)
-                victim = False
-            key = (n.i, r.priority_class, shape, victim)
-            groups[key] = groups.get(key, 0) + 1
-        totals: dict[tuple, int] = {}
-        for (i, cls, shape, victim), count in groups.items():
-            totals[shape] = totals.get(shape, 0) + count
-            if victim:
-                cover = self._demand(shape)[1]
-                counts = self.victim_gpus[i]
-                devices = (shape[1] if isinstance(shape[1], int) else len(shape[1])) or 1
-                vkey = (self.rule(cls).name, shape[0], cover is not None)
-                counts[vkey] = counts.get(vkey, 0) + devices * count
-                if cover is None:
-                    self.uncovered.add(shape[0])
+                continue
+            rule = rules.get(r.priority_class) or self.rule(r.priority_class)
+            if rule.preemptible and (
+                not rule.min_run_time or now - r.started_at >= rule.min_run_time
+            ):
+                # it may be a victim: count its devices per (class, team, covered) on
+                # its node, the preemption search's cheap bound on what a node can free
+                got = info.get(shape)
+                if got is None:
+                    demand, cover = self._demand(shape)
+                    devices = (shape[1] if isinstance(shape[1], int) else len(shape[1])) or 1
+                    got = info[shape] = (cover is not None, devices)
+                    if cover is None:
+                        self.uncovered.add(shape[0])
+                counts = victim_gpus[n.i]
+                vkey = (rule.name, shape[0], got[0])
+                counts[vkey] = counts.get(vkey, 0) + got[1]
         for shape, count in totals.items():
             quota.add(self.team_usage(shape[0]), self._demand(shape)[0], count)
         for i in sorted(stopping_nodes):
@@ -233,13 +234,14 @@ class _Pass:
 
     @staticmethod
     def _request(j: PendingJob) -> Request:
-        return Request(
-            gpus=j.gpus if not j.mig else 0,
-            model=canonical(j.gpu_model) if j.gpu_model else None,
-            profile=j.mig.profile if j.mig else None,
-            count=j.mig.count if j.mig else 0,
-            cpus=j.cpus,
-            memory=j.memory,
+        m = j.mig
+        return Request(  # gpus, model, profile, count, cpus, memory (positional: cheaper)
+            0 if m else j.gpus,
+            canonical(j.gpu_model) if j.gpu_model else None,
+            m.profile if m else None,
+            m.count if m else 0,
+            j.cpus,
+            j.memory,
         )
 
     def would_borrow(self, j: PendingJob) -> bool:
@@ -260,12 +262,10 @@ class _Pass:
         if cover is None:
             return True
         usage = self.team_usage(j.team)
-        return any(usage.get(k, 0.0) + amount > limit + 1e-9 for k, amount, limit in cover)
-
-    def key(self, team: str, head: PendingJob) -> tuple:
-        """A team's place in the merge: its head job's class, the team's share, age."""
-        rule = self.rule(head.priority_class)
-        return (-rule.value, self.share(team), head.submitted_at, id_key(head.id), team)
+        for k, amount, limit in cover:  # noqa: SIM110 (a loop, not any(): runs for most jobs)
+            if usage.get(k, 0.0) + amount > limit + 1e-9:
+                return True
+        return False
 
     def share(self, team: str) -> float:
         got = self.shares.get(team)
@@ -281,26 +281,41 @@ class _Pass:
 
     def order(self, pending: tuple[PendingJob, ...]):
         """Merge the teams' queues (each by class, then age) by the teams' keys; a team's
-        key is recomputed whenever its head changes, so shares follow this pass's starts."""
-        by_team: dict[str, list[PendingJob]] = {}
-        for j in pending:
-            by_team.setdefault(j.team, []).append(j)
+        key is recomputed whenever its head changes, so shares follow this pass's starts.
+
+        A team's key is (-class value, share, submitted, id, team); all but the share are
+        the job's own, so each job's part is built once, and the merge only looks up the
+        share (cached until the team's usage changes) when the team's head changes."""
         value = {c: -self.rule(c).value for c in {j.priority_class for j in pending}}
-        if all(isinstance(j.id, int) for j in pending) or all(
+        # ids of one type compare as they are; a mix of ints and strings needs id_key
+        plain = all(isinstance(j.id, int) for j in pending) or all(
             isinstance(j.id, str) for j in pending
-        ):
-            queue_key = lambda j: (value[j.priority_class], j.submitted_at, j.id)  # noqa: E731
-        else:
-            queue_key = lambda j: (value[j.priority_class], j.submitted_at, id_key(j.id))  # noqa: E731
-        queues = {t: deque(sorted(js, key=queue_key)) for t, js in by_team.items()}
-        heap = [self.key(t, q[0]) for t, q in queues.items()]
+        )
+        by_team: dict[str, list[tuple]] = {}
+        for k, j in enumerate(pending):  # k: a tie on every field keeps the input order
+            by_team.setdefault(j.team, []).append(
+                (value[j.priority_class], j.submitted_at, j.id if plain else id_key(j.id), k, j)
+            )
+        queues: dict[str, list[tuple]] = {}
+        for t, recs in by_team.items():
+            recs.sort()
+            recs.reverse()  # the head last, so taking it is a pop()
+            queues[t] = recs
+        shares = self.shares
+        heap = [(q[-1][0], self.share(t), q[-1][1], q[-1][2], t) for t, q in queues.items()]
         heapq.heapify(heap)
         while heap:
-            t = heapq.heappop(heap)[-1]
+            t = heap[0][-1]
             q = queues[t]
-            yield q.popleft()
+            yield q.pop()[-1]
             if q:
-                heapq.heappush(heap, self.key(t, q[0]))
+                v, sub, idk, _, _ = q[-1]
+                share = shares.get(t)
+                if share is None:
+                    share = self.share(t)
+                heapq.heapreplace(heap, (v, share, sub, idk, t))
+            else:
+                heapq.heappop(heap)
 
     # -- step 3: each job ---------------------------------------------------------------
 
@@ -309,19 +324,21 @@ class _Pass:
         guarantee (or cannot be preempted), then the jobs that would borrow. So room that
         a team reclaims is not taken straight back by a borrower's requeued job of a
         higher class (Kueue, too, admits non-borrowing entries first)."""
-        later: list[PendingJob] = []
+        later: list[tuple[PendingJob, tuple | None]] = []
+        reasons = self.reasons
         for j in self.order(pending):
-            self.reasons[j.id] = ""  # keep queue order; filled below unless it starts
-            if self.settled_alike(j):
+            reasons[j.id] = ""  # keep queue order; filled below unless it starts
+            key = self.alike(j)  # fixed for the pass: computed once, used by both rounds
+            if key is not None and self.settled_alike(j, key):
                 continue
             if not j.held and not j.blocked_by_dependency and self.defers(j):
-                later.append(j)
+                later.append((j, key))
                 continue
-            self.settle(j)
-        for j in later:
-            if not self.settled_alike(j):
-                self.settle(j)
-        return Decisions(tuple(self.starts), tuple(self.preemptions), dict(self.reasons))
+            self.settle(j, key)
+        for j, key in later:
+            if key is None or not self.settled_alike(j, key):
+                self.settle(j, key)
+        return Decisions(tuple(self.starts), tuple(self.preemptions), dict(reasons))
 
     def alike(self, j: PendingJob) -> tuple | None:
         """What makes two pending jobs of one team behave the same in this pass."""
@@ -329,26 +346,27 @@ class _Pass:
             return None
         return (j.team, j.priority_class, self.request(j), j.time_limit)
 
-    def settled_alike(self, j: PendingJob) -> bool:
-        """Give ``j`` the reason an identical job of its team got, if nothing it depends on
-        changed since: the team's usage and the backfill head. Room and victims only
-        shrink in a pass, so the verdict holds; this keeps long queues cheap."""
-        key = self.alike(j)
-        got = self.verdicts.get(key) if key is not None else None
+    def settled_alike(self, j: PendingJob, key: tuple) -> bool:
+        """Give ``j`` the reason an identical job of its team got (``key``: alike(j)), if
+        nothing it depends on changed since: the team's usage and the backfill head. Room
+        and victims only shrink in a pass, so the verdict holds; this keeps long queues
+        cheap."""
+        got = self.verdicts.get(key)
         if got is None or got[1] != self.head_version or got[2] != self.team_version.get(j.team, 0):
             return False
         self.reasons[j.id] = got[0]
         return True
 
-    def settle(self, j: PendingJob) -> None:
-        reason = self.consider(j)
+    def settle(self, j: PendingJob, key: tuple | None) -> None:
+        reason = self.consider(j, key)
         if reason is None:
             del self.reasons[j.id]
         else:
             self.reasons[j.id] = reason
 
-    def consider(self, j: PendingJob) -> str | None:
-        """Start, preempt for, or give the reason ``j`` waits (None when it starts)."""
+    def consider(self, j: PendingJob, key: tuple | None = None) -> str | None:
+        """Start, preempt for, or give the reason ``j`` waits (None when it starts);
+        ``key``: alike(j), under which the reason is kept for identical jobs."""
         if j.held:
             return "Held"
         if j.blocked_by_dependency:
@@ -403,7 +421,7 @@ class _Pass:
         # and the team's standing only shrink during a pass, so give the reason cheaply
         hopeless = (req, j.priority_class, j.team, avoid, len(allowed))
         if not already and hopeless in self.hopeless:
-            return self.verdict(j, self.hopeless[hopeless])
+            return self.verdict(j, key, self.hopeless[hopeless])
         models = [m for m in allowed if m is not None]
         placed = self.place_now(req, models, avoid)
         if placed is not None:
@@ -431,11 +449,10 @@ class _Pass:
                 return reason  # later jobs see a new reservation: do not reuse this verdict
         if not already:
             self.hopeless[hopeless] = reason
-            self.verdict(j, reason)
+            self.verdict(j, key, reason)
         return reason
 
-    def verdict(self, j: PendingJob, reason: str) -> str:
-        key = self.alike(j)
+    def verdict(self, j: PendingJob, key: tuple | None, reason: str) -> str:
         if key is not None:
             self.verdicts[key] = (reason, self.head_version, self.team_version.get(j.team, 0))
         return reason

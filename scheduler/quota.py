@@ -64,6 +64,12 @@ def over_limit(
     usage: Mapping[str, float], demand: Demand, limit: Mapping[str, float]
 ) -> tuple[str, float, float] | None:
     """The first limit (key, used, limit) that ``demand`` on top of ``usage`` breaks."""
+    # the common answer is "none": check that with one loop before ranking the keys
+    for key, amount in demand:
+        if amount and key in limit and usage.get(key, 0.0) + amount > limit[key] + 1e-9:
+            break
+    else:
+        return None
     broken = [
         (_key_rank(key), key)
         for key, amount in demand
