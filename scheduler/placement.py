@@ -485,8 +485,9 @@ def fit_with_freed(
         return ((), tuple(got)) if got else None
     if req.gpus:
         for m in models:
-            free = sorted(set(n.free.get(m, ())) | {g for g in gpus_freed if n.models.get(g) == m})
-            if len(free) >= req.gpus:
-                return tuple(free[: req.gpus]), ()
+            free = set(n.free.get(m, ()))
+            free.update(g for g in gpus_freed if n.models.get(g) == m)
+            if len(free) >= req.gpus:  # sort only the set that is returned
+                return tuple(sorted(free)[: req.gpus]), ()
         return None
     return (), ()

@@ -76,7 +76,7 @@ class _Pass:
         self.preempt_nodes: dict[tuple, list[int]] = {}
         self.over: dict[str, set[str]] = {}  # team -> keys it holds over its guarantee
         self.shares: dict[str, float] = {}  # team -> dominant share, dropped on change
-        self.by_usage: dict[str, dict] = {}  # team -> (what, shape) -> answer, see cached()
+        self.by_usage: dict[str, dict] = {}  # team -> request -> allowed, see cached()
         self.requests: dict[JobId, Request] = {}
         # alike(job) -> (reason, head version, team usage version): see settled_alike()
         self.verdicts: dict[tuple, tuple[str, int, int]] = {}
@@ -219,8 +219,18 @@ class _Pass:
                 end = r.started_at + r.time_limit if r.time_limit is not None else math.inf
                 since = r.checkpoint_at if r.checkpoint_at is not None else r.started_at
                 lost = max(0.0, self.now - since)
+                rule = self.rule(r.priority_class)
                 held.append(
-                    Held(r, self.rule(r.priority_class), i, demand, end, lost=lost, cover=cover)
+                    Held(
+                        r,
+                        rule,
+                        i,
+                        demand,
+                        end,
+                        lost=lost,
+                        cover=cover,
+                        rank=(rule.value, lost, id_key(r.id)),
+                    )
                 )
         return held
 
@@ -326,11 +336,20 @@ class _Pass:
         higher class (Kueue, too, admits non-borrowing entries first)."""
         later: list[tuple[PendingJob, tuple | None]] = []
         reasons = self.reasons
+        verdicts = self.verdicts
+        team_version = self.team_version
         for j in self.order(pending):
             reasons[j.id] = ""  # keep queue order; filled below unless it starts
             key = self.alike(j)  # fixed for the pass: computed once, used by both rounds
-            if key is not None and self.settled_alike(j, key):
-                continue
+            if key is not None:  # settled_alike(j, key), inline: it runs for every job
+                got = verdicts.get(key)
+                if (
+                    got is not None
+                    and got[1] == self.head_version
+                    and got[2] == team_version.get(j.team, 0)
+                ):
+                    reasons[j.id] = got[0]
+                    continue
             if not j.held and not j.blocked_by_dependency and self.defers(j):
                 later.append((j, key))
                 continue
@@ -344,7 +363,8 @@ class _Pass:
         """What makes two pending jobs of one team behave the same in this pass."""
         if j.held or j.blocked_by_dependency or (self.stopping and j.id in self.stopping):
             return None
-        return (j.team, j.priority_class, self.request(j), j.time_limit)
+        req = self.requests.get(j.id) or self.request(j)
+        return (j.team, j.priority_class, req, j.time_limit)
 
     def settled_alike(self, j: PendingJob, key: tuple) -> bool:
         """Give ``j`` the reason an identical job of its team got (``key``: alike(j)), if
@@ -364,9 +384,9 @@ class _Pass:
         else:
             self.reasons[j.id] = reason
 
-    def consider(self, j: PendingJob, key: tuple | None = None) -> str | None:
+    def consider(self, j: PendingJob, like: tuple | None = None) -> str | None:
         """Start, preempt for, or give the reason ``j`` waits (None when it starts);
-        ``key``: alike(j), under which the reason is kept for identical jobs."""
+        ``like``: alike(j), under which the reason is kept for identical jobs."""
         if j.held:
             return "Held"
         if j.blocked_by_dependency:
@@ -390,10 +410,10 @@ class _Pass:
                 m: d for m, d in demands.items() if quota.over_limit(usage, d, team.limit) is None
             }
         else:
-            cache = self.cached(j.team)
-            allowed = cache.get(("allowed", req))
+            cache = self.cached(j.team)  # request -> allowed, until the team's usage changes
+            allowed = cache.get(req)
             if allowed is None:
-                allowed = cache[("allowed", req)] = {
+                allowed = cache[req] = {
                     m: d
                     for m, d in demands.items()
                     if quota.over_limit(usage, d, team.limit) is None
@@ -421,7 +441,7 @@ class _Pass:
         # and the team's standing only shrink during a pass, so give the reason cheaply
         hopeless = (req, j.priority_class, j.team, avoid, len(allowed))
         if not already and hopeless in self.hopeless:
-            return self.verdict(j, key, self.hopeless[hopeless])
+            return self.verdict(j, like, self.hopeless[hopeless])
         models = [m for m in allowed if m is not None]
         placed = self.place_now(req, models, avoid)
         if placed is not None:
@@ -449,7 +469,7 @@ class _Pass:
                 return reason  # later jobs see a new reservation: do not reuse this verdict
         if not already:
             self.hopeless[hopeless] = reason
-            self.verdict(j, key, reason)
+            self.verdict(j, like, reason)
         return reason
 
     def verdict(self, j: PendingJob, key: tuple | None, reason: str) -> str:
@@ -603,7 +623,10 @@ class _Pass:
                         if ok:
                             potential += v
                 free = n.free
-                most = max((len(free[m]) for m in whole_models if m in free), default=0)
+                most = 0
+                for m in whole_models:
+                    if m in free and len(free[m]) > most:
+                        most = len(free[m])
                 if potential + most < req.gpus:
                     dead.add(i)
                     continue
@@ -668,26 +691,36 @@ class _Pass:
 
     def could_fit(self, n: NodeRoom, req: Request, models: list[str], mine, cands) -> bool:
         """A cheap upper bound: would the job fit if every candidate stopped?"""
-        pool = mine + cands
-        if n.free_cpu + sum(h.job.cpus for h in pool) < req.cpus:
-            return False
-        if n.free_mem + sum(h.job.memory for h in pool) < req.memory:
+        cpu = mem = freed = 0
+        node_models = n.models
+        for pool in (mine, cands):
+            for h in pool:
+                job = h.job
+                cpu += job.cpus
+                mem += job.memory
+                for g in job.gpus:
+                    if node_models.get(g) in models:
+                        freed += 1
+        if n.free_cpu + cpu < req.cpus or n.free_mem + mem < req.memory:
             return False
         if req.gpus:
-            freed = sum(1 for h in pool for g in h.job.gpus if n.models.get(g) in models)
             return max((len(n.free.get(m, ())) for m in models), default=0) + freed >= req.gpus
         return True
 
     def victim_key(self, h: Held) -> tuple:
         """Borrowers' jobs first, then the lowest class, then the least work lost."""
-        return (0 if self.borrowed(h) else 1, h.rule.value, h.lost, id_key(h.id))
+        return (0 if self.borrowed(h) else 1, *h.rank)
 
     def borrowed(self, h: Held) -> bool:
         """Its team's guarantee does not cover it, or the team is over it in a key that does."""
         if h.cover is None:
             return True
-        over = self.over.get(h.job.team, ())
-        return any(k in over for k in h.cover)
+        over = self.over.get(h.job.team)
+        if over:
+            for k in h.cover:  # noqa: SIM110 (a loop, not any(): runs per candidate victim)
+                if k in over:
+                    return True
+        return False
 
     def commit_preemption(self, j: PendingJob, req: Request, vs: VictimSet) -> str:
         n = vs.node

@@ -28,6 +28,7 @@ class Held:
     chosen: bool = False  # became a victim during this decision
     lost: float = 0.0  # seconds of work lost if stopped now
     cover: list[str] | None = None  # the team's guarantee keys that cover it (quota.py)
+    rank: tuple = ()  # (class value, work lost, id_key): its victim order after "borrowed"
 
     @property
     def id(self) -> JobId:
@@ -48,11 +49,15 @@ class VictimSet:
     freed_cpu: int = 0
     freed_mem: int = 0
     already: list[Held] = field(default_factory=list)  # stopping for this job already
+    _cost: tuple | None = None
 
     def cost(self) -> tuple:
-        """Fewer victims, then less work lost, then the fuller node."""
-        free = sum(len(v) for v in self.node.free.values())
-        return (len(self.victims), sum(v.lost for v in self.victims), free, self.node.i)
+        """Fewer victims, then less work lost, then the fuller node. Kept once computed:
+        the search compares sets while the room stands still."""
+        if self._cost is None:
+            free = sum(len(v) for v in self.node.free.values())
+            self._cost = (len(self.victims), sum(v.lost for v in self.victims), free, self.node.i)
+        return self._cost
 
 
 def _freed(held: list[Held]) -> tuple[list[int], list[MigSlot], int, int]:
