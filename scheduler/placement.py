@@ -296,7 +296,9 @@ class Room:
         self.nodes = [NodeRoom(i, n) for i, n in enumerate(nodes)]
         self.by_name = {n.name: n for n in self.nodes}
         self.whole_models = sorted({m for n in self.nodes for m in n.free})
-        self.profiles = sorted({p for n in self.nodes for g in n.mig.values() for p in g.masks})
+        # a MIG GPU's profiles are its model's (g.masks is _MASKS[model]): look per model
+        mig_models = {g.model for n in self.nodes for g in n.mig.values()}
+        self.profiles = sorted({p for m in mig_models for p in _MASKS.get(m, {})})
         # model -> [free count -> {node index: None}] (dicts keep insertion order)
         self.whole: dict[str, list[dict[int, None]]] = {m: [] for m in self.whole_models}
         # profile -> [capacity -> {node index: None}]

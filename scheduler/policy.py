@@ -525,7 +525,7 @@ class _Pass:
         elif req.gpus:
             gpus = tuple(n.free[model][: req.gpus])
         self.room.hold(n, gpus, slots, req.cpus, req.memory)
-        self.room.reindex(n, {s.gpu for s in slots})
+        self.room.reindex(n, [s.gpu for s in slots] if slots else ())
         self.charge(j.team, allowed[model if req.gpus else None])
         end = self.now + j.time_limit if j.time_limit is not None else math.inf
         self.added.setdefault(n.i, []).append((end, gpus, slots, req.cpus, req.memory))
