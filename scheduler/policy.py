@@ -152,9 +152,9 @@ class _Pass:
         """Hold every running job's devices and charge its team. This runs for every job
         on every decision, so it does only counting; per-job views are built lazily."""
         by_name = self.room.by_name
-        # shape -> (demand, covering keys, devices): one dict lookup per job
-        info: dict[tuple, tuple] = {}
-        totals: dict[tuple, int] = {}  # shape -> running jobs: the teams' usage
+        # shape -> [running jobs of it, covered by its team's guarantee, devices each]:
+        # one dict lookup per job (hashing the shape is a good part of the cost)
+        totals: dict[tuple, list] = {}
         stopping_nodes: set[int] = set()
         now = self.now
         rules = self.rules
@@ -181,7 +181,12 @@ class _Pass:
             n.free_cpu -= r.cpus
             n.free_mem -= r.memory
             jobs_on[n.i].append(r)
-            totals[shape] = totals.get(shape, 0) + 1
+            got = totals.get(shape)
+            if got is None:
+                cover = self._demand(shape)[1]
+                devices = (shape[1] if isinstance(shape[1], int) else len(shape[1])) or 1
+                got = totals[shape] = [0, cover is not None, devices]
+            got[0] += 1
             if r.stopping_for is not None:
                 stopping_nodes.add(n.i)
                 continue
@@ -191,17 +196,12 @@ class _Pass:
             ):
                 # it may be a victim: count its devices per (class, team, covered) on
                 # its node, the preemption search's cheap bound on what a node can free
-                got = info.get(shape)
-                if got is None:
-                    demand, cover = self._demand(shape)
-                    devices = (shape[1] if isinstance(shape[1], int) else len(shape[1])) or 1
-                    got = info[shape] = (cover is not None, devices)
-                    if cover is None:
-                        self.uncovered.add(shape[0])
+                if not got[1]:
+                    self.uncovered.add(r.team)
                 counts = victim_gpus[n.i]
-                vkey = (rule.name, shape[0], got[0])
-                counts[vkey] = counts.get(vkey, 0) + got[1]
-        for shape, count in totals.items():
+                vkey = (rule.name, r.team, got[1])
+                counts[vkey] = counts.get(vkey, 0) + got[2]
+        for shape, (count, _, _) in totals.items():
             quota.add(self.team_usage(shape[0]), self._demand(shape)[0], count)
         for i in sorted(stopping_nodes):
             for h in self.held_on(i):
@@ -301,10 +301,13 @@ class _Pass:
         plain = all(isinstance(j.id, int) for j in pending) or all(
             isinstance(j.id, str) for j in pending
         )
+        # records hold the job's index, not the job: tuples of plain values are not
+        # tracked by the cyclic garbage collector, whose scans of 10^4 live records
+        # would otherwise cost more than the merge itself
         by_team: dict[str, list[tuple]] = {}
         for k, j in enumerate(pending):  # k: a tie on every field keeps the input order
             by_team.setdefault(j.team, []).append(
-                (value[j.priority_class], j.submitted_at, j.id if plain else id_key(j.id), k, j)
+                (value[j.priority_class], j.submitted_at, j.id if plain else id_key(j.id), k)
             )
         queues: dict[str, list[tuple]] = {}
         for t, recs in by_team.items():
@@ -317,9 +320,9 @@ class _Pass:
         while heap:
             t = heap[0][-1]
             q = queues[t]
-            yield q.pop()[-1]
+            yield pending[q.pop()[-1]]
             if q:
-                v, sub, idk, _, _ = q[-1]
+                v, sub, idk, _ = q[-1]
                 share = shares.get(t)
                 if share is None:
                     share = self.share(t)
@@ -760,6 +763,7 @@ class _Pass:
     def reservation(self, req: Request, models: list[str]) -> tuple[float, int | None]:
         """The head job's earliest start by running jobs' time limits, and the node."""
         best: tuple[float, int | None] = (math.inf, None)
+        whole = bool(req.gpus) and not req.profile
         for n in self.room.nodes:
             # running jobs by their time limits; victims chosen now or earlier are left out
             # (their room is promised to the job they stop for)
@@ -778,12 +782,27 @@ class _Pass:
             gpus: list[int] = []
             slots: list[MigSlot] = []
             cpu = mem = 0
+            # whole GPUs: fit_with_freed's test kept incrementally (each model's free GPUs
+            # plus those freed so far), not rebuilt after every event
+            have = {x: set(n.free.get(x, ())) for x in models} if whole else {}
             for end, g, s, c, m in events:
-                gpus.extend(g)
-                slots.extend(s)
                 cpu += c
                 mem += m
-                if fit_with_freed(n, req, models, gpus, slots, cpu, mem) is not None:
+                if whole:
+                    for idx in g:
+                        got = have.get(n.models.get(idx))
+                        if got is not None:
+                            got.add(idx)
+                    fits = (
+                        n.free_cpu + cpu >= req.cpus
+                        and n.free_mem + mem >= req.memory
+                        and any(len(have[x]) >= req.gpus for x in models)
+                    )
+                else:
+                    gpus.extend(g)
+                    slots.extend(s)
+                    fits = fit_with_freed(n, req, models, gpus, slots, cpu, mem) is not None
+                if fits:
                     if (max(end, self.now), n.i) < (
                         best[0],
                         best[1] if best[1] is not None else math.inf,
