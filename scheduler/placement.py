@@ -162,11 +162,8 @@ class MigGpu:
         The same layouts recur on many GPUs, so the answer is kept per layout."""
         if self.carvable is not None:
             return self.carvable
-        key = (
-            self.model,
-            self.carved_occ,
-            tuple(sorted(p for p in self.carved.values() if p.endswith("+me"))),
-        )
+        me = [p for p in self.carved.values() if p.endswith("+me")] if self.carved_occ else ()
+        key = (self.model, self.carved_occ, tuple(sorted(me)))
         got = _CARVABLE.get(key)
         if got is None:
             got = _CARVABLE[key] = {p: self._carvable(p, m) for p, m in self.masks.items()}

@@ -648,7 +648,7 @@ class _Pass:
             if not self.could_fit(n, req, whole_models, mine, [h for _, h in cands]):
                 dead.add(i)
                 continue
-            vs = victims_on_node(n, req, whole_models, cands, mine, quota_ok)
+            vs = victims_on_node(n, req, whole_models, cands, mine, quota_ok if own_team else None)
             if vs is None:
                 dead.add(i)
             elif best is None or vs.cost() < best.cost():

@@ -78,26 +78,35 @@ def victims_on_node(
     models: list[str],
     candidates: list[tuple[tuple, Held]],
     already: list[Held],
-    quota_ok: Callable[[list[Held], str | None], bool],
+    quota_ok: Callable[[list[Held], str | None], bool] | None,
 ) -> VictimSet | None:
     """Greedy in preference order until the job fits, then drop every victim it does not
     need (trying the least preferred first, as Kueue's minimal preemption does).
 
     ``candidates`` are (preference key, job) pairs already filtered for eligibility;
-    ``quota_ok(victims, model)`` says whether the job's team stays within its limit.
+    ``quota_ok(victims, model)`` says whether the job's team stays within its limit
+    (None: no limit to check).
     """
 
     def fits(chosen: list[Held]):
         gpus, slots, cpu, mem = _freed(already + chosen)
         got = fit_with_freed(node, req, models, gpus, slots, cpu, mem)
-        if got is None:
-            return None
+        if got is None or quota_ok is None:
+            return got
         model = node.models.get(got[0][0]) if got[0] else None
         return got if quota_ok(chosen, model) else None
 
-    got = fits([])
-    if got is not None:
-        return VictimSet(node, [], got[0], got[1], already=already)
+    # without victims: for whole GPUs with nothing stopping, it cannot fit unless one
+    # model has enough free GPUs (the usual case: the search comes after no free fit)
+    if (
+        already
+        or not req.gpus
+        or req.profile
+        or any(len(node.free.get(m, ())) >= req.gpus for m in models)
+    ):
+        got = fits([])
+        if got is not None:
+            return VictimSet(node, [], got[0], got[1], already=already)
     candidates.sort(key=lambda c: c[0])
     chosen: list[Held] = []
     for _, h in candidates:
