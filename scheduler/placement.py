@@ -300,8 +300,9 @@ class Room:
         self.whole: dict[str, list[dict[int, None]]] = {m: [] for m in self.whole_models}
         # profile -> [capacity -> {node index: None}]
         self.slices: dict[str, list[dict[int, None]]] = {p: [] for p in self.profiles}
-        self._whole_at: dict[tuple[int, str], int] = {}
-        self._slices_at: dict[tuple[int, str], int] = {}
+        # model (profile) -> node index -> the bucket the node is in now
+        self._whole_at: dict[str, dict[int, int]] = {m: {} for m in self.whole_models}
+        self._slices_at: dict[str, dict[int, int]] = {p: {} for p in self.profiles}
 
     def index_all(self) -> None:
         """Build the buckets; call after the running jobs' holdings were taken."""
@@ -312,7 +313,7 @@ class Room:
         """Move ``n`` to the buckets of its free room now. ``mig_gpus``: the MIG GPUs that
         changed (None: any may have; empty: none did), so only their slices are recounted."""
         for model, free in n.free.items():
-            self._move(self.whole[model], self._whole_at, (n.i, model), len(free))
+            self._move(self.whole[model], self._whole_at[model], n.i, len(free))
         if not n.mig:
             return
         changed: set[str] = set()
@@ -335,19 +336,19 @@ class Room:
                     changed.add(profile)
             n.gpu_caps[idx] = new  # capacities() dicts are never changed in place
         for profile in changed:
-            self._move(self.slices[profile], self._slices_at, (n.i, profile), n.mig_cap[profile])
+            self._move(self.slices[profile], self._slices_at[profile], n.i, mig_cap[profile])
 
     @staticmethod
-    def _move(buckets: list[dict[int, None]], at: dict, key: tuple[int, str], count: int) -> None:
-        old = at.get(key)
+    def _move(buckets: list[dict[int, None]], at: dict[int, int], i: int, count: int) -> None:
+        old = at.get(i)
         if old == count:
             return
         if old is not None:
-            del buckets[old][key[0]]
+            del buckets[old][i]
         while len(buckets) <= count:
             buckets.append({})
-        buckets[count][key[0]] = None
-        at[key] = count
+        buckets[count][i] = None
+        at[i] = count
 
     # -- holding room -------------------------------------------------------------
 
@@ -421,7 +422,7 @@ def take_slices(
     if count == 1 and not freed:  # the common case, without building lists
         order = []
         for g in n.mig.values():
-            cap = g.capacities().get(profile, 0)
+            cap = (g.cache or g.capacities()).get(profile, 0)
             if cap:
                 order.append((cap, g.index, g))
         order.sort()
