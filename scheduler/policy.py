@@ -257,10 +257,10 @@ class _Pass:
     def would_borrow(self, j: PendingJob) -> bool:
         """Whether starting ``j`` would take its team past its guarantee (Kueue orders
         such jobs after those that fit within their team's guarantee)."""
-        g = self.team(j.team).guarantee
+        g = (self.teams.get(j.team) or self.team(j.team)).guarantee
         if not g:
             return True
-        req = self.request(j)
+        req = self.requests.get(j.id) or self.request(j)
         cover = self.covers.get((j.team, req), False)
         if cover is False:  # the guarantee keys that cover this shape never change
             d = next(iter(self.demands(j, req).values()))
@@ -271,7 +271,9 @@ class _Pass:
             )
         if cover is None:
             return True
-        usage = self.team_usage(j.team)
+        usage = self.usage.get(j.team)
+        if usage is None:
+            usage = self.team_usage(j.team)
         for k, amount, limit in cover:  # noqa: SIM110 (a loop, not any(): runs for most jobs)
             if usage.get(k, 0.0) + amount > limit + 1e-9:
                 return True
@@ -287,7 +289,8 @@ class _Pass:
 
     def defers(self, j: PendingJob) -> bool:
         """Jobs that would borrow and could be preempted wait for the second round."""
-        return self.rule(j.priority_class).preemptible and self.would_borrow(j)
+        rule = self.rules.get(j.priority_class) or self.rule(j.priority_class)
+        return rule.preemptible and self.would_borrow(j)
 
     def order(self, pending: tuple[PendingJob, ...]):
         """Merge the teams' queues (each by class, then age) by the teams' keys; a team's
@@ -394,18 +397,21 @@ class _Pass:
             return "Held"
         if j.blocked_by_dependency:
             return "Dependency"
-        rule = self.rule(j.priority_class)
-        team = self.team(j.team)
-        req = self.request(j)
+        # dict lookups first, the creating methods only on a miss: this runs per job
+        rule = self.rules.get(j.priority_class) or self.rule(j.priority_class)
+        team = self.teams.get(j.team) or self.team(j.team)
+        req = self.requests.get(j.id) or self.request(j)
         stopping = self.stopping.get(j.id) if self.stopping else None
         already = [h for h in stopping if not h.chosen] if stopping else []
-        usage = self.team_usage(j.team)
+        usage = self.usage.get(j.team)
+        if usage is None:
+            usage = self.team_usage(j.team)
         if already:  # victims stopping for j free their team's usage for j
             usage = dict(usage)
             for h in already:
                 if h.job.team == j.team:
                     quota.add(usage, h.demand, -1)
-        demands = self.demands(j, req)  # model (or None) -> demand
+        demands = self.demand_cache.get(req) or self.demands(j, req)  # model (or None) -> demand
         if not team.limit:
             allowed = demands
         elif already:
@@ -644,10 +650,10 @@ class _Pass:
                     if since_found > PREEMPT_LOOKAHEAD:
                         break
                     continue
-            cands = [(self.victim_key(h), h) for h in held]
-            if not self.could_fit(n, req, whole_models, mine, [h for _, h in cands]):
+            if not self.could_fit(n, req, whole_models, mine, held):
                 dead.add(i)
                 continue
+            cands = [(self.victim_key(h), h) for h in held]
             vs = victims_on_node(n, req, whole_models, cands, mine, quota_ok if own_team else None)
             if vs is None:
                 dead.add(i)
