@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from mlq.scheduler.placement import NodeRoom, Request, fit_with_freed
 from mlq.scheduler.quota import Demand
@@ -89,7 +90,7 @@ def victims_on_node(
     """
 
     def fits(chosen: list[Held]):
-        gpus, slots, cpu, mem = _freed(already + chosen)
+        gpus, slots, cpu, mem = _freed(already + chosen if already else chosen)
         got = fit_with_freed(node, req, models, gpus, slots, cpu, mem)
         if got is None or quota_ok is None:
             return got
@@ -107,7 +108,7 @@ def victims_on_node(
         got = fits([])
         if got is not None:
             return VictimSet(node, [], got[0], got[1], already=already)
-    candidates.sort(key=lambda c: c[0])
+    candidates.sort(key=itemgetter(0))
     chosen: list[Held] = []
     for _, h in candidates:
         chosen.append(h)
