@@ -292,7 +292,9 @@ def _spawn(binary: str, plan_path: str) -> tuple[int, int, int]:
         if not chunk:
             break
         data += chunk
-    line = data.decode(errors="replace").strip()
+    # Only the first line is the report: a job that ends at once may have its "done"
+    # in the same read (the notify pipe then reads EOF when the supervisor exits).
+    line = data.decode(errors="replace").strip().split("\n", 1)[0]
     if line.startswith("ok "):
         _, sup, init = line.split()
         return int(sup), int(init), r
