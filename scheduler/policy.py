@@ -78,6 +78,7 @@ class _Pass:
         self.shares: dict[str, float] = {}  # team -> dominant share, dropped on change
         self.by_usage: dict[str, dict] = {}  # team -> request -> allowed, see cached()
         self.requests: dict[JobId, Request] = {}
+        self.request_of: dict[Request, Request] = {}  # each distinct request, once
         # alike(job) -> (reason, head version, team usage version): see settled_alike()
         self.verdicts: dict[tuple, tuple[str, int, int]] = {}
         self.head_version = 0
@@ -239,7 +240,11 @@ class _Pass:
     def request(self, j: PendingJob) -> Request:
         got = self.requests.get(j.id)
         if got is None:
-            got = self.requests[j.id] = self._request(j)
+            # one Request object per distinct request: a queue of 10^5 jobs asks for a
+            # few hundred shapes, and every live Request (a tuple subclass, which the
+            # cyclic GC never untracks) makes the collector's passes longer
+            req = self._request(j)
+            got = self.requests[j.id] = self.request_of.setdefault(req, req)
         return got
 
     @staticmethod
@@ -340,7 +345,10 @@ class _Pass:
         guarantee (or cannot be preempted), then the jobs that would borrow. So room that
         a team reclaims is not taken straight back by a borrower's requeued job of a
         higher class (Kueue, too, admits non-borrowing entries first)."""
-        later: list[tuple[PendingJob, tuple | None]] = []
+        # the second round's jobs and their alike keys, as two lists: a (job, key) pair
+        # per job would be one more object for the garbage collector to track
+        later: list[PendingJob] = []
+        later_keys: list[tuple | None] = []
         reasons = self.reasons
         verdicts = self.verdicts
         team_version = self.team_version
@@ -357,10 +365,11 @@ class _Pass:
                     reasons[j.id] = got[0]
                     continue
             if not j.held and not j.blocked_by_dependency and self.defers(j):
-                later.append((j, key))
+                later.append(j)
+                later_keys.append(key)
                 continue
             self.settle(j, key)
-        for j, key in later:
+        for j, key in zip(later, later_keys, strict=True):
             if key is None or not self.settled_alike(j, key):
                 self.settle(j, key)
         return Decisions(tuple(self.starts), tuple(self.preemptions), dict(reasons))
@@ -370,7 +379,8 @@ class _Pass:
         if j.held or j.blocked_by_dependency or (self.stopping and j.id in self.stopping):
             return None
         req = self.requests.get(j.id) or self.request(j)
-        return (j.team, j.priority_class, req, j.time_limit)
+        # a flat tuple of plain values, which the garbage collector stops tracking
+        return (j.team, j.priority_class, j.time_limit, *req)
 
     def settled_alike(self, j: PendingJob, key: tuple) -> bool:
         """Give ``j`` the reason an identical job of its team got (``key``: alike(j)), if
