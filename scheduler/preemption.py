@@ -90,21 +90,28 @@ def victims_on_node(
     """
 
     def fits(chosen: list[Held]):
+        """The devices the job would get with ``chosen`` stopped, and the CPUs and memory
+        they free; None if it would not fit."""
         gpus, slots, cpu, mem = _freed(already + chosen if already else chosen)
         got = fit_with_freed(node, req, models, gpus, slots, cpu, mem)
-        if got is None or quota_ok is None:
-            return got
-        model = node.models.get(got[0][0]) if got[0] else None
-        return got if quota_ok(chosen, model) else None
+        if got is None:
+            return None
+        if quota_ok is not None:
+            model = node.models.get(got[0][0]) if got[0] else None
+            if not quota_ok(chosen, model):
+                return None
+        return got[0], got[1], cpu, mem
 
     # without victims: for whole GPUs with nothing stopping, it cannot fit unless one
     # model has enough free GPUs (the usual case: the search comes after no free fit)
-    if (
-        already
-        or not req.gpus
-        or req.profile
-        or any(len(node.free.get(m, ())) >= req.gpus for m in models)
-    ):
+    maybe = already or not req.gpus or req.profile
+    if not maybe:
+        free = node.free
+        for m in models:
+            if len(free.get(m, ())) >= req.gpus:
+                maybe = True
+                break
+    if maybe:
         got = fits([])
         if got is not None:
             return VictimSet(node, [], got[0], got[1], already=already)
@@ -123,5 +130,4 @@ def victims_on_node(
         trial = [c for c in chosen if c is not h]
         if (g := fits(trial)) is not None:
             chosen, got = trial, g
-    _, _, cpu, mem = _freed(already + chosen)
-    return VictimSet(node, chosen, got[0], got[1], cpu, mem, already)
+    return VictimSet(node, chosen, got[0], got[1], got[2], got[3], already)
