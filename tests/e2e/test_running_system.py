@@ -382,7 +382,7 @@ def test_a_dependent_starts_after_its_dependency_completes(make_daemon, unix_use
 def test_a_job_reports_its_checkpoint_with_mlq_checkpoint_done(
     make_daemon, daemon_home, unix_users
 ):
-    from daemon_helpers import MLQ
+    from daemon_helpers import MLQ, ROOT
 
     d = make_daemon()
     gate = daemon_home / "gate"
@@ -395,7 +395,10 @@ kind: training
 command: [/bin/sh, -c, '{MLQ} checkpoint-done && echo marked; while [ ! -e /gate/open ]; do sleep 0.05; done']
 resources: {{cpus: 1, memory: 256Mi}}
 checkpoint: {{target: /ckpt}}
-volumes: [{{source: {gate}, target: /gate, readonly: true}}]
+volumes:
+  - {{source: {gate}, target: /gate, readonly: true}}
+  # mlq itself, at its own path: a checkout under /tmp is hidden by the job's own /tmp
+  - {{source: {ROOT}, target: {ROOT}, readonly: true}}
 """,
         user=unix_users["alice"],
     )

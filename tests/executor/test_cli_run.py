@@ -55,7 +55,7 @@ def test_run_json_prints_only_the_outcome_and_streams_the_jobs_output_to_stderr(
 
 def test_run_reports_out_of_memory_and_exits_with_the_jobs_code(tmp_path):
     hog = "x = []\nwhile True: x.append(bytearray(8 << 20))"
-    f = job_file(tmp_path, [sys.executable, "-c", hog])
+    f = job_file(tmp_path, [os.path.realpath(sys.executable), "-c", hog])  # outside /tmp
     p = mlq_run(tmp_path, str(f), "--json")
     out, err = p.communicate(timeout=60)
     result = json.loads(out)

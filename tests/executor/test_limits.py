@@ -6,6 +6,7 @@ cgroup v2 (tests/uml); the assertions are the same on both.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from exec_helpers import finish, request, run
 from mlq.executor import Outcome, Resources, start
 
 MiB = 2**20
-PY = sys.executable  # the host image has this interpreter
+# The interpreter itself, not the venv's link to it: a checkout under /tmp is hidden
+# from host-image jobs, whose /tmp is their own tmpfs.
+PY = os.path.realpath(sys.executable)
 
 HOG = """
 import time

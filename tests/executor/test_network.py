@@ -10,7 +10,9 @@ import pytest
 from exec_helpers import finish, request
 from mlq.executor import Network, Outcome, start
 
-PY = sys.executable
+# The interpreter itself, not the venv's link to it: a checkout under /tmp is hidden
+# from host-image jobs, whose /tmp is their own tmpfs.
+PY = os.path.realpath(sys.executable)
 NET = Network(mode="bridge", bridge="mlqtest0", subnet="10.231.0.0/24")
 
 SERVER = """

@@ -13,7 +13,13 @@ mount -t tmpfs run /run
 mkdir -p /run/mlq-out
 mount --bind "${MLQ_UML_OUT:?}" /run/mlq-out
 out=/run/mlq-out
+# the checkout too may be under /tmp (CI clones anywhere): keep it visible at its path
+repo=$(cd "${MLQ_UML_REPO:?}" && pwd -P)
+mkdir -p /run/mlq-repo
+mount --bind "$repo" /run/mlq-repo
 mount -t tmpfs tmp /tmp
+mkdir -p "$repo"
+mount --bind /run/mlq-repo "$repo"
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo "+memory +cpu +pids +io" > /sys/fs/cgroup/cgroup.subtree_control
 mkdir -p /tmp/mods/lib/modules
