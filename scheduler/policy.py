@@ -79,6 +79,7 @@ class _Pass:
         self.by_usage: dict[str, dict] = {}  # team -> request -> allowed, see cached()
         self.requests: dict[JobId, Request] = {}
         self.request_of: dict[Request, Request] = {}  # each distinct request, once
+        self.per_model_limit: dict[str, bool] = {}  # team -> its limit names a gpu:<model>
         # alike(job) -> (reason, head version, team usage version): see settled_alike()
         self.verdicts: dict[tuple, tuple[str, int, int]] = {}
         self.head_version = 0
@@ -114,8 +115,8 @@ class _Pass:
         """Change a team's usage and refresh the keys it holds over its guarantee."""
         usage = self.team_usage(team)
         quota.add(usage, demand, sign)
-        g = self.team(team).guarantee
-        self.over[team] = {k for k, v in g.items() if usage.get(k, 0.0) > v + 1e-9}
+        g = (self.teams.get(team) or self.team(team)).guarantee
+        self.over[team] = {k for k, v in g.items() if usage.get(k, 0.0) > v + 1e-9} if g else set()
         self.shares.pop(team, None)
         self.by_usage.pop(team, None)
         self.team_version[team] = self.team_version.get(team, 0) + 1
@@ -432,11 +433,7 @@ class _Pass:
             cache = self.cached(j.team)  # request -> allowed, until the team's usage changes
             allowed = cache.get(req)
             if allowed is None:
-                allowed = cache[req] = {
-                    m: d
-                    for m, d in demands.items()
-                    if quota.over_limit(usage, d, team.limit) is None
-                }
+                allowed = cache[req] = self.within_limit(j.team, usage, demands, team.limit)
 
         # backfill: after the first job blocked on Resources, a job must not delay it
         avoid = -1
@@ -495,6 +492,24 @@ class _Pass:
         if key is not None:
             self.verdicts[key] = (reason, self.head_version, self.team_version.get(j.team, 0))
         return reason
+
+    def within_limit(
+        self,
+        team: str,
+        usage: dict[str, float],
+        demands: dict[str | None, quota.Demand],
+        limit: dict[str, float],
+    ) -> dict[str | None, quota.Demand]:
+        """The demands (one per GPU model the job may take) that keep the team within
+        its limit. Without a per-model limit the models' demands differ only in a key
+        the limit does not name, so one check answers for all of them."""
+        per_model = self.per_model_limit.get(team)
+        if per_model is None:
+            per_model = self.per_model_limit[team] = any(k.startswith("gpu:") for k in limit)
+        if len(demands) > 1 and not per_model:
+            first = next(iter(demands.values()))
+            return dict(demands) if quota.over_limit(usage, first, limit) is None else {}
+        return {m: d for m, d in demands.items() if quota.over_limit(usage, d, limit) is None}
 
     def demands(self, j: PendingJob, req: Request) -> dict[str | None, quota.Demand]:
         got = self.demand_cache.get(req)
