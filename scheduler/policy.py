@@ -78,7 +78,7 @@ class _Pass:
         self.shares: dict[str, float] = {}  # team -> dominant share, dropped on change
         self.by_usage: dict[str, dict] = {}  # team -> request -> allowed, see cached()
         self.requests: dict[JobId, Request] = {}
-        self.request_of: dict[Request, Request] = {}  # each distinct request, once
+        self.request_of: dict[tuple, Request] = {}  # a job's request fields -> Request
         self.per_model_limit: dict[str, bool] = {}  # team -> its limit names a gpu:<model>
         # alike(job) -> (reason, head version, team usage version): see settled_alike()
         self.verdicts: dict[tuple, tuple[str, int, int]] = {}
@@ -241,11 +241,15 @@ class _Pass:
     def request(self, j: PendingJob) -> Request:
         got = self.requests.get(j.id)
         if got is None:
-            # one Request object per distinct request: a queue of 10^5 jobs asks for a
-            # few hundred shapes, and every live Request (a tuple subclass, which the
-            # cyclic GC never untracks) makes the collector's passes longer
-            req = self._request(j)
-            got = self.requests[j.id] = self.request_of.setdefault(req, req)
+            # one Request object per distinct job shape: a queue of 10^5 jobs asks for a
+            # few hundred shapes, so building each once is cheaper, and every live
+            # Request (a tuple subclass, which the cyclic GC never untracks) makes the
+            # collector's passes longer
+            shape = (j.gpus, j.gpu_model, j.mig, j.cpus, j.memory)
+            got = self.request_of.get(shape)
+            if got is None:
+                got = self.request_of[shape] = self._request(j)
+            self.requests[j.id] = got
         return got
 
     @staticmethod

@@ -125,5 +125,10 @@ def within_guarantee(
 def dominant_share(usage: Mapping[str, float], guarantee: Mapping[str, float]) -> float:
     """The largest usage/guarantee over the team's guaranteed keys (DRF against the
     guarantee); a team without a guarantee ranks after every team with one."""
-    shares = [usage.get(k, 0.0) / g for k, g in guarantee.items() if g > 0]
-    return max(shares) if shares else math.inf
+    best = None  # max() of the shares, without a list: this runs after every start
+    for k, g in guarantee.items():
+        if g > 0:
+            share = usage.get(k, 0.0) / g
+            if best is None or share > best:
+                best = share
+    return math.inf if best is None else best
