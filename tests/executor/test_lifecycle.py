@@ -30,9 +30,7 @@ from mlq.executor import (
 )
 from mlq.executor.runner import Handle
 
-# The interpreter itself, not the venv's link to it: a checkout under /tmp is hidden
-# from host-image jobs, whose /tmp is their own tmpfs.
-PY = os.path.realpath(sys.executable)
+PY = sys.executable  # runs on the host, with the venv (mlq importable)
 
 
 def wait_for_output(handle, text: str, timeout: float = 20) -> None:
