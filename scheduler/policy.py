@@ -844,6 +844,10 @@ class _Pass:
                     ):
                         best = (max(end, self.now), n.i)
                     break
+            if best[0] <= self.now:
+                # room already free now (a job past its time limit): no later node, with
+                # its higher index, can come earlier
+                break
         return best
 
 
