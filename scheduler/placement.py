@@ -101,11 +101,11 @@ class MigGpu:
         for profile, start in carved:
             self.carve(profile, start)
 
-    def copy(self) -> MigGpu:
-        """A working copy of this GPU (the layout cache keeps one per declared GPU, so a
-        decision copies it instead of carving the declared slices again)."""
+    def copy(self, index: int) -> MigGpu:
+        """A working copy of this GPU as GPU ``index`` (one GPU per declared layout is
+        kept, so a decision copies it instead of carving the declared slices again)."""
         g = MigGpu.__new__(MigGpu)
-        g.index, g.model, g.masks = self.index, self.model, self.masks
+        g.index, g.model, g.masks = index, self.model, self.masks
         g.carved, g.used, g.carved_occ = dict(self.carved), set(self.used), self.carved_occ
         g.free_counts, g.carvable, g.cache = dict(self.free_counts), self.carvable, self.cache
         return g
@@ -225,7 +225,20 @@ class MigGpu:
 
 # id(Node) -> (Node, models by index, free whole GPUs by model, MIG GPUs as declared); the
 # Node is kept so its id cannot be reused while the entry lives
-_LAYOUTS: dict[int, tuple[Node, dict[int, str], dict[str, list[int]], dict[int, MigGpu]]] = {}
+_LAYOUTS: dict[
+    int, tuple[Node, dict[int, str], dict[str, list[int]], tuple[int, ...], tuple[MigGpu, ...]]
+] = {}
+# (model, declared slices) -> a MIG GPU with that layout, shared by every GPU that has it
+_DECLARED: dict[tuple[str, tuple[tuple[str, int], ...]], MigGpu] = {}
+
+
+def _declared(model: str, carved: tuple[tuple[str, int], ...]) -> MigGpu:
+    got = _DECLARED.get((model, carved))
+    if got is None:
+        if len(_DECLARED) > 4096:
+            _DECLARED.clear()
+        got = _DECLARED[(model, carved)] = MigGpu(0, model, carved)
+    return got
 
 
 class NodeRoom:
@@ -264,18 +277,16 @@ class NodeRoom:
             for g in sorted(node.gpus, key=lambda g: g.index):
                 if g.mig is None:
                     whole.setdefault(models[g.index], []).append(g.index)
-            migs = {
-                g.index: MigGpu(g.index, models[g.index], g.mig)
-                for g in node.gpus
-                if g.mig is not None
-            }
+            declared = [g for g in node.gpus if g.mig is not None]
+            mig_index = tuple(g.index for g in declared)
+            mig_as = tuple(_declared(models[g.index], tuple(g.mig)) for g in declared)
             if len(_LAYOUTS) > 4096:  # callers that build new Nodes each pass
                 _LAYOUTS.clear()
-            layout = _LAYOUTS[id(node)] = (node, models, whole, migs)
+            layout = _LAYOUTS[id(node)] = (node, models, whole, mig_index, mig_as)
         self.models: dict[int, str] = layout[1]  # index -> model of every GPU (read only)
         self.free: dict[str, list[int]] = {m: list(v) for m, v in layout[2].items()}
-        for idx, g in layout[3].items():
-            self.mig[idx] = g.copy()
+        for idx, g in zip(layout[3], layout[4], strict=True):
+            self.mig[idx] = g.copy(idx)
 
     def mig_capacities(self) -> dict[str, int]:
         """Every profile's capacity on this node, summed over its MIG GPUs."""
