@@ -280,3 +280,25 @@ def test_a_volume_or_image_that_does_not_exist_is_refused_at_submit(daemon, unix
     assert "volumes[0].source: /no/such/dir does not exist on this node" in r.err
     assert "image: /no/such/rootfs does not exist" in r.err
     assert daemon.rows("jobs") == 0
+
+
+def test_an_admin_changes_a_class_and_new_jobs_get_its_defaults(daemon, unix_users):
+    r = daemon.cli("class", "set", "training", "--default-cpus", "2", user=unix_users["alice"])
+    assert r.code == 3
+    r = daemon.cli("class", "set", "training", "--default-cpus", "2", "--default-memory", "8Gi")
+    assert r.code == 0, r.err
+    text = GOOD.replace("resources: {gpus: 2, cpus: 8, memory: 32Gi}", "resources: {gpus: 1}")
+    out = submit(daemon, text, "--dry-run", "--json", user=unix_users["alice"]).json()
+    assert out["limits"]["cpu.max"] == "200000 100000"
+    assert out["limits"]["memory.max"] == 8 * 2**30
+    classes = {c["name"]: c for c in daemon.cli("class", "list", "--json").json()["classes"]}
+    assert classes["training"]["default_cpus"] == "2"
+    assert classes["training"]["default_time_limit"] == "7d"  # untouched
+    r = daemon.cli("class", "set", "training", "--default-memory", "lots")
+    assert r.code == 2
+    assert 'defaults.memory: "lots" is not a size' in r.err
+    r = daemon.cli("class", "set", "urgent", "--preempts", "batch")
+    assert r.code == 2
+    assert 'class "urgent" is new: --value is required' in r.err
+    assert daemon.cli("class", "set", "urgent", "--value", "800", "--preempts", "batch").code == 0
+    assert "urgent" in {c["name"] for c in daemon.cli("class", "list", "--json").json()["classes"]}

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from mlq.scheduler import states
-from mlq.scheduler.cluster import ClassDefaults, PriorityClass, parse_quota_value
+from mlq.scheduler.cluster import PriorityClass, parse_quota_value
 from mlq.scheduler.daemon import schemas as S
 from mlq.scheduler.daemon.auth import Caller, require_admin, require_owner
 from mlq.scheduler.daemon.logs import read_log
@@ -237,18 +237,12 @@ def build_app(daemon: Daemon) -> FastAPI:
         current = next((c for c in store.classes() if c.name == name), None)
         if current is None and body.value is None:
             raise InvalidInput(f'class "{name}" is new: --value is required')
-        base = current.model_dump() if current else {"name": name, "defaults": {}}
-        d = dict(base["defaults"])
-        for field, key in (
-            ("default_cpus", "cpus"),
-            ("default_memory", "memory"),
-            ("default_time_limit", "time_limit"),
-        ):
-            v = getattr(body, field)
-            if v is not None:
-                d[key] = v
-        if current:
-            d["cpus"] = f"{current.defaults.cpus}m" if body.default_cpus is None else d["cpus"]
+        # JSON mode writes CPUs as "4000m", which parses back to the same value
+        base = current.model_dump(mode="json") if current else {"name": name}
+        defaults = dict(base.get("defaults", {}))
+        for key in ("cpus", "memory", "time_limit"):
+            if (v := getattr(body, f"default_{key}")) is not None:
+                defaults[key] = v
         updates = {
             k: getattr(body, k)
             for k in ("value", "preempts", "preemptible", "min_run_time")
@@ -258,7 +252,7 @@ def build_app(daemon: Daemon) -> FastAPI:
         from pydantic import ValidationError
 
         try:
-            pc = PriorityClass.model_validate(base | updates | {"defaults": ClassDefaults(**d)})
+            pc = PriorityClass.model_validate(base | updates | {"defaults": defaults})
         except ValidationError as exc:
             raise InvalidInput(validation_problems(exc, PriorityClass)) from None
         store.set_class(pc)
