@@ -110,7 +110,7 @@ def build_app(daemon: Daemon) -> FastAPI:
             raise InvalidInput(
                 f'state: "{bad[0]}" is not a state; use one of {", ".join(states.ALL)}'
             )
-        jobs = store.jobs(states_in=wanted, team=team, user=user)
+        jobs = store.jobs(states_in=wanted, team=team, user=user, with_spec=False)
         return typed(S.JobList(jobs=[S.JobOut.of(j) for j in jobs]))
 
     @app.get("/v1/history", response_model=S.JobList, tags=["jobs"])
@@ -120,7 +120,9 @@ def build_app(daemon: Daemon) -> FastAPI:
         user: str | None = None,
         limit: int = 1000,
     ) -> S.JobList:
-        jobs = store.jobs(states_in=states.FINAL, team=team, user=user, since=since)
+        jobs = store.jobs(
+            states_in=states.FINAL, team=team, user=user, since=since, with_spec=False
+        )
         jobs.sort(key=lambda j: j.ended_at or 0)
         return S.JobList(jobs=[S.JobOut.of(j) for j in jobs[-limit:]])
 
@@ -311,7 +313,10 @@ def build_app(daemon: Daemon) -> FastAPI:
                     cpu_throttled_s=figures.cpu_throttled_usec / 1e6 if figures else None,
                 )
             )
-        pending = [S.JobOut.of(j) for j in store.jobs(states_in=(states.PENDING,), limit=200)]
+        pending = [
+            S.JobOut.of(j)
+            for j in store.jobs(states_in=(states.PENDING,), limit=200, with_spec=False)
+        ]
         return S.TopOut(
             nodes=[node_view(store, loop.node)],
             running=running,
