@@ -30,6 +30,11 @@ def test_the_daemon_discovers_the_node_and_runs_a_mig_job_on_a_discovered_slice(
     assert [g["index"] for g in node["gpus"]] == list(range(8))
     slices = {(g["index"], m["start"]): m for g in node["gpus"] if g.get("mig") for m in g["mig"]}
     assert sorted(m["profile"] for m in slices.values()) == ["1g.10gb"] * 7 + ["3g.40gb"] * 2
+    # rediscovery is for admins, and finds the same node
+    assert d.cli("nodes", "--refresh", user=unix_users["alice"]).code == 3
+    again = d.cli("nodes", "--refresh", "--json")
+    assert again.code == 0, again.err
+    assert again.json()["nodes"][0]["gpus"] == node["gpus"]
 
     job_id = d.submit(
         f"""
