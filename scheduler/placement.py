@@ -285,8 +285,9 @@ class NodeRoom:
             layout = _LAYOUTS[id(node)] = (node, models, whole, mig_index, mig_as)
         self.models: dict[int, str] = layout[1]  # index -> model of every GPU (read only)
         self.free: dict[str, list[int]] = {m: list(v) for m, v in layout[2].items()}
-        for idx, g in zip(layout[3], layout[4], strict=True):
-            self.mig[idx] = g.copy(idx)
+        if layout[3]:  # most nodes have no MIG GPU: skip building the zip
+            for idx, g in zip(layout[3], layout[4], strict=True):
+                self.mig[idx] = g.copy(idx)
 
     def mig_capacities(self) -> dict[str, int]:
         """Every profile's capacity on this node, summed over its MIG GPUs."""

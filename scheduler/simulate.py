@@ -148,10 +148,20 @@ def load_sim_cluster(path: str | Path) -> SimCluster:
 def fifo_decide(snap: Snapshot) -> Decisions:
     """Strict FIFO: by submission time; the first job that does not fit blocks the rest."""
     room = Room(snap.nodes)
-    for r in snap.running:
-        n = room.by_name.get(r.node)
-        if n is not None:
-            room.hold(n, r.gpus, r.mig, r.cpus, r.memory)
+    by_name = room.by_name
+    for r in snap.running:  # room.hold(), inline for whole GPUs: this runs per job per event
+        n = by_name.get(r.node)
+        if n is None:
+            continue
+        if r.mig:
+            room.hold(n, (), r.mig, 0, 0)
+        else:
+            for idx in r.gpus:
+                free = n.free.get(n.models.get(idx, ""))
+                if free is not None and idx in free:
+                    free.remove(idx)
+        n.free_cpu -= r.cpus
+        n.free_mem -= r.memory
     room.index_all()
     starts: list[Start] = []
     reasons: dict = {}
