@@ -359,16 +359,22 @@ class Store:
 
     def transition(self, job_id: int, state: str, reason: str = "", **fields: Any) -> Job:
         """Move a job to ``state`` and record the event, in one transaction."""
+        return self.transitions(job_id, [(state, reason, fields)])
+
+    def transitions(self, job_id: int, steps: list[tuple[str, str, dict[str, Any]]]) -> Job:
+        """Several state changes of one job, each with its event, in one transaction
+        (PREEMPTED then PENDING: a crash between them must not lose the requeue)."""
         with self.write() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise NotFound(f"job {job_id} does not exist")
-            job.state = state
-            job.reason = reason
-            for k, v in fields.items():
-                setattr(job, k, v)
+            for state, reason, fields in steps:
+                job.state = state
+                job.reason = reason
+                for k, v in fields.items():
+                    setattr(job, k, v)
+                s.add(JobEvent(job_id=job_id, at=time.time(), state=state, reason=reason))
             s.add(job)
-            s.add(JobEvent(job_id=job_id, at=time.time(), state=state, reason=reason))
             return job
 
     def count_by_state(self) -> dict[str, int]:

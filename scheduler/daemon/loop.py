@@ -277,22 +277,20 @@ class Loop:
         }
         how = _how_it_ended(status)
         if job.stop_cause == "preempt":
-            self.store.transition(
-                job.id, states.PREEMPTED, f"Preempted for job {job.stop_for} ({how})", **fields
-            )
+            steps = [(states.PREEMPTED, f"Preempted for job {job.stop_for} ({how})", fields)]
             if spec.preemption.requeue:
-                self.store.transition(
-                    job.id,
-                    states.PENDING,
-                    f"Requeued after preemption (restart {job.restart_count + 1})",
-                    restart_count=job.restart_count + 1,
-                    node=None,
-                    devices=None,
-                    cgroup=None,
-                    stop_cause=None,
-                    stop_for=None,
-                    ended_at=None,
-                )
+                requeue = {
+                    "restart_count": job.restart_count + 1,
+                    "node": None,
+                    "devices": None,
+                    "cgroup": None,
+                    "stop_cause": None,
+                    "stop_for": None,
+                    "ended_at": None,
+                }
+                why = f"Requeued after preemption (restart {job.restart_count + 1})"
+                steps.append((states.PENDING, why, requeue))
+            self.store.transitions(job.id, steps)
             return
         if job.stop_cause == "cancel":
             self.store.transition(job.id, states.CANCELLED, f"{job.reason} ({how})", **fields)
