@@ -578,6 +578,11 @@ class Loop:
                     self.store.transition(
                         job.id, states.RUNNING, "re-adopted after a daemon restart"
                     )
+                elif job.state == states.STOPPING and not (Path(job.run_dir) / "control").exists():
+                    # STOPPING was recorded, but the daemon died before it asked: ask now
+                    from mlq.executor import stop
+
+                    stop(found)
                 log.info("re-adopted job %s (supervisor %s)", job.id, found.supervisor_pid)
             elif not started and job.state == states.STARTING:
                 self._requeue_unstarted(job)
