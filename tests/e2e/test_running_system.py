@@ -425,3 +425,29 @@ def test_checkpoint_done_outside_a_job_says_why_it_cannot(make_daemon):
     r = d.cli("checkpoint-done")
     assert r.code == 2
     assert "MLQ_CHECKPOINT_MARK is not set" in r.err
+
+
+def test_a_stop_recorded_but_never_sent_before_a_crash_is_sent_after_the_restart(
+    make_daemon, unix_users
+):
+    import sqlite3
+
+    d = make_daemon()
+    job_id = d.submit(
+        "name: loop\nteam: nlp\ncommand: [/bin/sh, -c, 'while true; do sleep 0.05; done']\n"
+        "resources: {cpus: 1, memory: 32Mi}\npreemption: {grace_period: 1s}\n",
+        user=unix_users["alice"],
+    )
+    d.wait_for(job_id, "RUNNING")
+    d.stop(signal.SIGKILL)
+    # the daemon died right after committing STOPPING, before it asked the supervisor
+    with sqlite3.connect(d.db) as conn:
+        conn.execute(
+            "UPDATE jobs SET state='STOPPING', stop_cause='cancel', reason='Cancelled by x' "
+            "WHERE id=?",
+            (job_id,),
+        )
+    d.start()
+    job = d.wait_for(job_id, {"CANCELLED", "COMPLETED", "FAILED"}, timeout=30)
+    assert job["state"] == "CANCELLED"
+    assert job["signal"] in ("SIGTERM", "SIGKILL")
