@@ -402,6 +402,17 @@ def driver_for(version: int, root: str = "/sys/fs/cgroup") -> V1Driver | V2Drive
     return d
 
 
+def parents(root: str = "/sys/fs/cgroup") -> list[str]:
+    """mlq's parent cgroups that exist now."""
+    return [
+        os.path.join(mount, PARENT)
+        for mount, fstype, _ in _mounts()
+        if fstype in ("cgroup", "cgroup2")
+        and mount.startswith(root)
+        and os.path.isdir(os.path.join(mount, PARENT))
+    ]
+
+
 def release_parents(root: str = "/sys/fs/cgroup") -> list[str]:
     """Remove mlq's parent cgroups where no job cgroup is left under them.
 
@@ -412,10 +423,7 @@ def release_parents(root: str = "/sys/fs/cgroup") -> list[str]:
     Returns the parents removed.
     """
     removed = []
-    for mount, fstype, _ in _mounts():
-        if fstype not in ("cgroup", "cgroup2") or not mount.startswith(root):
-            continue
-        parent = os.path.join(mount, PARENT)
+    for parent in parents(root):
         try:
             os.rmdir(parent)
         except OSError:

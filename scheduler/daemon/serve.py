@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,15 +136,35 @@ def serve(paths: ServerPaths, log_level: str = "warning") -> None:
         lifespan="off",
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with the
+    # default handlers that would end the process before the clean-up below runs.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     try:
         server.run()
     finally:
         loop.stop()  # running jobs keep running under their supervisors
-        from mlq.executor.cgroups import release_parents
-
-        release_parents()  # only where no job is left
+        _release_cgroups(wait=not loop.handles)
         store.close()
         os.close(lock_fd)
+
+
+def _release_cgroups(wait: bool) -> None:
+    """Remove mlq's parent cgroups if no job is left under them. With no job running,
+    give the supervisors of jobs that just ended a moment to remove their cgroups."""
+    import time
+
+    from mlq.executor.cgroups import parents, release_parents
+
+    deadline = time.monotonic() + (2.0 if wait else 0.0)
+    while True:
+        release_parents()
+        left = parents()
+        if not left or time.monotonic() >= deadline:
+            if left:
+                log.info("kept cgroups still in use: %s", " ".join(left))
+            return
+        time.sleep(0.05)
 
 
 def discover_node(cluster: ClusterConfig) -> NodeView:
