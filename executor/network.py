@@ -120,6 +120,22 @@ def setup(net: Network, run_key: str, state_dir: str) -> JobNetwork:
     return jn
 
 
+def delete_host_link(host_if: str) -> None:
+    """Delete a run's host-side veth now, if it is still there. The kernel deletes it
+    when the job's network namespace goes, but that happens later, on a kernel work
+    queue (seconds on a loaded machine); a run that has ended should leave nothing."""
+    if not os.path.exists(f"/sys/class/net/{host_if}"):
+        return
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for idx in ipr.link_lookup(ifname=host_if):
+            try:
+                ipr.link("del", index=idx)
+            except Exception:
+                pass  # gone meanwhile
+
+
 def teardown(jn: JobNetwork) -> None:
     """Remove what ``setup`` made (idempotent; the supervisor does the same at the end)."""
     from pyroute2 import IPRoute

@@ -437,6 +437,9 @@ def wait(ref: RunRef, timeout: float | None = None) -> Status | None:
         if not os.path.exists(os.path.join(run_dir, "supervisor.json")) and _launch_young(run_dir):
             return None  # start() has not finished yet in another process
         status = _recover(run_dir, "the supervisor ended without writing a status")
+    net = (_read_json(os.path.join(run_dir, "launch.json")) or {}).get("network")
+    if net:
+        network.delete_host_link(net["host_if"])
     return status
 
 
