@@ -17,25 +17,6 @@ SocketOpt = Annotated[
 ]
 
 
-def _load_yaml(path: Path) -> object:
-    import yaml
-    from mlq.scheduler.errors import InvalidInput
-
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        return yaml.load(text, Loader=loader)  # noqa: S506 (a safe loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise InvalidInput(
-            f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", str(path)
-        ) from None
-
-
 def submit(
     file: Annotated[Path, typer.Argument(help="The job file (YAML)")],
     dry_run: Annotated[
@@ -52,8 +33,9 @@ def submit(
 ) -> None:
     """Queue a job file; prints the job ID."""
     from mlq.scheduler.errors import InvalidInput
+    from mlq.scheduler.yamlfile import load_yaml
 
-    data = _load_yaml(file)
+    data = load_yaml(file)
     client = Client(sock)
     try:
         resp = client.post(

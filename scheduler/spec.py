@@ -14,9 +14,9 @@ import signal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from mlq.scheduler.errors import InvalidInput, describe_validation_error
 from mlq.scheduler.units import parse_cpus, parse_duration, parse_size
+from mlq.scheduler.yamlfile import load_yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -302,23 +302,6 @@ def parse_spec(data: Any, source: str | None = None) -> JobSpec:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         raise InvalidInput(validation_problems(exc, JobSpec), source) from None
-
-
-def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file, with errors that name the file and line."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {p}: {exc.strerror}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise InvalidInput(
-            f"not valid YAML at{where}: {getattr(exc, 'problem', exc)}", str(p)
-        ) from None
 
 
 def load_spec(path: str | Path) -> JobSpec:
