@@ -42,7 +42,7 @@ def state_dir(tmp_path) -> str:
 @pytest.fixture(scope="session")
 def cgroup_version() -> int:
     version = detect().version
-    # tests/uml runs this suite on a cgroup v2 kernel and says so: never a quiet v1 run
+    # tests/vm runs this suite on a cgroup v2 kernel and says so: never a quiet v1 run
     expected = os.environ.get("MLQ_EXPECT_CGROUP")
     assert expected is None or int(expected) == version, f"expected v{expected}, found v{version}"
     return version

@@ -1,7 +1,7 @@
 """cgroup limits, for real: the 2 AM incident, memory.high, pids.max, cpu.max.
 
 These run on the host's driver (v1 here) and again inside user-mode-linux on
-cgroup v2 (tests/uml); the assertions are the same on both.
+cgroup v2 (tests/vm); the assertions are the same on both.
 """
 
 from __future__ import annotations
