@@ -1,4 +1,4 @@
-"""Admin commands: teams and their members, quotas, priority classes, whoami."""
+"""Admin commands: teams and their members, quotas, priority classes, grants, whoami."""
 
 from typing import Annotated
 
@@ -12,6 +12,10 @@ quota_app = typer.Typer(
     help="Team quotas: guarantees and limits per resource.", no_args_is_help=True
 )
 class_app = typer.Typer(help="Priority classes.", no_args_is_help=True)
+grant_app = typer.Typer(
+    help="Grants: capabilities, volume paths and devices beyond the defaults (docs/security.md).",
+    no_args_is_help=True,
+)
 
 
 def _fmt_quota(resource: str, value: float) -> str:
@@ -237,6 +241,76 @@ def class_set(
     print_json(resp) if json_out else typer.echo(f"Set class {name} (value {resp['value']})")
 
 
+def _list(values: list[str] | None) -> list[str] | None:
+    """Repeated or comma-separated values; "none" clears the list."""
+    if values is None:
+        return None
+    out = [p.strip() for v in values for p in v.split(",") if p.strip()]
+    return [] if out == ["none"] else out
+
+
+SubjectArg = Annotated[str, typer.Argument(help='"*" (everyone), team:<name> or class:<name>')]
+
+
+@grant_app.command("list")
+def grant_list(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
+    """List what is granted to everyone, to teams and to classes."""
+    resp = Client(sock).get("/v1/grants")
+    if json_out:
+        print_json(resp)
+        return
+    rows = [
+        [
+            g["subject"],
+            ", ".join(g["capabilities"]) or "-",
+            ", ".join(g["volume_paths"]) or "-",
+            ", ".join(g["devices"]) or "-",
+        ]
+        for g in resp["grants"]
+    ]
+    console().print(table(["TO", "CAPABILITIES", "VOLUME PATHS", "DEVICES"], rows))
+
+
+@grant_app.command("set")
+def grant_set(
+    subject: SubjectArg,
+    capabilities: Annotated[
+        list[str] | None,
+        typer.Option("--capabilities", help="e.g. CAP_NET_RAW; replaces the list; none clears"),
+    ] = None,
+    volume_paths: Annotated[
+        list[str] | None,
+        typer.Option("--volume-paths", help="Host dirs volumes may come from; replaces the list"),
+    ] = None,
+    devices: Annotated[
+        list[str] | None,
+        typer.Option("--devices", help="Host device nodes, e.g. /dev/fuse; replaces the list"),
+    ] = None,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Grant capabilities, volume paths or devices to everyone, a team or a class (mlq admins)."""
+    body = {
+        "subject": subject,
+        "capabilities": _list(capabilities),
+        "volume_paths": _list(volume_paths),
+        "devices": _list(devices),
+    }
+    resp = Client(sock).put("/v1/grants", body)
+    if json_out:
+        print_json(resp)
+        return
+    parts = [f"{k.replace('_', ' ')}: {', '.join(resp[k]) or '-'}" for k in body if k != "subject"]
+    typer.echo(f"Granted to {subject}: " + "; ".join(parts))
+
+
+@grant_app.command("delete")
+def grant_delete(subject: SubjectArg, sock: SocketOpt = None) -> None:
+    """Take back everything granted to a subject (mlq admins)."""
+    Client(sock).post("/v1/grants/delete", {"subject": subject})
+    typer.echo(f"Took back the grant to {subject}")
+
+
 def whoami(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
     """Who the daemon thinks you are, and your teams."""
     resp = Client(sock).get("/v1/whoami")
@@ -253,4 +327,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(team_app, name="team")
     app.add_typer(quota_app, name="quota")
     app.add_typer(class_app, name="class")
+    app.add_typer(grant_app, name="grant")
     app.command("whoami")(whoami)

@@ -16,6 +16,7 @@ from mlq.executor.errors import BadRequest, ExecutorError, LaunchError
 from mlq.executor.request import (
     Checkpoint,
     Device,
+    HostPaths,
     IdMap,
     LaunchRequest,
     Mount,
@@ -35,6 +36,7 @@ __all__ = [
     "Device",
     "ExecutorError",
     "Handle",
+    "HostPaths",
     "IdMap",
     "LaunchError",
     "LaunchRequest",

@@ -15,11 +15,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mlq.executor import devices as devfilter
+from mlq.executor.devices import Rule
 from mlq.executor.errors import ExecutorError
 from mlq.executor.request import Resources
 
 PARENT = "mlq"
-V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio")
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio", "devices")
 V2_CONTROLLERS = ("memory", "cpu", "pids", "io")
 UNLIMITED_V1 = "-1"
 
@@ -99,7 +101,7 @@ class CgroupDriver(Protocol):
 
     version: int
 
-    def create(self, name: str, resources: Resources) -> JobCgroup: ...
+    def create(self, name: str, resources: Resources, devices: list[Rule]) -> JobCgroup: ...
     def remove(self, cg: JobCgroup) -> None: ...
     def plan(self, cg: JobCgroup, run_dir: str) -> list[tuple[str, ...]]: ...
     def job_mounts(self, cg: JobCgroup) -> list[tuple[str, str, str, str, str]]: ...
@@ -191,7 +193,7 @@ class V2Driver:
     def _available(self) -> set[str]:
         return set((_read(os.path.join(self.root, "cgroup.controllers")) or "").split())
 
-    def create(self, name: str, resources: Resources) -> JobCgroup:
+    def create(self, name: str, resources: Resources, devices: list[Rule]) -> JobCgroup:
         self._ensure_parent()
         path = os.path.join(self.parent, name)
         cg = JobCgroup(2, name, {"unified": path})
@@ -205,6 +207,9 @@ class V2Driver:
                     continue  # needs an io scheduler with weights; "where present"
                 _write(os.path.join(path, file), value)
                 cg.written.append((file, value))
+            # only the job's devices: a BPF program the cgroup keeps until it is removed
+            devfilter.attach_v2(path, devices)
+            cg.written.append(("devices (bpf)", " ".join(r.v1() for r in devices)))
         except BaseException:
             self.remove(cg)
             raise
@@ -260,7 +265,7 @@ class V1Driver:
         self.root = root
         self.mounts = controllers  # controller -> mount point
 
-    def create(self, name: str, resources: Resources) -> JobCgroup:
+    def create(self, name: str, resources: Resources, devices: list[Rule]) -> JobCgroup:
         # blkio only matters where it can weigh (a scheduler with blkio.weight); every
         # extra hierarchy joined costs the launch a cgroup migration.
         wanted = {
@@ -287,6 +292,13 @@ class V1Driver:
                     continue  # memsw needs swap accounting, blkio.weight a weighted scheduler
                 _write(target, value)
                 cg.written.append((f"{controller}/{file}", value))
+            # only the job's devices: deny all, then allow each rule
+            for file, value in [
+                ("devices.deny", "a"),
+                *(("devices.allow", r.v1()) for r in devices),
+            ]:
+                _write(os.path.join(cg.paths["devices"], file), value)
+                cg.written.append((f"devices/{file}", value))
         except BaseException:
             self.remove(cg)
             raise
@@ -387,11 +399,11 @@ def detect(root: str = "/sys/fs/cgroup") -> V1Driver | V2Driver:
             for c in V1_CONTROLLERS:
                 if c in opts.split(","):
                     v1.setdefault(c, point)
-    if {"memory", "cpu", "pids"} <= set(v1):
+    if {"memory", "cpu", "pids", "devices"} <= set(v1):
         return V1Driver(root, v1)
     raise ExecutorError(
         f"no usable cgroups under {root}: need cgroup2 with memory, cpu and pids enabled, "
-        "or the v1 memory, cpu and pids hierarchies"
+        "or the v1 memory, cpu, pids and devices hierarchies"
     )
 
 

@@ -70,10 +70,13 @@ def mounts(
     m.append(("sysfs", "/sys", "sysfs", "ro,nosuid,nodev,noexec", ""))
     m.append(("tmpfs", "/tmp", "tmpfs", "nosuid,nodev", "mode=1777"))
     for v in req.mounts:
-        m.append((v.source, v.destination, "", "rbind,ro" if v.readonly else "rbind", ""))
+        # opened as the job's user by the helper; no setuid file or device node in a
+        # volume (or in any mount below it) works
+        flags = "rbind,asuser,nosuid,nodev" + (",ro" if v.readonly else "")
+        m.append((v.source, v.destination, "", flags, ""))
     if req.checkpoint:
         # a bind of the host directory: writes never go through the overlay's upper layer
-        m.append((req.checkpoint.source, req.checkpoint.destination, "", "rbind", ""))
+        m.append((req.checkpoint.source, req.checkpoint.destination, "", "rbind,nosuid,nodev", ""))
     # last: the cgroup filesystem, mounted from inside the job's cgroup namespace (the
     # helper builds everything above while the job is being moved into its cgroup)
     m.append(CGROUPNS_MARK)
@@ -105,6 +108,7 @@ def build(
         ("hostname", req.hostname),
         ("cwd", p.cwd),
         ("user", str(p.user.uid), str(p.user.gid)),
+        # supplementary groups as host gids: set before any user namespace is made
         *(("group", str(g)) for g in p.user.additional_gids),
         ("caps", str(capability_mask(p.capabilities))),
         ("no_new_privs", "1" if p.no_new_privs else "0"),
@@ -113,6 +117,7 @@ def build(
         ("grace_ms", str(int(req.grace_period_s * 1000))),
         ("time_limit_ms", str(int((req.time_limit_s or 0) * 1000))),
     ]
+    lines += _host_path_rules(req, layers)
     if os.environ.get("MLQ_TRACE"):
         lines.append(("trace", os.environ["MLQ_TRACE"]))
     if req.namespaces.user:
@@ -151,6 +156,25 @@ def build(
     lines += [("rmtree", x) for x in (paths.upper, paths.work, paths.rootfs)]
     lines += [("arg", a) for a in p.args]
     lines += [("env", e) for e in req.env_list()]
+    return lines
+
+
+# Host paths no user-named path may lead to, whoever asks (plus the state dir).
+DENIED_PATHS = ("/proc", "/sys", "/dev")
+
+
+def _host_path_rules(req: LaunchRequest, layers: ImageLayers) -> list[tuple[str, ...]]:
+    """Whom the helper opens user-named paths as, and where they may lead."""
+    lines: list[tuple[str, ...]] = []
+    user = req.host_user()
+    if not user.is_root:
+        groups = ",".join(str(g) for g in user.groups)
+        lines.append(("opener", str(user.uid), str(user.gid), groups))
+    if any(layer.as_user for layer in layers.layers):
+        lines.append(("lower_asuser", "1"))
+    denied = [*DENIED_PATHS, os.path.realpath(req.state_dir), *req.host_paths.denied]
+    lines += [("pathrule", "deny", d) for d in dict.fromkeys(denied)]
+    lines += [("pathrule", "allow", a) for a in dict.fromkeys(req.host_paths.allowed)]
     return lines
 
 

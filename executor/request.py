@@ -21,6 +21,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mlq.executor.asuser import HostUser
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -146,6 +148,18 @@ class Network:
 
 
 @dataclass
+class HostPaths:
+    """Where the host paths a job's user named (volume sources, a rootfs directory)
+    may lead once resolved as that user. ``allowed``: prefixes volume sources must
+    be under (empty: anywhere the user reaches); ``denied``: prefixes no user-named
+    path may reach, whoever asks (the executor adds /proc, /sys, /dev and its own
+    state dir)."""
+
+    allowed: list[str] = field(default_factory=list)
+    denied: list[str] = field(default_factory=list)
+
+
+@dataclass
 class LaunchRequest:
     """One run of one job on this node."""
 
@@ -155,6 +169,7 @@ class LaunchRequest:
     root: Root = field(default_factory=Root)
     hostname: str = "mlq"
     mounts: list[Mount] = field(default_factory=list)
+    host_paths: HostPaths = field(default_factory=HostPaths)
     checkpoint: Checkpoint | None = None
     shm_size: int = 64 * 2**20
     resources: Resources = field(default_factory=Resources)
@@ -168,6 +183,19 @@ class LaunchRequest:
     @property
     def run_dir(self) -> str:
         return os.path.join(self.state_dir, "runs", self.run_id)
+
+    def host_ids(self) -> tuple[int, int]:
+        """The job user's uid and gid as the host sees them (through the user namespace)."""
+        uid, gid = self.process.user.uid, self.process.user.gid
+        if self.namespaces.user:
+            uid = _map(self.namespaces.uid_mappings, uid)
+            gid = _map(self.namespaces.gid_mappings, gid)
+        return uid, gid
+
+    def host_user(self) -> HostUser:
+        """Who the job is on the host: the credentials user-named paths are opened with."""
+        uid, gid = self.host_ids()
+        return HostUser(uid, gid, tuple(self.process.user.additional_gids))
 
     def stop_signal_number(self) -> int:
         return int(getattr(signal, self.stop_signal))
@@ -192,6 +220,13 @@ class LaunchRequest:
     @classmethod
     def from_json(cls, text: str) -> LaunchRequest:
         return cls.from_dict(json.loads(text))
+
+
+def _map(maps: list[IdMap], ident: int) -> int:
+    for m in maps:
+        if m.container_id <= ident < m.container_id + m.size:
+            return m.host_id + ident - m.container_id
+    return ident
 
 
 def _build(tp: Any, data: Any) -> Any:

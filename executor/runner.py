@@ -20,6 +20,7 @@ over to the supervisor (``pop_all``) only when the launch fully succeeded.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -33,7 +34,8 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mlq.executor import cgroups, helper, images, network, plan
+from mlq.executor import cgroups, devices, helper, images, network, plan
+from mlq.executor.asuser import reachable_as
 from mlq.executor.cgroups import JobCgroup, Stats
 from mlq.executor.errors import BadRequest, ExecutorError, LaunchError
 from mlq.executor.request import LaunchRequest
@@ -97,9 +99,17 @@ def validate(req: LaunchRequest) -> None:
             continue
         if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             problems.append(f"devices[{i}]: {d.path} is not a device node")
+    user = req.host_user()
     for i, m in enumerate(req.mounts):
-        if not os.path.exists(m.source):
-            problems.append(f"mounts[{i}].source: {m.source} does not exist")
+        # as the job's user: a path they cannot reach is as good as absent to them
+        err = reachable_as(user, m.source)
+        if err is not None:
+            why = (
+                "does not exist"
+                if err.errno == errno.ENOENT
+                else f"{err.strerror} as uid {user.uid}"
+            )
+            problems.append(f"mounts[{i}].source: {m.source} {why}")
         if not m.destination.startswith("/"):
             problems.append(f"mounts[{i}].destination: {m.destination} is not absolute")
     if req.checkpoint and not req.checkpoint.destination.startswith("/"):
@@ -133,22 +143,25 @@ def start(req: LaunchRequest) -> Handle:
     step = "image"
     try:
         with ExitStack() as undo:
-            # 1. the image's layers: unpacked once into the shared cache
-            layers = images.resolve(req.root.image, req.state_dir)
+            # 1. the image's layers, read as the job's user: unpacked once into the cache
+            layers = images.resolve(req.root.image, req.state_dir, req.host_user())
             record["image"] = {"kind": layers.kind, "layers": [asdict(x) for x in layers.layers]}
             # 2. the per-run overlay dirs (the supervisor removes them at the end)
             step = "overlay dirs"
             for d in (paths.upper, paths.work, paths.rootfs):
                 os.mkdir(d)
             undo.callback(_rmtrees, [paths.upper, paths.work, paths.rootfs])
-            # 3. the checkpoint volume outlives runs: made if missing, never removed
+            # 3. the checkpoint volume outlives runs: made if missing, never removed;
+            # the job's user owns it (as mapped on the host), and only they enter it
             if req.checkpoint and not os.path.isdir(req.checkpoint.source):
-                os.makedirs(req.checkpoint.source)
-                # the job's user owns its checkpoint volume (as mapped on the host)
-                os.chown(req.checkpoint.source, *_host_ids(req))
+                os.makedirs(os.path.dirname(req.checkpoint.source), mode=0o700, exist_ok=True)
+                os.mkdir(req.checkpoint.source, 0o700)
+                os.chown(req.checkpoint.source, *req.host_ids())
             # 4. the cgroup with its limits, before any process exists to escape them
             step = "cgroup"
-            cg = driver.create(cgroup_name(req), req.resources)
+            cg = driver.create(
+                cgroup_name(req), req.resources, devices.rules_for([d.path for d in req.devices])
+            )
             undo.callback(_remove_cgroup, driver, cg)
             record["cgroup"] = {"paths": cg.paths, "written": cg.written}
             # 5. the network: a veth on the bridge, in a namespace the job joins
@@ -198,21 +211,6 @@ def start(req: LaunchRequest) -> Handle:
         net.address if net else None,
         notify_fd,
     )
-
-
-def _host_ids(req: LaunchRequest) -> tuple[int, int]:
-    """The job user's uid and gid as the host sees them (through the user namespace)."""
-    uid, gid = req.process.user.uid, req.process.user.gid
-    if req.namespaces.user:
-        for m in req.namespaces.uid_mappings:
-            if m.container_id <= uid < m.container_id + m.size:
-                uid = m.host_id + uid - m.container_id
-                break
-        for m in req.namespaces.gid_mappings:
-            if m.container_id <= gid < m.container_id + m.size:
-                gid = m.host_id + gid - m.container_id
-                break
-    return uid, gid
 
 
 def _oserror(exc: OSError) -> str:

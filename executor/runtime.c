@@ -60,6 +60,8 @@ struct mnt {
     char *src, *dst, *type, *data;
     unsigned long flags;
     int ro_bind, is_file;
+    int asuser;        /* a host path the job's user named: opened with their credentials */
+    unsigned long lock; /* MS_RDONLY/NOSUID/NODEV/NOEXEC applied to the bind after it is made */
 };
 
 static struct {
@@ -91,6 +93,14 @@ static struct {
     gid_t gid;
     gid_t groups[64];
     int ngroups;
+    /* the host credentials that user-named paths are opened with ("opener" line) */
+    int have_opener, lower_asuser;
+    uid_t op_uid;
+    gid_t op_gid;
+    gid_t op_groups[64];
+    int op_ngroups;
+    char *allow[64], *deny[64]; /* where a user-named path may resolve to ("pathrule") */
+    int nallow, ndeny;
     unsigned long long caps;
     int nnp, seccomp, readonly_root, userns, newnet, self_join;
     int stop_sig;
@@ -238,10 +248,14 @@ static unsigned long mount_flags(char *spec, int *ro_bind, int *is_file)
             f |= MS_NODEV;
         else if (!strcmp(tok, "noexec"))
             f |= MS_NOEXEC;
+        else if (!strcmp(tok, "asuser"))
+            ;  /* read by the caller */
         else if (!strcmp(tok, "relatime"))
             f |= MS_RELATIME;
         else if (!strcmp(tok, "file"))
             *is_file = 1;
+        else if (*tok)
+            die("read plan", "unknown mount flag \"%s\"", tok);
     }
     if ((f & MS_BIND) && (f & MS_RDONLY)) {
         /* a bind mount ignores MS_RDONLY; it takes a second remount */
@@ -304,7 +318,10 @@ static void parse_plan(const char *path)
         else if (!strcmp(k, "mount") && C.nmounts < MAXN) {
             struct mnt *m = &C.mounts[C.nmounts++];
             m->src = f[1]; m->dst = f[2]; m->type = f[3];
+            m->asuser = strstr(ARG(4), "asuser") != NULL;
             m->flags = mount_flags(ARG(4), &m->ro_bind, &m->is_file);
+            if (m->flags & MS_BIND)
+                m->lock = (m->ro_bind ? MS_RDONLY : 0) | (m->flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC));
             m->data = nf > 5 && *f[5] ? f[5] : NULL;
         }
         else if (!strcmp(k, "cgroupns_mounts")) C.cg_mount_start = C.nmounts;
@@ -315,6 +332,14 @@ static void parse_plan(const char *path)
         else if (!strcmp(k, "arg") && C.nargs < MAXN - 1) C.args[C.nargs++] = f[1];
         else if (!strcmp(k, "user")) { C.uid = atoi(f[1]); C.gid = atoi(f[2]); }
         else if (!strcmp(k, "group") && C.ngroups < 64) C.groups[C.ngroups++] = atoi(f[1]);
+        else if (!strcmp(k, "opener")) {
+            C.have_opener = 1; C.op_uid = atoi(f[1]); C.op_gid = atoi(f[2]);
+            for (char *g = strtok(ARG(3), ","); g && C.op_ngroups < 64; g = strtok(NULL, ","))
+                C.op_groups[C.op_ngroups++] = atoi(g);
+        }
+        else if (!strcmp(k, "lower_asuser")) C.lower_asuser = atoi(f[1]);
+        else if (!strcmp(k, "pathrule") && !strcmp(ARG(1), "allow") && C.nallow < 64) C.allow[C.nallow++] = f[2];
+        else if (!strcmp(k, "pathrule") && !strcmp(ARG(1), "deny") && C.ndeny < 64) C.deny[C.ndeny++] = f[2];
         else if (!strcmp(k, "caps")) C.caps = strtoull(f[1], NULL, 10);
         else if (!strcmp(k, "no_new_privs")) C.nnp = atoi(f[1]);
         else if (!strcmp(k, "seccomp")) C.seccomp = atoi(f[1]);
@@ -393,6 +418,99 @@ static void fdpath(char *buf, size_t size, int fd)
     snprintf(buf, size, "/proc/self/fd/%d", fd);
 }
 
+/* ---------- host paths named by the job's user ---------- */
+
+static int path_under(const char *path, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    if (n == 1 && prefix[0] == '/')
+        return 1;
+    return !strncmp(path, prefix, n) && (path[n] == 0 || path[n] == '/');
+}
+
+/* Open PATH with the job user's filesystem credentials, so the kernel checks every
+ * directory on the way as that user (setfsuid and friends are per thread, and init
+ * has one), then check where it really leads against the plan's path rules.  The
+ * mount then uses /proc/self/fd/N: a path swapped for a symlink after the daemon's
+ * check, or after this open, changes nothing.  RULES: 1 applies the allow list too
+ * (volumes); the deny list applies to every user-named path. */
+static int open_as_user(const char *what, const char *path, int rules)
+{
+    gid_t saved[256];
+    int nsaved = getgroups(256, saved);
+    if (C.have_opener) {
+        if (syscall(SYS_setgroups, C.op_ngroups, C.op_groups) < 0)
+            die("mount", "take the groups of uid %d to open %s", C.op_uid, path);
+        syscall(SYS_setfsgid, C.op_gid);
+        syscall(SYS_setfsuid, C.op_uid);
+        if ((uid_t)syscall(SYS_setfsuid, -1) != C.op_uid)
+            die("mount", "take uid %d to open %s", C.op_uid, path);
+    }
+    int fd = open(path, O_PATH | O_CLOEXEC);
+    int e = errno;
+    if (C.have_opener) {
+        syscall(SYS_setfsuid, 0);
+        syscall(SYS_setfsgid, 0);
+        if (nsaved >= 0)
+            syscall(SYS_setgroups, nsaved, saved);
+    }
+    errno = e;
+    if (fd < 0)
+        die("mount", "%s `%s` as uid %d", what, path, C.have_opener ? (int)C.op_uid : 0);
+    char link[64], real[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, real, sizeof real - 1);
+    if (n < 0)
+        die("mount", "%s `%s`: read where it leads", what, path);
+    real[n] = 0;
+    for (int i = 0; i < C.ndeny; i++)
+        if (path_under(real, C.deny[i])) {
+            errno = EPERM;
+            die("mount", "%s `%s` leads to %s, under %s, which no job may mount", what, path, real, C.deny[i]);
+        }
+    if (rules && C.nallow) {
+        int ok = 0;
+        for (int i = 0; i < C.nallow && !ok; i++)
+            ok = path_under(real, C.allow[i]);
+        if (!ok) {
+            errno = EPERM;
+            die("mount", "%s `%s` leads to %s, outside the volume paths granted to this job", what, path, real);
+        }
+    }
+    return fd;
+}
+
+#ifndef MOUNT_ATTR_RDONLY
+struct mount_attr {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+#define MOUNT_ATTR_RDONLY 0x1
+#define MOUNT_ATTR_NOSUID 0x2
+#define MOUNT_ATTR_NODEV 0x4
+#define MOUNT_ATTR_NOEXEC 0x8
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+
+/* Read-only, nosuid, nodev, noexec on a bind mount and, with mount_setattr (5.12+),
+ * on every mount below it: an "rbind,ro" volume must not have writable submounts. */
+static void lock_bind(const char *target, const char *dst, unsigned long lock)
+{
+    struct mount_attr a = {0};
+    a.attr_set = (lock & MS_RDONLY ? MOUNT_ATTR_RDONLY : 0) | (lock & MS_NOSUID ? MOUNT_ATTR_NOSUID : 0) |
+                 (lock & MS_NODEV ? MOUNT_ATTR_NODEV : 0) | (lock & MS_NOEXEC ? MOUNT_ATTR_NOEXEC : 0);
+    if (syscall(SYS_mount_setattr, AT_FDCWD, target, AT_RECURSIVE, &a, sizeof a) == 0)
+        return;
+    if (errno != ENOSYS)
+        die("mount", "lock %s (read-only, nosuid, nodev)", dst);
+    if (mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | lock, NULL) < 0)
+        die("mount", "remount %s read-only, nosuid, nodev", dst);
+}
+
 /* ---------- init: the root filesystem ---------- */
 
 /* The root: / made private (nothing propagates to the host), then the overlay. */
@@ -401,8 +519,14 @@ static int mount_root(void)
     tmark("init: mounts begin");
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
         die("mount", "make / private (so nothing propagates to the host)");
-    char opts[16384];
-    snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s,volatile", C.lower, C.upper, C.work);
+    char opts[16384], lowerfd[64];
+    const char *lower = C.lower;
+    if (C.lower_asuser) {
+        /* a rootfs directory the user named: reached as the user, mounted by fd */
+        snprintf(lowerfd, sizeof lowerfd, "/proc/self/fd/%d", open_as_user("image", C.lower, 0));
+        lower = lowerfd;
+    }
+    snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s,volatile", lower, C.upper, C.work);
     if (C.upper && *C.upper) {
         int r = mount("overlay", C.rootfs, "overlay", 0, opts);
         if (r < 0 && errno == EINVAL) {
@@ -412,7 +536,7 @@ static int mount_root(void)
         }
         if (r < 0)
             die("mount overlay", "%s on %s", opts, C.rootfs);
-    } else if (mount(C.lower, C.rootfs, NULL, MS_BIND | MS_REC, NULL) < 0) {
+    } else if (mount(lower, C.rootfs, NULL, MS_BIND | MS_REC, NULL) < 0) {
         die("mount root", "bind %s on %s", C.lower, C.rootfs);
     }
     tmark("init: overlay mounted");
@@ -427,9 +551,17 @@ static void mount_range(int rootfd, int from, int to)
 {
     for (int i = from; i < to; i++) {
         struct mnt *m = &C.mounts[i];
+        char srcfd[64];
+        const char *src = m->src;
+        int sfd = -1;
         if ((m->flags & MS_BIND) && strcmp(m->type, "remount")) {
             struct stat st;
-            if (stat(m->src, &st) < 0)
+            if (m->asuser) {
+                sfd = open_as_user("volume", m->src, 1);
+                snprintf(srcfd, sizeof srcfd, "/proc/self/fd/%d", sfd);
+                src = srcfd;
+            }
+            if ((sfd >= 0 ? fstat(sfd, &st) : stat(m->src, &st)) < 0)
                 die("mount", "source %s for %s", m->src, m->dst);
             m->is_file = !S_ISDIR(st.st_mode);
         }
@@ -445,15 +577,16 @@ static void mount_range(int rootfd, int from, int to)
             close(fd);
             continue;
         }
-        if (mount(m->src, target, m->type, m->flags, m->data) < 0)
+        if (mount(src, target, m->type, m->flags, m->data) < 0)
             die("mount", "%s %s on %s", *m->type ? m->type : "bind", m->src, m->dst);
-        if (m->ro_bind) {
+        if (sfd >= 0)
+            close(sfd);
+        if (m->lock) {
+            /* the target fd still names the directory under the new mount: reopen */
             close(fd);
             fd = open_in_root(rootfd, m->dst, m->is_file);
             fdpath(target, sizeof target, fd);
-            unsigned long keep = m->flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC);
-            if (mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | keep, NULL) < 0)
-                die("mount", "remount %s read-only", m->dst);
+            lock_bind(target, m->dst, m->lock);
         }
         close(fd);
     }
@@ -700,6 +833,11 @@ static void run_command(int errfd, int usync_r, int usync_w)
     sigprocmask(SIG_SETMASK, &all, NULL);
     for (int s = 1; s < NSIG; s++)
         signal(s, SIG_DFL);
+    /* the user's supplementary groups (host gids), set while this process is still
+     * root in the host's user namespace: inside a user namespace of its own it could
+     * not, and it would keep root's groups */
+    if (setgroups(C.ngroups, C.groups) < 0)
+        die("user", "setgroups");
     if (C.userns) {
         /* a user namespace of its own, inside the others: init (real root) writes the
          * maps, so the job's root is an unprivileged host uid */
@@ -717,8 +855,6 @@ static void run_command(int errfd, int usync_r, int usync_w)
         die("user", "keep capabilities across setuid");
     tmark("cmd: ids");
     drop_bounding();
-    if (setgroups(C.ngroups, C.groups) < 0 && !C.userns)
-        die("user", "setgroups");
     if (setresgid(C.gid, C.gid, C.gid) < 0)
         die("user", "setgid %d", C.gid);
     if (setresuid(C.uid, C.uid, C.uid) < 0)

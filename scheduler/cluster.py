@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from mlq.scheduler.errors import InvalidInput
-from mlq.scheduler.spec import Bytes, Millicores, Seconds, Strict, load_yaml, validation_problems
+from mlq.scheduler.grants import DEFAULT_VOLUME_PATHS, SUBJECT_HELP, SUBJECT_RE, Grant
+from mlq.scheduler.spec import (
+    CAPABILITIES,
+    AbsPath,
+    Bytes,
+    Millicores,
+    Seconds,
+    Strict,
+    load_yaml,
+    validation_problems,
+)
 from mlq.scheduler.units import parse_cpus, parse_size
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
@@ -157,11 +167,38 @@ class TeamConfig(Strict):
         return self
 
 
+class GrantConfig(Strict):
+    """``grants:`` entries: what an mlq admin allows beyond the defaults (docs/security.md)."""
+
+    to: str
+    capabilities: list[Literal[CAPABILITIES]] = []  # type: ignore[valid-type]
+    volume_paths: list[AbsPath] = []
+    devices: list[AbsPath] = []
+
+    @model_validator(mode="after")
+    def _subject(self) -> GrantConfig:
+        if not SUBJECT_RE.match(self.to):
+            raise ValueError(f'to: "{self.to}" is not a grant subject; {SUBJECT_HELP}')
+        return self
+
+    def grant(self) -> Grant:
+        return Grant(
+            self.to,
+            tuple(dict.fromkeys(self.capabilities)),
+            tuple(dict.fromkeys(os.path.normpath(p) for p in self.volume_paths)),
+            tuple(dict.fromkeys(self.devices)),
+        )
+
+
+DEFAULT_GRANTS = [GrantConfig(to="*", volume_paths=list(DEFAULT_VOLUME_PATHS))]
+
+
 class ClusterConfig(Strict):
     node: NodeConfig = NodeConfig()
     admin_group: str = "mlq-admin"
     priority_classes: list[PriorityClass] = list(DEFAULT_CLASSES)
     teams: list[TeamConfig] = []
+    grants: list[GrantConfig] = DEFAULT_GRANTS
 
     @model_validator(mode="after")
     def _refs(self) -> ClusterConfig:
@@ -177,6 +214,15 @@ class ClusterConfig(Strict):
         teams = [t.name for t in self.teams]
         if len(set(teams)) != len(teams):
             raise ValueError("teams: two teams share a name")
+        subjects = [g.to for g in self.grants]
+        if len(set(subjects)) != len(subjects):
+            raise ValueError("grants: two entries grant to the same subject; merge them")
+        for g in self.grants:
+            kind, _, name = g.to.partition(":")
+            if kind == "team" and name not in teams:
+                raise ValueError(f'grants: "{g.to}" names no team; known: {", ".join(teams)}')
+            if kind == "class" and name not in names:
+                raise ValueError(f'grants: "{g.to}" names no class; known: {", ".join(names)}')
         return self
 
     def class_named(self, name: str) -> PriorityClass | None:

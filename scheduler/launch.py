@@ -44,16 +44,24 @@ def build_launch_request(
     extra_env: dict[str, str] | None = None,
     checkpoint_key: str | int | None = None,
     bridge_subnet: str | None = None,
+    additional_gids: Sequence[int] = (),
+    volume_paths: Sequence[str] = (),
+    denied_paths: Sequence[str] = (),
 ) -> LaunchRequest:
     """The request for one run of ``spec`` (resolved: limits filled from its class).
 
     ``devices`` are host device node paths, or (host path, path in the job) pairs as
     GPU wiring gives them (``DeviceNode.host_path, .path``); ``visible_devices``
     is what CUDA_VISIBLE_DEVICES/NVIDIA_VISIBLE_DEVICES say (indices or MIG-<uuid>).
+    ``additional_gids`` are the user's supplementary groups (host gids);
+    ``volume_paths`` where its volumes may lead (empty: anywhere its user reaches)
+    and ``denied_paths`` where no user-named path may lead, both checked by the
+    executor on the path as resolved with the user's credentials.
     """
     from mlq.executor.request import (
         Checkpoint,
         Device,
+        HostPaths,
         IdMap,
         LaunchRequest,
         Mount,
@@ -85,7 +93,7 @@ def build_launch_request(
     env.update(extra_env or {})
 
     namespaces = Namespaces()
-    user = User(uid=uid, gid=gid)
+    user = User(uid=uid, gid=gid, additional_gids=list(additional_gids))
     if spec.security.user_namespace:
         # root inside is the submitting user outside (a subordinate range for root)
         host_uid, host_gid, size = (
@@ -96,7 +104,7 @@ def build_launch_request(
             uid_mappings=[IdMap(0, host_uid, size)],
             gid_mappings=[IdMap(0, host_gid, size)],
         )
-        user = User(uid=0, gid=0)
+        user = User(uid=0, gid=0, additional_gids=list(additional_gids))
 
     network = Network(mode=spec.network)
     if bridge_subnet:
@@ -114,6 +122,7 @@ def build_launch_request(
         root=Root(image=spec.image, readonly=spec.security.read_only_root),
         hostname=spec.name,
         mounts=[Mount(v.source, v.target, v.readonly) for v in spec.volumes],
+        host_paths=HostPaths(allowed=list(volume_paths), denied=list(denied_paths)),
         checkpoint=checkpoint,
         shm_size=r.shm,
         resources=Resources(
@@ -125,7 +134,10 @@ def build_launch_request(
             pids_max=r.pids,
             io_weight=r.io_weight,
         ),
-        devices=[Device(d) if isinstance(d, str) else Device(d[0], d[1]) for d in devices],
+        devices=[
+            *(Device(d) if isinstance(d, str) else Device(d[0], d[1]) for d in devices),
+            *(Device(d) for d in spec.devices),  # granted by an admin, checked at submit
+        ],
         namespaces=namespaces,
         network=network,
         stop_signal=spec.preemption.stop_signal,

@@ -37,7 +37,27 @@ def _v2(conn: Connection) -> None:
     )
 
 
-STEPS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2}
+def _v3(conn: Connection) -> None:
+    """Admin grants. A database seeded before grants existed gets the default one to
+    everyone (volumes from the usual data paths), so its users' jobs keep working."""
+    import json
+
+    from mlq.scheduler.grants import DEFAULT_VOLUME_PATHS
+
+    SQLModel.metadata.create_all(conn, tables=[models.GrantRow.__table__])
+    seeded = conn.execute(text("SELECT 1 FROM meta WHERE key = 'seeded'")).first()
+    has = conn.execute(text("SELECT 1 FROM grants WHERE subject = '*'")).first()
+    if seeded and not has:
+        conn.execute(
+            text(
+                "INSERT INTO grants (subject, capabilities, volume_paths, devices) "
+                "VALUES ('*', '[]', :paths, '[]')"
+            ),
+            {"paths": json.dumps(list(DEFAULT_VOLUME_PATHS))},
+        )
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
 SCHEMA_VERSION = max(STEPS)
 
 

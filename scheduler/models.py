@@ -102,6 +102,17 @@ class PriorityClassRow(SQLModel, table=True):
     default_time_limit: int | None = None
 
 
+class GrantRow(SQLModel, table=True):
+    """schema 3: what an mlq admin granted to a team, a class or everyone (JSON lists)."""
+
+    __tablename__ = "grants"
+
+    subject: str = Field(primary_key=True)  # "*", "team:<name>" or "class:<name>"
+    capabilities: str = "[]"
+    volume_paths: str = "[]"
+    devices: str = "[]"
+
+
 class Meta(SQLModel, table=True):
     __tablename__ = "meta"
 

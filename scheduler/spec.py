@@ -193,6 +193,7 @@ class JobSpec(Strict):
     array: Annotated[list[int] | None, BeforeValidator(_array)] = None
     depends_on: list[int] = []
     security: Security = Security()
+    devices: list[AbsPath] = []  # host device nodes beyond the GPUs; an admin grants them
 
     @model_validator(mode="before")
     @classmethod
@@ -217,6 +218,8 @@ class JobSpec(Strict):
                 raise ValueError(f'env.{key}: not a variable name; use letters, digits and "_"')
             if key.startswith("MLQ_"):
                 raise ValueError(f"env.{key}: MLQ_ variables are set by mlq; choose another name")
+        if len(set(self.devices)) != len(self.devices):
+            raise ValueError("devices: a device is listed twice")
         if len({v.target for v in self.volumes}) != len(self.volumes):
             raise ValueError("volumes: two volumes share a target; each needs its own")
         if any(d <= 0 for d in self.depends_on):

@@ -21,7 +21,17 @@ from typing import Any
 from mlq.scheduler import migrations, states
 from mlq.scheduler.cluster import ClassDefaults, ClusterConfig, PriorityClass
 from mlq.scheduler.errors import Conflict, InvalidInput, NotFound
-from mlq.scheduler.models import Job, JobEvent, Member, Meta, PriorityClassRow, Quota, Team
+from mlq.scheduler.grants import Grant
+from mlq.scheduler.models import (
+    GrantRow,
+    Job,
+    JobEvent,
+    Member,
+    Meta,
+    PriorityClassRow,
+    Quota,
+    Team,
+)
 from sqlalchemy import bindparam, create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
@@ -77,6 +87,7 @@ class Store:
         # and dropped whenever this store writes them. (One daemon owns a store.)
         self._teams: list[TeamView] | None = None
         self._classes: list[PriorityClass] | None = None
+        self._grants: list[Grant] | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -98,7 +109,7 @@ class Store:
                 s.commit()
             finally:
                 if config:
-                    self._teams = self._classes = None
+                    self._teams = self._classes = self._grants = None
 
     # -- first start ---------------------------------------------------------------
 
@@ -129,6 +140,8 @@ class Store:
                             limit=t.limit.get(key),
                         )
                     )
+            for g in cluster.grants:
+                s.add(_grant_row(g.grant()))
             s.add(Meta(key="seeded", value=str(now)))
 
     # -- priority classes -------------------------------------------------------------
@@ -149,6 +162,32 @@ class Store:
                 )
         with self.write(config=True) as s:
             s.merge(_class_row(pc))
+
+    # -- grants -----------------------------------------------------------------------
+
+    def grants(self) -> list[Grant]:
+        if self._grants is None:
+            with self.session() as s:
+                rows = s.exec(select(GrantRow).order_by(GrantRow.subject))
+                self._grants = [_grant_model(r) for (r,) in rows]
+        return list(self._grants)
+
+    def set_grant(self, grant: Grant) -> None:
+        """Create or replace the grant to ``grant.subject``."""
+        kind, _, name = grant.subject.partition(":")
+        if kind == "team" and name not in {t.name for t in self.teams()}:
+            raise NotFound(f'team "{name}" does not exist; see mlq team list')
+        if kind == "class" and name not in {c.name for c in self.classes()}:
+            raise NotFound(f'class "{name}" does not exist; see mlq class list')
+        with self.write(config=True) as s:
+            s.merge(_grant_row(grant))
+
+    def delete_grant(self, subject: str) -> None:
+        with self.write(config=True) as s:
+            row = s.get(GrantRow, subject)
+            if row is None:
+                raise NotFound(f'nothing is granted to "{subject}"; see mlq grant list')
+            s.delete(row)
 
     # -- teams and quotas ---------------------------------------------------------------
 
@@ -202,6 +241,9 @@ class Store:
                 s.delete(m)
             for (q,) in s.exec(select(Quota).where(Quota.team == name)):
                 s.delete(q)
+            grant = s.get(GrantRow, f"team:{name}")
+            if grant is not None:
+                s.delete(grant)
             s.delete(s.get(Team, name))
 
     def add_member(self, team: str, name: str, role: str) -> None:
@@ -405,6 +447,24 @@ class Store:
         )
         with self._write_lock, self.engine.begin() as conn:
             conn.execute(stmt, [{"job_id": k, "new_reason": v} for k, v in reasons.items()])
+
+
+def _grant_row(g: Grant) -> GrantRow:
+    return GrantRow(
+        subject=g.subject,
+        capabilities=json.dumps(list(g.capabilities)),
+        volume_paths=json.dumps(list(g.volume_paths)),
+        devices=json.dumps(list(g.devices)),
+    )
+
+
+def _grant_model(r: GrantRow) -> Grant:
+    return Grant(
+        r.subject,
+        tuple(json.loads(r.capabilities)),
+        tuple(json.loads(r.volume_paths)),
+        tuple(json.loads(r.devices)),
+    )
 
 
 def _class_row(c: PriorityClass) -> PriorityClassRow:

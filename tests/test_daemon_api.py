@@ -274,10 +274,11 @@ def test_the_socket_is_reachable_by_every_user(daemon):
 
 
 def test_a_volume_or_image_that_does_not_exist_is_refused_at_submit(daemon, unix_users):
-    text = GOOD + "image: /no/such/rootfs\nvolumes: [{source: /no/such/dir, target: /data}]\n"
+    # under a volume path granted to everyone (/srv), so only its absence is at issue
+    text = GOOD + "image: /no/such/rootfs\nvolumes: [{source: /srv/no/such/dir, target: /data}]\n"
     r = submit(daemon, text, user=unix_users["alice"])
     assert r.code == 2
-    assert "volumes[0].source: /no/such/dir does not exist on this node" in r.err
+    assert "volumes[0].source: /srv/no/such/dir does not exist on this node" in r.err
     assert "image: /no/such/rootfs does not exist" in r.err
     assert daemon.rows("jobs") == 0
 

@@ -120,18 +120,26 @@ def test_a_stored_spec_parses_back_to_the_same_limits():
 
 
 def test_a_version_1_database_is_upgraded_in_place(tmp_path):
-    """Step 2 adds columns to a database made by the first schema."""
+    """Step 2 adds columns to a database made by the first schema; step 3 adds the
+    grants table and, to a database already seeded, the default grant to everyone."""
+    from mlq.scheduler.grants import DEFAULT_VOLUME_PATHS
+    from mlq.scheduler.migrations import SCHEMA_VERSION
     from mlq.scheduler.store import Store, sqlite_url
 
     db = tmp_path / "mlq.db"
     Store(sqlite_url(tmp_path)).close()
-    with sqlite3.connect(db) as conn:  # make it look like schema 1
+    with sqlite3.connect(db) as conn:  # make it look like a seeded schema 1
         for col in ("stop_cause", "stop_for", "max_memory"):
             conn.execute(f"ALTER TABLE jobs DROP COLUMN {col}")
+        conn.execute("DROP TABLE grants")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('seeded', '1')")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    Store(sqlite_url(tmp_path)).close()
+    store = Store(sqlite_url(tmp_path))
+    grants = store.grants()
+    store.close()
     with sqlite3.connect(db) as conn:
         cols = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
     assert {"stop_cause", "stop_for", "max_memory"} <= cols
-    assert version == "2"
+    assert version == str(SCHEMA_VERSION) == "3"
+    assert [(g.subject, g.volume_paths) for g in grants] == [("*", DEFAULT_VOLUME_PATHS)]

@@ -15,10 +15,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
-from mlq.scheduler import states
+from mlq.scheduler import grants, states
 from mlq.scheduler.cluster import PriorityClass, parse_quota_value
 from mlq.scheduler.daemon import schemas as S
-from mlq.scheduler.daemon.auth import Caller, require_admin, require_owner
+from mlq.scheduler.daemon.auth import Caller, may_see_private, require_admin, require_owner
 from mlq.scheduler.daemon.logs import read_log
 from mlq.scheduler.daemon.loop import spec_of
 from mlq.scheduler.daemon.nodes import node_view
@@ -50,6 +50,7 @@ class Daemon:
         # Cancelling a running job needs the executor; the loop installs this.
         self.stop_running: Callable[[int, bool, str], str] | None = None
         self.loop: Any = None  # the scheduling loop, when the daemon runs one
+        self.forbidden: tuple[str, ...] = grants.FORBIDDEN_PATHS  # never mounted into a job
 
 
 async def caller(request: Request) -> Caller:
@@ -84,7 +85,9 @@ def build_app(daemon: Daemon) -> FastAPI:
 
     @app.post("/v1/jobs", response_model=S.SubmitResponse, tags=["jobs"])
     async def submit(body: S.SubmitRequest, who: Who) -> Response:
-        resolved, indices = prepare(store, who, body.spec, body.source, body.array, body.after)
+        resolved, indices = prepare(
+            store, who, body.spec, body.source, body.array, body.after, daemon.forbidden
+        )
         if body.dry_run:
             return S.SubmitResponse(
                 jobs=[],
@@ -127,8 +130,12 @@ def build_app(daemon: Daemon) -> FastAPI:
         return S.JobList(jobs=[S.JobOut.of(j) for j in jobs[-limit:]])
 
     @app.get("/v1/jobs/{job_id}", response_model=S.JobDetail, tags=["jobs"])
-    async def show(job_id: int) -> S.JobDetail:
-        return S.JobDetail.detail(store.job(job_id), store.events(job_id))
+    async def show(job_id: int, who: Who) -> S.JobDetail:
+        job = store.job(job_id)
+        # env values and command arguments are the owner's, the team admins' and mlq
+        # admins' to see (Slurm's PrivateData=jobs for the parts that hold secrets)
+        private = not may_see_private(who, job, store)
+        return S.JobDetail.detail(job, store.events(job_id), redact=private)
 
     @app.post("/v1/jobs/cancel", response_model=S.CancelResponse, tags=["jobs"])
     async def cancel(body: S.CancelRequest, who: Who) -> S.CancelResponse:
@@ -260,6 +267,53 @@ def build_app(daemon: Daemon) -> FastAPI:
         store.set_class(pc)
         daemon.on_change("class")
         return class_out(pc)
+
+    # -- grants --------------------------------------------------------------------------
+
+    def grant_out(g: grants.Grant) -> S.GrantOut:
+        return S.GrantOut(
+            subject=g.subject,
+            capabilities=list(g.capabilities),
+            volume_paths=list(g.volume_paths),
+            devices=list(g.devices),
+        )
+
+    @app.get("/v1/grants", response_model=S.GrantList, tags=["grants"])
+    async def grant_list() -> S.GrantList:
+        return S.GrantList(grants=[grant_out(g) for g in store.grants()])
+
+    @app.put("/v1/grants", response_model=S.GrantOut, tags=["grants"])
+    async def grant_set(body: S.GrantSet, who: Who) -> S.GrantOut:
+        require_admin(who, f'grant to "{body.subject}"', daemon.admin_group)
+        current = next((g for g in store.grants() if g.subject == body.subject), None)
+        base = {"to": body.subject}
+        if current is not None:
+            base |= {
+                "capabilities": list(current.capabilities),
+                "volume_paths": list(current.volume_paths),
+                "devices": list(current.devices),
+            }
+        changes = {
+            k: getattr(body, k)
+            for k in ("capabilities", "volume_paths", "devices")
+            if getattr(body, k) is not None
+        }
+        from mlq.scheduler.cluster import GrantConfig
+        from mlq.scheduler.spec import validation_problems
+        from pydantic import ValidationError
+
+        try:
+            grant = GrantConfig.model_validate(base | changes).grant()
+        except ValidationError as exc:
+            raise InvalidInput(validation_problems(exc, GrantConfig)) from None
+        store.set_grant(grant)
+        return grant_out(grant)
+
+    @app.post("/v1/grants/delete", response_model=S.GrantList, tags=["grants"])
+    async def grant_delete(body: S.GrantDelete, who: Who) -> S.GrantList:
+        require_admin(who, f'take back the grant to "{body.subject}"', daemon.admin_group)
+        store.delete_grant(body.subject)
+        return S.GrantList(grants=[grant_out(g) for g in store.grants()])
 
     # -- the running system -------------------------------------------------------------
 

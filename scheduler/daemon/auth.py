@@ -52,12 +52,18 @@ def require_submit(caller: Caller, team: str, store: Store) -> None:
         )
 
 
+def may_see_private(caller: Caller, job: Job, store: Store) -> bool:
+    """The job's owner, its team's admins and mlq admins: who may cancel it, read its
+    logs and see its environment and command line."""
+    if caller.is_admin or job.user == caller.user:
+        return True
+    _, admin = store.teams_of(caller.user, caller.peer.groups)
+    return job.team in admin
+
+
 def require_owner(caller: Caller, job: Job, store: Store, action: str = "cancel") -> None:
     """The job's owner, its team's admins and mlq admins may ``action`` it."""
-    if caller.is_admin or job.user == caller.user:
-        return
-    _, admin = store.teams_of(caller.user, caller.peer.groups)
-    if job.team in admin:
+    if may_see_private(caller, job, store):
         return
     raise Refused(
         f"{caller.user} may not {action} job {job.id}: it belongs to {job.user} "

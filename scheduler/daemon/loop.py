@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlq.scheduler import states
+from mlq.scheduler import grants, states
 from mlq.scheduler.cluster import ClusterConfig
 from mlq.scheduler.models import Job
 from mlq.scheduler.snapshot import (
@@ -143,6 +143,7 @@ class Loop:
         self._timer: Any = None
         self._pidfds: dict[int, int] = {}  # supervisor pid -> pidfd, for adopted runs
         self._last_end = 0.0  # monotonic time the last pass ended
+        self.forbidden: tuple[str, ...] = grants.FORBIDDEN_PATHS  # never mounted into a job
 
     # -- outside world -------------------------------------------------------------
 
@@ -326,7 +327,7 @@ class Loop:
         for job in running:
             mark = Path(checkpoint_dir(str(self.state_dir), job.id or 0)) / CHECKPOINT_MARK
             try:
-                mtime = mark.stat().st_mtime
+                mtime = mark.lstat().st_mtime  # the job's file: never follow its symlink
             except OSError:
                 continue
             if job.started_at and mtime >= job.started_at and mtime != job.checkpoint_at:
@@ -460,6 +461,17 @@ class Loop:
         run_dir = self.run_dir(job)
         if run_dir.exists():  # left by a start the daemon never finished; it never ran
             shutil.rmtree(run_dir, ignore_errors=True)
+        # grants are checked again: one may have been taken back since the submit
+        all_grants = self.store.grants()
+        beyond = grants.check(
+            spec, job.team, job.priority_class, all_grants, self.forbidden, is_root=job.uid == 0
+        )
+        if beyond:
+            self.store.transition(
+                job.id, states.FAILED, "could not start: " + "; ".join(beyond), ended_at=time.time()
+            )
+            return
+        allowed = grants.allowed_for(all_grants, job.team, job.priority_class)
         request = build_launch_request(
             spec,
             job_id=job.id,
@@ -472,6 +484,9 @@ class Loop:
             visible_devices=visible,
             extra_env=extra,
             checkpoint_key=job.id,
+            additional_gids=_groups_of(job.user, job.uid, job.gid),
+            volume_paths=() if job.uid == 0 else allowed.volume_paths,
+            denied_paths=self.forbidden,
         )
         held = {
             "gpus": list(start.gpus),
@@ -614,6 +629,18 @@ def reap_orphans() -> None:
             return
         if pid == 0:
             return
+
+
+def _groups_of(user: str, uid: int, gid: int) -> list[int]:
+    """The user's supplementary groups as the node knows them now (as Slurm's
+    initgroups at launch); a user the node does not know keeps only the primary group."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return [gid]
+    return os.getgrouplist(name, gid)
 
 
 def _how_it_ended(status: Any) -> str:

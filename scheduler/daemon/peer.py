@@ -24,6 +24,7 @@ class Peer:
     gid: int
     user: str
     groups: tuple[str, ...]
+    gids: tuple[int, ...] = ()  # the same groups as numbers (the job's supplementary groups)
 
 
 def peer_of(sock: socket.socket) -> Peer:
@@ -46,7 +47,7 @@ def identify(pid: int, uid: int, gid: int) -> Peer:
             names.append(grp.getgrgid(g).gr_name)
         except KeyError:
             names.append(str(g))
-    return Peer(pid=pid, uid=uid, gid=gid, user=user, groups=tuple(names))
+    return Peer(pid=pid, uid=uid, gid=gid, user=user, groups=tuple(names), gids=tuple(gids))
 
 
 class PeerCredProtocol(HttpToolsProtocol):

@@ -89,9 +89,18 @@ class JobDetail(JobOut):
     spec: dict[str, Any]
     events: list[EventOut]
 
+    redacted: bool = Field(
+        False, description="env values and command arguments are hidden from this caller"
+    )
+
     @classmethod
-    def detail(cls, j: Job, events: list[JobEvent]) -> JobDetail:
+    def detail(cls, j: Job, events: list[JobEvent], redact: bool = False) -> JobDetail:
         base = JobOut.of(j).model_dump()
+        spec = json.loads(j.spec)
+        if redact:
+            spec["env"] = {k: HIDDEN for k in spec.get("env") or {}}
+            cmd = spec.get("command") or []
+            spec["command"] = cmd[:1] + ([HIDDEN] if len(cmd) > 1 else [])
         return cls(
             **base,
             uid=j.uid,
@@ -101,9 +110,13 @@ class JobDetail(JobOut):
             cgroup=j.cgroup,
             run_dir=j.run_dir,
             checkpoint_at=iso(j.checkpoint_at),
-            spec=json.loads(j.spec),
+            spec=spec,
             events=[EventOut.of(e) for e in events],
+            redacted=redact,
         )
+
+
+HIDDEN = "<hidden>"
 
 
 class JobList(BaseModel):
@@ -277,3 +290,27 @@ class StatusOut(BaseModel):
     uptime_s: float
     running: int
     pending: int
+
+
+class GrantOut(BaseModel):
+    """What an mlq admin granted to one subject (``*``, ``team:<name>``, ``class:<name>``)."""
+
+    subject: str
+    capabilities: list[str]
+    volume_paths: list[str]
+    devices: list[str]
+
+
+class GrantList(BaseModel):
+    grants: list[GrantOut]
+
+
+class GrantSet(BaseModel):
+    subject: str
+    capabilities: list[str] | None = Field(None, description="Replaces the granted capabilities")
+    volume_paths: list[str] | None = Field(None, description="Replaces the granted volume paths")
+    devices: list[str] | None = Field(None, description="Replaces the granted devices")
+
+
+class GrantDelete(BaseModel):
+    subject: str

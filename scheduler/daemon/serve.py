@@ -18,6 +18,7 @@ from pathlib import Path
 from mlq.scheduler.cluster import ClusterConfig, load_cluster
 from mlq.scheduler.daemon.loop import NodeView
 from mlq.scheduler.errors import MlqError
+from mlq.scheduler.grants import forbidden_paths
 from mlq.scheduler.store import Store, sqlite_url
 
 DEFAULT_STATE_DIR = "/var/lib/mlq"
@@ -56,8 +57,11 @@ class ServerError(MlqError):
 
 
 def _lock_state_dir(state_dir: Path) -> int:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # root's alone: the database, the runs' logs, requests and checkpoint volumes
+    # below it are never reached by path by anyone else (the API serves them)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -100,6 +104,10 @@ def open_store(paths: ServerPaths) -> tuple[Store, ClusterConfig]:
     """The store, seeded from the cluster config at first start."""
     cluster = load_cluster(paths.config) if paths.config else ClusterConfig()
     store = Store(paths.database_url)
+    db = paths.state_dir / "mlq.db"
+    for f in (db, db.with_name("mlq.db-wal"), db.with_name("mlq.db-shm")):
+        if f.exists():
+            os.chmod(f, 0o600)  # SQLite makes its files with the process's umask
     if not store.is_seeded():
         store.seed(cluster)
         log.info(
@@ -120,7 +128,9 @@ def serve(paths: ServerPaths, log_level: str = "warning") -> None:
     store, cluster = open_store(paths)
     _clear_stale_socket(paths.socket)
     loop = Loop(store, cluster, paths.state_dir, discover_node(cluster))
+    loop.forbidden = forbidden_paths(str(paths.state_dir), str(paths.socket))
     daemon = Daemon(store, cluster.admin_group)
+    daemon.forbidden = loop.forbidden
     daemon.loop = loop
     daemon.on_change = loop.ask
     daemon.stop_running = loop.cancel_running

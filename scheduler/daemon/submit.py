@@ -6,15 +6,18 @@ transaction, so a refused or invalid submission leaves no row behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import time
 from types import SimpleNamespace
 from typing import Any
 
-from mlq.scheduler import states
+from mlq.executor.asuser import HostUser, reachable_as
+from mlq.scheduler import grants, states
 from mlq.scheduler.daemon.auth import Caller, require_submit
-from mlq.scheduler.errors import InvalidInput
+from mlq.scheduler.errors import InvalidInput, Refused
 from mlq.scheduler.models import Job
 from mlq.scheduler.spec import JobSpec, parse_array, parse_spec, resolve
 from mlq.scheduler.store import Store
@@ -38,9 +41,17 @@ def cgroup_limits(spec: JobSpec) -> dict[str, Any]:
 
 
 def prepare(
-    store: Store, caller: Caller, raw: Any, source: str | None, array: str | None, after: list[int]
+    store: Store,
+    caller: Caller,
+    raw: Any,
+    source: str | None,
+    array: str | None,
+    after: list[int],
+    forbidden: tuple[str, ...] = grants.FORBIDDEN_PATHS,
 ) -> tuple[JobSpec, list[int] | None]:
-    """Validate and resolve a submission; raises before anything is stored."""
+    """Validate and resolve a submission; raises before anything is stored.
+
+    ``forbidden``: host paths no job may mount (the daemon adds its own dirs)."""
     spec = parse_spec(raw, source)
     if array is not None:
         try:
@@ -58,25 +69,50 @@ def prepare(
             source,
         )
     require_submit(caller, spec.team, store)
+    resolved = resolve(spec, store.classes())
+    klass = resolved.priority_class or resolved.kind
+    beyond = grants.check(
+        resolved, spec.team, klass, store.grants(), forbidden, is_root=caller.peer.uid == 0
+    )
+    if beyond:
+        raise Refused("; ".join(beyond))
+    # paths as the submitter reaches them: what they cannot reach is as good as absent
+    user = HostUser(caller.peer.uid, caller.peer.gid, caller.peer.gids)
     missing_paths = [
-        f"volumes[{i}].source: {v.source} does not exist on this node"
+        f"volumes[{i}].source: {v.source} {_unreachable(err, user)}"
         for i, v in enumerate(spec.volumes)
-        if not os.path.exists(v.source)
+        if (err := reachable_as(user, v.source)) is not None
     ]
-    if spec.image != "host" and not os.path.exists(spec.image):
+    if spec.image != "host" and (err := reachable_as(user, spec.image)) is not None:
         missing_paths.append(
-            f"image: {spec.image} does not exist; use host, a rootfs dir, a rootfs tarball "
-            "or an OCI image layout dir"
+            f"image: {spec.image} {_unreachable(err, user)}; use host, a rootfs dir, "
+            "a rootfs tarball or an OCI image layout dir"
         )
+    for i, d in enumerate(spec.devices):
+        if not _is_device(d):
+            missing_paths.append(f"devices[{i}]: {d} is not a device node on this node")
     if missing_paths:
         raise InvalidInput(missing_paths, source)
-    resolved = resolve(spec, store.classes())
     if spec.depends_on:
         found = {j.id for j in store.jobs(ids=spec.depends_on)}
         missing = [str(i) for i in spec.depends_on if i not in found]
         if missing:
             raise InvalidInput(f"depends_on: job {', '.join(missing)} does not exist", source)
     return resolved, indices
+
+
+def _unreachable(err: OSError, user: HostUser) -> str:
+    if err.errno == errno.ENOENT:
+        return "does not exist on this node"
+    return f"is not reachable by uid {user.uid} ({err.strerror})"
+
+
+def _is_device(path: str) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
 def store_jobs(

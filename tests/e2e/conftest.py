@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "executor"))
-from daemon_helpers import Daemon  # noqa: E402
+from daemon_helpers import ROOT, Daemon  # noqa: E402
 from exec_helpers import leftovers  # noqa: E402
 from mlq.cli.client import Client  # noqa: E402
 
@@ -34,6 +34,9 @@ teams:
   - {{name: search, members: [{members}]}}
   - {{name: cv, members: [{members}]}}
 {extra_teams}
+grants:
+  # the usual data paths, and the checkout: some jobs run mlq itself from it
+  - {{to: "*", volume_paths: [/home, /srv, /data, /scratch, /mnt, /tmp, /var/tmp, {ROOT}]}}
 """
 
 
