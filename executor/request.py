@@ -179,6 +179,8 @@ class LaunchRequest:
     stop_signal: str = "SIGTERM"
     grace_period_s: float = 30.0
     time_limit_s: float | None = None
+    # the newest bytes kept of each of stdout and stderr (None: all of it)
+    log_limit: int | None = None
 
     @property
     def run_dir(self) -> str:

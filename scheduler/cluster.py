@@ -78,13 +78,19 @@ class ClassDefaults(Strict):
     time_limit: Seconds | None = None
 
 
+DEFAULT_LOG_LIMIT = 100 * 2**20  # bytes kept of each output stream of a run
+
+
 class PriorityClass(Strict):
     name: str
-    value: int
+    value: int = Field(ge=-(10**9), le=10**9)
     preempts: list[str] = []
     preemptible: bool = True
     min_run_time: Seconds = 0
     defaults: ClassDefaults = ClassDefaults()
+    # the newest bytes of each of a run's stdout and stderr that are kept (older
+    # output is dropped, and mlq logs says how much)
+    log_limit: Bytes = DEFAULT_LOG_LIMIT
 
 
 DEFAULT_CLASSES = (

@@ -47,6 +47,7 @@ def build_launch_request(
     additional_gids: Sequence[int] = (),
     volume_paths: Sequence[str] = (),
     denied_paths: Sequence[str] = (),
+    log_limit: int | None = None,
 ) -> LaunchRequest:
     """The request for one run of ``spec`` (resolved: limits filled from its class).
 
@@ -143,4 +144,5 @@ def build_launch_request(
         stop_signal=spec.preemption.stop_signal,
         grace_period_s=float(spec.preemption.grace_period),
         time_limit_s=float(spec.time_limit) if spec.time_limit else None,
+        log_limit=log_limit,
     )

@@ -57,7 +57,21 @@ def _v3(conn: Connection) -> None:
         )
 
 
-STEPS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(conn: Connection) -> None:
+    """OOM kills and spec sizes of jobs, a log limit per class, and the indexes that
+    per-user caps and paged history read."""
+    _add_columns(conn, "jobs", {"oom_kills": "BIGINT", "spec_bytes": "BIGINT NOT NULL DEFAULT 0"})
+    _add_columns(conn, "priority_classes", {"log_limit": "BIGINT"})
+    conn.execute(text("UPDATE jobs SET spec_bytes = length(spec) WHERE spec_bytes = 0"))
+    # "user" is a reserved word in PostgreSQL: quoted
+    for name, cols in (
+        ("ix_jobs_user_state", '"user", state, spec_bytes'),
+        ("ix_jobs_ended_at", "ended_at"),
+    ):
+        conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON jobs ({cols})"))
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 SCHEMA_VERSION = max(STEPS)
 
 

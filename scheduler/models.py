@@ -7,8 +7,20 @@ JSON so a job runs exactly as it was accepted, even if class defaults change lat
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Text
+from sqlalchemy import BigInteger, Column, Index, Integer, Text
 from sqlmodel import Field, SQLModel
+
+# 64-bit integers on PostgreSQL (INTEGER there is 32-bit: 16Gi, a uid above 2^31, a
+# peak of 3 GB would not fit); SQLite's INTEGER is already 64-bit, and its
+# autoincrement primary key must be declared exactly INTEGER.
+Int64 = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def int64(default: int | None = None, nullable: bool = True, **kw) -> Field:  # type: ignore[valid-type]
+    """A 64-bit integer column on every database."""
+    if default is not None:
+        kw["default"] = default  # core inserts (the submit path) fill it too
+    return Field(default=default, sa_column=Column(Int64, nullable=nullable, **kw))
 
 
 class Job(SQLModel, table=True):
@@ -16,20 +28,23 @@ class Job(SQLModel, table=True):
     __table_args__ = (
         Index("ix_jobs_state", "state"),
         Index("ix_jobs_team_state", "team", "state"),
+        # schema 4: per-user caps at submit, and history read newest first
+        Index("ix_jobs_user_state", "user", "state", "spec_bytes"),
+        Index("ix_jobs_ended_at", "ended_at"),
         {"sqlite_autoincrement": True},  # Slurm-like IDs: increasing, never reused
     )
 
-    id: int | None = Field(default=None, primary_key=True)
-    array_id: int | None = None
-    array_index: int | None = None
+    id: int | None = Field(default=None, sa_column=Column(Int64, primary_key=True))
+    array_id: int | None = int64()
+    array_index: int | None = int64()
     name: str
     team: str
     user: str
-    uid: int
-    gid: int
+    uid: int = int64(nullable=False)
+    gid: int = int64(nullable=False)
     kind: str
     priority_class: str
-    priority: int
+    priority: int = int64(nullable=False)
     state: str
     reason: str = ""
     spec: str = Field(sa_column=Column(Text, nullable=False))
@@ -42,22 +57,25 @@ class Job(SQLModel, table=True):
     devices: str | None = None
     cgroup: str | None = None
     run_dir: str | None = None
-    exit_code: int | None = None
+    exit_code: int | None = int64()
     signal: str | None = None
-    restart_count: int = 0
+    restart_count: int = int64(0, nullable=False)
     checkpoint_at: float | None = None
     # schema 2: why a running job is being stopped, and for whom
     stop_cause: str | None = None  # "preempt" | "cancel"
-    stop_for: int | None = None  # the job a preemption makes room for
-    max_memory: int | None = None  # peak memory of the last run, bytes
+    stop_for: int | None = int64()  # the job a preemption makes room for
+    max_memory: int | None = int64()  # peak memory of the last run, bytes
+    # schema 4: the kernel's OOM kills in the last run; the stored spec's size
+    oom_kills: int | None = int64()
+    spec_bytes: int = int64(0, nullable=False)
 
 
 class JobEvent(SQLModel, table=True):
     __tablename__ = "job_events"
     __table_args__ = (Index("ix_job_events_job", "job_id"),)
 
-    id: int | None = Field(default=None, primary_key=True)
-    job_id: int
+    id: int | None = Field(default=None, sa_column=Column(Int64, primary_key=True))
+    job_id: int = int64(nullable=False)
     at: float
     state: str
     reason: str = ""
@@ -93,13 +111,14 @@ class PriorityClassRow(SQLModel, table=True):
     __tablename__ = "priority_classes"
 
     name: str = Field(primary_key=True)
-    value: int
+    value: int = int64(nullable=False)
     preempts: str = "[]"
     preemptible: bool = True
-    min_run_time: int = 0
-    default_cpus: int
-    default_memory: int
-    default_time_limit: int | None = None
+    min_run_time: int = int64(0, nullable=False)
+    default_cpus: int = int64(nullable=False)
+    default_memory: int = int64(nullable=False)
+    default_time_limit: int | None = int64()
+    log_limit: int | None = int64()  # schema 4: bytes kept per output stream
 
 
 class GrantRow(SQLModel, table=True):

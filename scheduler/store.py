@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlq.scheduler import migrations, states
-from mlq.scheduler.cluster import ClassDefaults, ClusterConfig, PriorityClass
+from mlq.scheduler.cluster import DEFAULT_LOG_LIMIT, ClassDefaults, ClusterConfig, PriorityClass
 from mlq.scheduler.errors import Conflict, InvalidInput, NotFound
 from mlq.scheduler.grants import Grant
 from mlq.scheduler.models import (
@@ -477,6 +477,7 @@ def _class_row(c: PriorityClass) -> PriorityClassRow:
         default_cpus=c.defaults.cpus,
         default_memory=c.defaults.memory,
         default_time_limit=c.defaults.time_limit,
+        log_limit=c.log_limit,
     )
 
 
@@ -490,4 +491,5 @@ def _class_model(r: PriorityClassRow) -> PriorityClass:
         defaults=ClassDefaults(
             cpus=f"{r.default_cpus}m", memory=r.default_memory, time_limit=r.default_time_limit
         ),
+        log_limit=r.log_limit if r.log_limit is not None else DEFAULT_LOG_LIMIT,
     )

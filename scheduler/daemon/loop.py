@@ -487,6 +487,7 @@ class Loop:
             additional_gids=_groups_of(job.user, job.uid, job.gid),
             volume_paths=() if job.uid == 0 else allowed.volume_paths,
             denied_paths=self.forbidden,
+            log_limit=self._log_limit(job.priority_class),
         )
         held = {
             "gpus": list(start.gpus),
@@ -513,6 +514,12 @@ class Loop:
         self.handles[job.id] = handle
         cg = ",".join(sorted(set(handle.cgroup_paths.values())))
         self.store.transition(job.id, states.RUNNING, f"on {start.node}", cgroup=cg)
+
+    def _log_limit(self, klass: str) -> int | None:
+        from mlq.scheduler.cluster import DEFAULT_LOG_LIMIT
+
+        c = next((c for c in self.store.classes() if c.name == klass), None)
+        return c.log_limit if c is not None else DEFAULT_LOG_LIMIT
 
     def stop_job(
         self, job: Job, cause: str, reason: str, stop_for: int | None = None, now: bool = False

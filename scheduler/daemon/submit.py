@@ -135,6 +135,7 @@ def store_jobs(
         state=states.PENDING,
         reason="Dependency" if resolved.depends_on else "",
         spec=body,
+        spec_bytes=len(body.encode()),
         submitted_at=now,
         depends_on=json.dumps(resolved.depends_on),
         held=False,
