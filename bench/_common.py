@@ -17,8 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MLQ = str(Path(sys.executable).parent / "mlq")
 PEER = ROOT.parent / "shared" / "peers" / "slurm" / "peer"
 
+# Cordoned (schedulable: false): every job is accepted (one GPU, so a GPU job fits)
+# and stays queued, so submission figures measure the API and the store.
 BENCH_CLUSTER = """
-node: {name: bench, cpus: 64, memory: 512Gi, gpus: declared, declared_gpus: []}
+node: {name: bench, cpus: 64, memory: 512Gi, schedulable: false, gpus: declared,
+       declared_gpus: [{index: 0, model: H100-80GB}]}
 teams:
   - {name: nlp, members: [root], guarantee: {gpu: 4}, limit: {gpu: 8}}
 """
@@ -31,8 +34,8 @@ command: [/bin/true]
 resources: {cpus: 1, memory: 64Mi}
 """
 
-# A job that stays queued on the bench node (it has no GPU), so submission figures
-# measure the API and the store, not jobs being launched meanwhile.
+# A job that stays queued on the bench node (cordoned, or its one GPU held), so
+# submission figures measure the API and the store, not jobs being launched.
 QUEUED_JOB = TRIVIAL_JOB.replace("{cpus: 1, memory: 64Mi}", "{gpus: 1, cpus: 1, memory: 64Mi}")
 
 

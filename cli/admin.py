@@ -12,6 +12,10 @@ quota_app = typer.Typer(
     help="Team quotas: guarantees and limits per resource.", no_args_is_help=True
 )
 class_app = typer.Typer(help="Priority classes.", no_args_is_help=True)
+caps_app = typer.Typer(
+    help="Per-user caps: active jobs and bytes of job files one user may have at once.",
+    no_args_is_help=True,
+)
 grant_app = typer.Typer(
     help="Grants: capabilities, volume paths and devices beyond the defaults (docs/security.md).",
     no_args_is_help=True,
@@ -190,6 +194,7 @@ def class_list(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
             c["default_cpus"],
             c["default_memory"],
             c["default_time_limit"] or "none",
+            c["log_limit"],
         ]
         for c in resp["classes"]
     ]
@@ -204,6 +209,7 @@ def class_list(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
                 "CPUS",
                 "MEMORY",
                 "TIME LIMIT",
+                "LOG LIMIT",
             ],
             rows,
         )
@@ -222,6 +228,10 @@ def class_set(
     cpus: Annotated[str | None, typer.Option("--default-cpus")] = None,
     memory: Annotated[str | None, typer.Option("--default-memory")] = None,
     time_limit: Annotated[str | None, typer.Option("--default-time-limit")] = None,
+    log_limit: Annotated[
+        str | None,
+        typer.Option("--log-limit", help="Newest output kept per stream of a run, e.g. 100Mi"),
+    ] = None,
     json_out: JsonOpt = False,
     sock: SocketOpt = None,
 ) -> None:
@@ -236,6 +246,7 @@ def class_set(
         "default_cpus": cpus,
         "default_memory": memory,
         "default_time_limit": time_limit,
+        "log_limit": log_limit,
     }
     resp = Client(sock).put(f"/v1/classes/{name}", body)
     print_json(resp) if json_out else typer.echo(f"Set class {name} (value {resp['value']})")
@@ -311,6 +322,36 @@ def grant_delete(subject: SubjectArg, sock: SocketOpt = None) -> None:
     typer.echo(f"Took back the grant to {subject}")
 
 
+@caps_app.command("show")
+def caps_show(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
+    """Show the per-user caps."""
+    from mlq.scheduler.units import format_size
+
+    resp = Client(sock).get("/v1/user-caps")
+    if json_out:
+        print_json(resp)
+        return
+    typer.echo(
+        f"max active jobs per user: {resp['max_active_jobs']}; "
+        f"max job-file bytes per user: {format_size(resp['max_spec_bytes'])}"
+    )
+
+
+@caps_app.command("set")
+def caps_set(
+    max_active_jobs: Annotated[int | None, typer.Option("--max-active-jobs")] = None,
+    max_spec_bytes: Annotated[
+        str | None, typer.Option("--max-spec-bytes", help="e.g. 256Mi")
+    ] = None,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Change the per-user caps (mlq admins)."""
+    body = {"max_active_jobs": max_active_jobs, "max_spec_bytes": max_spec_bytes}
+    resp = Client(sock).put("/v1/user-caps", body)
+    print_json(resp) if json_out else caps_show(sock=sock)
+
+
 def whoami(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
     """Who the daemon thinks you are, and your teams."""
     resp = Client(sock).get("/v1/whoami")
@@ -328,4 +369,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(quota_app, name="quota")
     app.add_typer(class_app, name="class")
     app.add_typer(grant_app, name="grant")
+    app.add_typer(caps_app, name="user-caps")
     app.command("whoami")(whoami)

@@ -17,6 +17,7 @@ from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, NotFound, Ref
 DEFAULT_SOCKET = "/run/mlq/mlq.sock"
 _ERRORS: dict[int, type[MlqError]] = {
     400: InvalidInput,
+    413: InvalidInput,
     422: InvalidInput,
     403: Refused,
     404: NotFound,
@@ -148,7 +149,11 @@ class Client:
                     raise Unreachable(
                         f"the mlq daemon at {self.path} closed the connection: {exc}"
                     ) from None
-        result = json.loads(data) if data else None
+        try:
+            result = json.loads(data) if data else None
+        except ValueError:  # not mlq's answer (a proxy, a crash mid-write): say what came
+            text = data[:200].decode(errors="replace").strip()
+            raise MlqError(f"the daemon answered HTTP {resp.status}: {text}") from None
         if resp.status >= 400:
             err = _ERRORS.get(resp.status, MlqError)
             detail = result if isinstance(result, dict) else {}

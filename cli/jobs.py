@@ -171,11 +171,18 @@ def cancel(
 ) -> None:
     """Cancel jobs: pending ones at once, running ones gracefully (--now kills)."""
     resp = Client(sock).post("/v1/jobs/cancel", {"ids": job_ids, "now": now})
+    results = resp["results"]
     if json_out:
         print_json(resp)
-        return
-    for r in resp["results"]:
-        typer.echo(f"job {r['id']}: {r['state']} ({r['message']})")
+    else:
+        for r in results:
+            line = f"job {r['id']}: {r['state'] or 'not found'} ({r['message']})"
+            typer.echo(line, err=not r["ok"])
+    # 3 if any was refused, 1 if any does not exist; the others were cancelled anyway
+    if any(not r["ok"] and r["state"] for r in results):
+        raise typer.Exit(3)
+    if any(not r["ok"] for r in results):
+        raise typer.Exit(1)
 
 
 def history(
@@ -185,13 +192,16 @@ def history(
     ] = None,
     team: Annotated[str | None, typer.Option("--team", "-t")] = None,
     mine: Annotated[bool, typer.Option("--mine", help="Only my jobs")] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", help="At most this many, the newest (up to 10000)")
+    ] = 1000,
     json_out: JsonOpt = False,
     sock: SocketOpt = None,
 ) -> None:
-    """Finished jobs, like sacct."""
+    """Finished jobs, newest last, like sacct."""
     client = Client(sock)
     user = _whoami(client) if mine else None
-    resp = client.get("/v1/history", since=_since(since), team=team, user=user)
+    resp = client.get("/v1/history", since=_since(since), team=team, user=user, limit=limit)
     if json_out:
         print_json(resp)
         return
@@ -258,8 +268,18 @@ def logs(
     ] = None,
     sock: SocketOpt = None,
 ) -> None:
-    """Print a job's output; every run of a requeued job, each labelled."""
+    """Print a job's output; every run of a requeued job, each labelled.
+
+    Output older than the job's log limit keeps is gone: a line on stderr says how
+    much, where it was.
+    """
     import sys
+
+    from mlq.scheduler.units import format_size
+
+    def size(n: int) -> str:
+        text = format_size(n)
+        return f"{text} bytes" if text.isdigit() else text
 
     client = Client(sock)
     stream = "stderr" if stderr else "stdout"
@@ -272,6 +292,16 @@ def logs(
         offset = 0
         while True:
             chunk = client.get(f"/v1/jobs/{job_id}/logs", stream=stream, run=n, offset=offset)
+            if chunk.get("dropped"):
+                limit = chunk.get("log_limit")
+                keeps = f"the newest {size(limit)}" if limit else "the newest output"
+                out.flush()  # the note goes where the gap is
+                print(
+                    f"mlq: {size(chunk['dropped'])} of earlier output were dropped "
+                    f"(the job's log limit keeps {keeps} per stream)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             out.write(chunk["data"])
             out.flush()
             moved = chunk["next_offset"] != offset

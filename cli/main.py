@@ -28,6 +28,13 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
+    """The CLI's only exit paths: the command's result, one line for every error.
+
+    Exit codes: 0 ok; 1 an error of the daemon or the job (not found, a conflict,
+    an internal error); 2 bad input or a usage mistake (unknown option, missing
+    argument); 3 refused (not allowed, beyond a grant or a cap); 4 the daemon
+    cannot be reached; 130 interrupted. Never a traceback.
+    """
     from mlq.scheduler.errors import MlqError
 
     try:
@@ -35,18 +42,26 @@ def main() -> None:
         if isinstance(rv, int) and rv:
             sys.exit(rv)
     except MlqError as exc:
-        print(f"mlq: error: {exc}", file=sys.stderr)
+        print(f"mlq: error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except SystemExit:
         raise
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click's usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:
+        name = type(exc).__name__
+        if name == "Abort":
             sys.exit(130)
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        if hasattr(exc, "format_message"):  # click's usage errors (vendored by typer)
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            print(f"mlq: error: {_one_line(exc.format_message())}{where}", file=sys.stderr)
             sys.exit(2)
-        raise
+        if isinstance(exc, BrokenPipeError):  # `mlq queue | head`
+            sys.exit(0)
+        print(f"mlq: error: unexpected {name}: {_one_line(str(exc))}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -35,20 +35,42 @@ def _pick_gpus(spec, config) -> tuple[list[tuple[str, str]], str | None]:
     return [(d.host_path, d.path) for d in w.devices], w.visible
 
 
-def _pump(files: list[tuple[Path, int, object]]) -> list[tuple[Path, int, object]]:
-    """Copy what the job wrote since last time to our stdout/stderr."""
+CHUNK = 2**20  # read and written at a time, so a burst is never held in memory whole
+
+
+def _pump(
+    streams: list[tuple[Path, str, int, object]], log_limit: int | None
+) -> list[tuple[Path, str, int, object]]:
+    """Copy what the job wrote since last time to our stdout/stderr.
+
+    Each position counts all the job wrote to the stream: under a log limit its
+    supervisor rotates the files, and ``read_stream`` maps positions across them.
+    Output rotated away before it was copied (a job that writes faster than this
+    terminal reads) is said on stderr.
+    """
+    from mlq.scheduler.daemon.logs import read_stream
+    from mlq.scheduler.units import format_size
+
     out = []
-    for path, pos, sink in files:
-        try:
-            with open(path, "rb") as f:
-                f.seek(pos)
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        if data:
-            sink.buffer.write(data)  # type: ignore[attr-defined]
-            sink.flush()  # type: ignore[attr-defined]
-        out.append((path, pos + len(data), sink))
+    for run_dir, stream, pos, sink in streams:
+        while True:
+            skipped, data = read_stream(run_dir, stream, pos, CHUNK)
+            if skipped:
+                gone = format_size(skipped)
+                gone += " bytes" if gone.isdigit() else ""
+                keeps = f"the newest {format_size(log_limit)}" if log_limit else "the newest output"
+                print(
+                    f"mlq: {gone} of earlier {stream} were dropped "
+                    f"(the job's log limit keeps {keeps} per stream)",
+                    file=sys.stderr,
+                )
+            if data:
+                sink.buffer.write(data)  # type: ignore[attr-defined]
+                sink.flush()  # type: ignore[attr-defined]
+            pos += skipped + len(data)
+            if len(data) < CHUNK:
+                break
+        out.append((run_dir, stream, pos, sink))
     return out
 
 
@@ -73,7 +95,12 @@ def run(
     import uuid
 
     from mlq.executor import kill_now, start, stop, wait
-    from mlq.scheduler.cluster import DEFAULT_CLASSES, ClusterConfig, load_cluster
+    from mlq.scheduler.cluster import (
+        DEFAULT_CLASSES,
+        DEFAULT_LOG_LIMIT,
+        ClusterConfig,
+        load_cluster,
+    )
     from mlq.scheduler.errors import Refused
     from mlq.scheduler.launch import build_launch_request
     from mlq.scheduler.spec import load_spec, resolve
@@ -83,6 +110,9 @@ def run(
     cluster = load_cluster(config) if config else ClusterConfig()
     spec = resolve(load_spec(file), list(cluster.priority_classes or DEFAULT_CLASSES))
     devices, visible = _pick_gpus(spec, cluster)
+    # the class's log limit, as under the daemon: a chatty job cannot fill the state dir
+    klass = cluster.class_named(spec.priority_class or spec.kind)
+    log_limit = klass.log_limit if klass else DEFAULT_LOG_LIMIT
     run_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     req = build_launch_request(
         spec,
@@ -94,6 +124,7 @@ def run(
         devices=devices,
         visible_devices=visible,
         checkpoint_key=spec.name,  # the same job name finds its checkpoint again
+        log_limit=log_limit,
     )
     interrupts = [0]
 
@@ -104,10 +135,11 @@ def run(
     try:
         handle = start(req)
         out_sink = sys.stderr if json_out else sys.stdout
-        files = [(Path(handle.stdout), 0, out_sink), (Path(handle.stderr), 0, sys.stderr)]
+        run_dir = Path(handle.run_dir)
+        files = [(run_dir, "stdout", 0, out_sink), (run_dir, "stderr", 0, sys.stderr)]
         acted = 0
         while (status := wait(handle, timeout=0.1)) is None:
-            files = _pump(files)
+            files = _pump(files, log_limit)
             if interrupts[0] > acted:
                 acted = interrupts[0]
                 if acted == 1:
@@ -119,7 +151,7 @@ def run(
                     stop(handle)
                 else:
                     kill_now(handle)
-        _pump(files)
+        _pump(files, log_limit)
     finally:
         signal.signal(signal.SIGINT, previous)
         from mlq.executor.cgroups import release_parents

@@ -145,6 +145,57 @@ def _mkdir(path: str) -> None:
         raise ExecutorError(f"create cgroup {path}: {exc.strerror}") from None
 
 
+def _mkdir_job(path: str) -> None:
+    """A job's own cgroup. One left empty by a launch that was cut short (the daemon
+    killed mid-launch, the same run started again) is taken over; one that still
+    holds processes belongs to a live run and is refused."""
+    try:
+        os.mkdir(path)
+        return
+    except FileExistsError:
+        procs = _read(os.path.join(path, "cgroup.procs"))
+        if procs is None or procs.strip():
+            raise ExecutorError(
+                f"create cgroup {path}: it exists and holds processes of another run"
+            ) from None
+        try:
+            os.rmdir(path)
+            os.mkdir(path)
+        except OSError as exc:
+            raise ExecutorError(f"create cgroup {path}: {exc.strerror}") from None
+    except OSError as exc:
+        raise ExecutorError(f"create cgroup {path}: {exc.strerror}") from None
+
+
+def remove_named(name: str, root: str = "/sys/fs/cgroup") -> list[str]:
+    """Remove every cgroup called ``name`` under mlq's parents (all hierarchies),
+    killing what is left in them first; returns the paths removed."""
+    import signal
+    import time
+
+    removed = []
+    for parent in parents(root):
+        path = os.path.join(parent, name)
+        if not os.path.isdir(path):
+            continue
+        for _ in range(200):
+            pids = (_read(os.path.join(path, "cgroup.procs")) or "").split()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            time.sleep(0.01)
+        try:
+            os.rmdir(path)
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
 def keyed(text: str | None, key: str) -> int:
     """The number for ``key`` in a flat-keyed file, or the file's one number."""
     if text is None:
@@ -197,10 +248,7 @@ class V2Driver:
         self._ensure_parent()
         path = os.path.join(self.parent, name)
         cg = JobCgroup(2, name, {"unified": path})
-        try:
-            os.mkdir(path)
-        except OSError as exc:
-            raise ExecutorError(f"create cgroup {path}: {exc.strerror}") from None
+        _mkdir_job(path)
         try:
             for file, value in self._values(resources):
                 if file == "io.weight" and not os.path.exists(os.path.join(path, file)):
@@ -279,10 +327,7 @@ class V1Driver:
             for c, path in paths.items():
                 if path not in cg.paths.values():  # "cpu,cpuacct" share one hierarchy
                     _mkdir(os.path.dirname(path))
-                    try:
-                        os.mkdir(path)
-                    except OSError as exc:
-                        raise ExecutorError(f"create cgroup {path}: {exc.strerror}") from None
+                    _mkdir_job(path)
                 cg.paths[c] = path
             for controller, file, value in self._values(resources):
                 if controller not in cg.paths:

@@ -11,17 +11,21 @@ Three things, all plain data once discovery is done:
 - :func:`wiring` turns an assignment (whole GPU indices, or MIG slices named by GPU
   index and start slot) into the device nodes the executor puts in the job's ``/dev``
   and the ``CUDA_VISIBLE_DEVICES`` / ``NVIDIA_VISIBLE_DEVICES`` value.
+- :func:`carve` and :func:`destroy` create and destroy one MIG slice (through NVML for
+  discovered GPUs, in the returned picture only for declared ones) and return the
+  node's refreshed :class:`NodeGpus`.
 
 Only :mod:`mlq.executor.nvml` talks to the driver; this module never imports pynvml.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import uuid as uuidlib
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,6 +35,34 @@ if TYPE_CHECKING:
     from mlq.scheduler.cluster import ClusterConfig, GpuDecl, NodeConfig
 
 log = logging.getLogger("mlq.gpus")
+
+
+class MigChangeFailed(Conflict):
+    """The driver (or the catalogue) refused to create or destroy a MIG slice: which GPU,
+    profile and start, the driver's words (``error``) and its NVML code (None when the
+    refusal is mlq's own)."""
+
+    verb = "change"
+
+    def __init__(
+        self, gpu: int, profile: str | None, start: int, error: str, code: int | None = None
+    ) -> None:
+        self.gpu, self.profile, self.start, self.error, self.code = gpu, profile, start, error, code
+        what = f"{profile}@{start}" if profile else f"at start {start}"
+        super().__init__(f"{self.verb} MIG slice {what} on GPU {gpu}: {error}")
+
+
+class CarveFailed(MigChangeFailed):
+    """A slice could not be carved; nothing of it is left behind."""
+
+    verb = "create"
+
+
+class DestroyFailed(MigChangeFailed):
+    """A slice could not be destroyed (in use, or not there)."""
+
+    verb = "destroy"
+
 
 # Nodes every GPU job needs besides its GPUs: the control device and unified memory.
 CONTROL_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")
@@ -243,6 +275,75 @@ def wiring(node: NodeGpus, gpus: Iterable[int] = (), mig: Iterable[Any] = ()) ->
     devices = tuple(_node(node.dev_root, n) for n in names)
     value = ",".join(visible)
     return Wiring(devices, {"CUDA_VISIBLE_DEVICES": value, "NVIDIA_VISIBLE_DEVICES": value})
+
+
+def carve(node: NodeGpus, gpu_index: int, profile: str, start: int, *, lib: Any = None) -> NodeGpus:
+    """Create a MIG slice of ``profile`` at placement ``start`` on GPU ``gpu_index`` and
+    return the node as it is now; the new slice is ``result.gpu(i).slice_at(start)``.
+
+    Discovered GPUs go through the driver (:func:`mlq.executor.nvml.create_slice`);
+    declared GPUs have no driver, so the slice is added to the picture only, checked
+    against the catalogue's placement rules. Raises :class:`CarveFailed`.
+    """
+    g = node.gpu(gpu_index)
+    if g is None or not g.mig_enabled:
+        why = "not on this node" if g is None else "not in MIG mode"
+        raise CarveFailed(gpu_index, profile, start, f"the GPU is {why}")
+    if node.source == "declared":
+        return _carve_declared(node, g, profile, start)
+    from mlq.executor import nvml
+
+    return nvml.create_slice(gpu_index, profile, start, lib=lib)
+
+
+def destroy(
+    node: NodeGpus, gpu_index: int, start: int, *, uuid: str | None = None, lib: Any = None
+) -> NodeGpus:
+    """Destroy the MIG slice at ``start`` on GPU ``gpu_index`` (only if it is still the
+    device ``uuid``, when given) and return the node as it is now. Raises
+    :class:`DestroyFailed` (NVML's code ``NVML_ERROR_NOT_FOUND`` when it is not there)."""
+    g = node.gpu(gpu_index)
+    if node.source == "declared":
+        m = g.slice_at(start) if g else None
+        if g is None or m is None or (uuid is not None and m.uuid != uuid):
+            raise DestroyFailed(gpu_index, None, start, "no such MIG slice", NVML_NOT_FOUND)
+        return _with_gpu(node, replace(g, mig=tuple(x for x in g.mig if x is not m)))
+    from mlq.executor import nvml
+
+    return nvml.destroy_slice(gpu_index, start, uuid, lib=lib)
+
+
+NVML_NOT_FOUND = 6  # NVML_ERROR_NOT_FOUND (this module does not import pynvml)
+_CARVED = itertools.count(1)  # declared slices carved by this process, for their UUIDs
+
+
+def _carve_declared(node: NodeGpus, g: GpuInfo, profile: str, start: int) -> NodeGpus:
+    from mlq.scheduler import mig as catalogue
+
+    placed = [(m.profile, m.start) for m in g.mig]
+    ok, why = catalogue.fits(g.model or g.name, profile, start, placed)
+    if not ok:
+        raise CarveFailed(g.index, profile, start, why)
+    p = catalogue.profile(g.model or g.name, profile)
+    assert p is not None  # fits() said the model has it
+    m = MigDeviceInfo(
+        gpu_index=g.index,
+        uuid="MIG-" + _stable_uuid(g.uuid, f"carved/{start}/{profile}/{next(_CARVED)}"),
+        gi_id=start + 1,
+        ci_id=0,
+        profile=p.name,
+        profile_id=p.profile_id,
+        memory_mb=p.memory_gb * 1024,
+        gi_slices=p.compute_slices,
+        ci_slices=p.compute_slices,
+        start=start,
+        size=p.memory_slices,
+    )
+    return _with_gpu(node, replace(g, mig=tuple(sorted((*g.mig, m), key=lambda x: x.start))))
+
+
+def _with_gpu(node: NodeGpus, g: GpuInfo) -> NodeGpus:
+    return replace(node, gpus=tuple(g if x.index == g.index else x for x in node.gpus))
 
 
 def _gpu(node: NodeGpus, index: int) -> GpuInfo:

@@ -94,6 +94,45 @@ def resolve(image: str, state_dir: str, user: HostUser = ROOT) -> ImageLayers:
     )
 
 
+def is_ready(image: str, state_dir: str, user: HostUser = ROOT) -> bool:
+    """Whether ``resolve`` would find every layer of ``image`` in the cache (cheap: a
+    few small reads, never a hash or an unpack), so a caller can prepare the image
+    elsewhere first. An image that cannot be read counts as ready: ``resolve`` then
+    refuses it at once, with its reason."""
+    if image == "host":
+        return True
+    try:
+        with as_user(user):
+            st = os.stat(image)
+            is_oci = stat.S_ISDIR(st.st_mode) and os.path.exists(os.path.join(image, "oci-layout"))
+        if stat.S_ISDIR(st.st_mode) and not is_oci:
+            return True
+        if not is_oci:
+            with _open_file(user, image, "tarball") as f:
+                key = _index_key(os.fstat(f.fileno()))
+            with open(os.path.join(state_dir, "layers", "index", key)) as fi:
+                digest = fi.read().strip()
+            return bool(HEX_DIGEST.match(digest)) and os.path.isdir(_cache(state_dir, digest))
+        with _open_file(user, os.path.join(image, "index.json"), "OCI index") as f:
+            index = json.loads(f.read(MAX_JSON))
+        manifest = json.loads(_blob(image, _pick_manifest(image, index, user)["digest"], user))
+        return all(
+            os.path.isdir(_cache(state_dir, _hex(d.get("digest"), image)))
+            for d in manifest.get("layers", [])
+        )
+    except FileNotFoundError:
+        return False  # a layer (or the index entry) not made yet
+    except (OSError, ValueError, KeyError, TypeError, BadRequest):
+        return True
+
+
+def _index_key(st: os.stat_result) -> str:
+    # ctime too: a user can set a recycled inode's size and mtime, never its ctime
+    return hashlib.sha256(
+        f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}".encode()
+    ).hexdigest()
+
+
 def _why(exc: OSError, user: HostUser) -> str:
     """Why a path failed, in the user's terms."""
     if exc.errno == errno.ENOENT:
@@ -136,11 +175,7 @@ def _tarball(path: str, state_dir: str, user: HostUser) -> Layer:
     # file's identity (device, inode, size, mtime, ctime) remembers it. The file is opened
     # as the user first, so the index never hands out a layer its user cannot read.
     with _open_file(user, path, "tarball") as f:
-        st = os.fstat(f.fileno())
-        # ctime too: a user can set a recycled inode's size and mtime, never its ctime
-        key = hashlib.sha256(
-            f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}".encode()
-        ).hexdigest()
+        key = _index_key(os.fstat(f.fileno()))
         index = os.path.join(_layers_dir(state_dir), "index", key)
         try:
             with open(index) as fi:

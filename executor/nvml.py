@@ -7,6 +7,12 @@ minors from ``mig-minors``, shuts NVML down and returns plain data
 (:class:`~mlq.executor.gpus.NodeGpus`). A node without NVML gets zero GPUs and a
 reason, never an exception.
 
+:func:`create_slice` and :func:`destroy_slice` carve and destroy one MIG slice (a GPU
+instance at a placement and one compute instance spanning it), then read the node
+again in the same NVML session and return it. The driver's refusals become
+:class:`~mlq.executor.gpus.CarveFailed` / :class:`~mlq.executor.gpus.DestroyFailed`,
+naming the GPU, the profile and the start.
+
 The environment is read here and nowhere else (:func:`settings`):
 
 - ``MLQ_FAKE_NVML=/path/inventory.yaml`` serves NVML from that inventory through
@@ -17,13 +23,23 @@ The environment is read here and nowhere else (:func:`settings`):
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pynvml
-from mlq.executor.gpus import MIG_MINORS_FILE, GpuInfo, MigDeviceInfo, NodeGpus, parse_mig_minors
+from mlq.executor.gpus import (
+    MIG_MINORS_FILE,
+    CarveFailed,
+    DestroyFailed,
+    GpuInfo,
+    MigDeviceInfo,
+    NodeGpus,
+    parse_mig_minors,
+)
 from mlq.scheduler import mig as catalogue
 
 ENV_FAKE = "MLQ_FAKE_NVML"
@@ -51,11 +67,12 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def library(s: Settings) -> Any:
-    """The real ``pynvml`` module, or the fake one when an inventory is configured."""
+    """The real ``pynvml`` module, or the fake one when an inventory is configured (which
+    keeps what it carves beside the configured ``mig-minors`` file)."""
     if s.fake_inventory:
         from mlq.executor.fakenvml import FakeNvml
 
-        return FakeNvml.from_file(s.fake_inventory)
+        return FakeNvml.from_file(s.fake_inventory, caps_file=s.caps_file, dev_root=s.dev_root)
     return pynvml
 
 
@@ -258,6 +275,184 @@ def _with_cap_minors(
             )
         slices.append(replace(m, gi_cap_minor=gi, ci_cap_minor=ci))
     return replace(gpu, mig=tuple(slices))
+
+
+# -- carving ------------------------------------------------------------------------
+
+
+def create_slice(
+    index: int, profile: str, start: int, lib: Any = None, s: Settings | None = None
+) -> NodeGpus:
+    """Carve a ``profile`` slice at placement ``start`` on GPU ``index``: a GPU instance
+    (``nvmlDeviceCreateGpuInstanceWithPlacement``) and a compute instance spanning it
+    (``nvmlGpuInstanceCreateComputeInstance``). Returns the node as read right after.
+
+    All or nothing: if the compute instance cannot be made, or the new slice cannot be
+    wired (not seen, or its capability minors unknown), the GPU instance is destroyed
+    again before :class:`CarveFailed` is raised.
+    """
+    s = s or settings()
+    lib = lib or library(s)
+
+    def failed(why: str, code: int | None = None) -> CarveFailed:
+        return CarveFailed(index, profile, start, why, code)
+
+    with _session(lib, lambda exc: failed(_init_reason(exc), exc.value)):
+        try:
+            h = lib.nvmlDeviceGetHandleByIndex(index)
+            name = _text(lib.nvmlDeviceGetName(h))
+            mode = _try(lib.nvmlDeviceGetMigMode, h)
+            if mode is None or mode[0] != pynvml.NVML_DEVICE_MIG_ENABLE:
+                raise failed("the GPU is not in MIG mode")
+            model = catalogue.canonical_model(name)
+            p = catalogue.profile(model or "", profile)
+            if p is None:
+                raise failed(f'"{name}" has no MIG profile {profile} in mlq\'s catalogue')
+            gi_info = _gi_profile(lib, h, p)
+            placement = pynvml.c_nvmlGpuInstancePlacement_t()
+            placement.start, placement.size = start, p.memory_slices
+            # the C function takes a pointer to the placement; pynvml passes it through
+            gi = lib.nvmlDeviceCreateGpuInstanceWithPlacement(
+                h, gi_info.id, ctypes.byref(placement)
+            )
+        except pynvml.NVMLError as exc:
+            raise failed(_words(exc), exc.value) from None
+        try:
+            ci_profile = _ci_profile(lib, gi, gi_info.sliceCount)
+            lib.nvmlGpuInstanceCreateComputeInstance(gi, ci_profile)
+            node = _read(lib, s)
+            g = node.gpu(index)
+            m = g.slice_at(start) if g else None
+            if m is None or m.profile != profile:
+                raise failed("the driver created it, but discovery does not show it")
+            if m.gi_cap_minor is None or m.ci_cap_minor is None:
+                raise failed(f"its capability minors are not in {s.caps_file}")
+            return node
+        except (pynvml.NVMLError, CarveFailed) as exc:
+            # undo: whatever compute instance was made, then the GPU instance
+            _destroy_gi(lib, gi)
+            if isinstance(exc, CarveFailed):
+                raise
+            raise failed(_words(exc), exc.value) from None
+
+
+def destroy_slice(
+    index: int,
+    start: int,
+    uuid: str | None = None,
+    lib: Any = None,
+    s: Settings | None = None,
+) -> NodeGpus:
+    """Destroy the MIG slice whose GPU instance starts at ``start`` on GPU ``index``: its
+    compute instances (``nvmlComputeInstanceDestroy``), then the GPU instance
+    (``nvmlGpuInstanceDestroy``). ``uuid``: destroy it only if it is still that MIG
+    device (one made again since is left alone). Returns the node as read right after.
+    """
+    s = s or settings()
+    lib = lib or library(s)
+    profile = None  # named in errors once it is known
+
+    def failed(why: str, code: int | None = None) -> DestroyFailed:
+        return DestroyFailed(index, profile, start, why, code)
+
+    with _session(lib, lambda exc: failed(_init_reason(exc), exc.value)):
+        try:
+            problems: list[str] = []
+            g = _gpu(lib, index, problems)
+            found = [m for m in g.mig if m.start == start]
+            if found:
+                profile = found[0].profile
+            if not found or (uuid is not None and uuid not in {m.uuid for m in found}):
+                have = ", ".join(f"{m.profile}@{m.start} {m.uuid}" for m in g.mig) or "none"
+                what = f"{uuid} is not there" if uuid else "no MIG slice starts there"
+                raise failed(f"{what} (slices: {have})", pynvml.NVML_ERROR_NOT_FOUND)
+            h = lib.nvmlDeviceGetHandleByIndex(index)
+            gi = lib.nvmlDeviceGetGpuInstanceById(h, found[0].gi_id)
+            for m in found:
+                ci = lib.nvmlGpuInstanceGetComputeInstanceById(gi, m.ci_id)
+                lib.nvmlComputeInstanceDestroy(ci)
+            lib.nvmlGpuInstanceDestroy(gi)
+            return _read(lib, s)
+        except pynvml.NVMLError as exc:
+            raise failed(_words(exc), exc.value) from None
+
+
+@contextlib.contextmanager
+def _session(lib: Any, on_init_error: Any) -> Any:
+    """One NVML init/shutdown around a change; an init failure is raised as the
+    change's own error."""
+    try:
+        lib.nvmlInit()
+    except pynvml.NVMLError as exc:
+        raise on_init_error(exc) from None
+    try:
+        yield
+    finally:
+        lib.nvmlShutdown()
+
+
+_ERROR_NAMES = {
+    v: k for k, v in vars(pynvml).items() if k.startswith("NVML_ERROR_") and isinstance(v, int)
+}
+
+
+def _words(exc: pynvml.NVMLError) -> str:
+    """The driver's words for an NVML error and its constant's name, which is what an
+    admin searches for ("Insufficient Permissions (NVML_ERROR_NO_PERMISSION)"); only the
+    name where pynvml has no words for it."""
+    name = _ERROR_NAMES.get(exc.value, f"NVML error {exc.value}")
+    text = str(exc)
+    return name if text.startswith("NVML Error with code") else f"{text} ({name})"
+
+
+def _init_reason(exc: pynvml.NVMLError) -> str:
+    return "NVML unavailable: " + _INIT_REASONS.get(type(exc), str(exc))
+
+
+# what the driver answers for a profile index it does not have: NotSupported, or
+# InvalidArgument for an index past an older driver's count (pynvml's count may be newer)
+_NO_SUCH_PROFILE = (pynvml.NVMLError_NotSupported, pynvml.NVMLError_InvalidArgument)
+
+
+def _gi_profile(lib: Any, h: Any, p: catalogue.MigProfile) -> Any:
+    """The driver's GPU instance profile info for a catalogue profile: asked by its
+    NVML_GPU_INSTANCE_PROFILE_* index, checked by the profile ID the driver answers
+    (every index is tried if that one answers another ID)."""
+    tried: list[int] = []
+    for k in [p.nvml_profile, *range(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT)]:
+        if k < 0 or k in tried:
+            continue
+        tried.append(k)
+        try:
+            info = lib.nvmlDeviceGetGpuInstanceProfileInfo(h, k)
+        except _NO_SUCH_PROFILE:
+            continue
+        if info.id == p.profile_id:
+            return info
+    raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+
+def _ci_profile(lib: Any, gi: Any, slices: int) -> int:
+    """The compute instance profile ID that spans a GPU instance of ``slices`` slices."""
+    for k in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+        try:
+            info = lib.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+                gi, k, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
+            )
+        except _NO_SUCH_PROFILE:
+            continue
+        if info.sliceCount == slices:
+            return info.id
+    raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+
+def _destroy_gi(lib: Any, gi: Any) -> None:
+    """Undo a half-made slice: its compute instances (ids 0-7), then the GPU instance."""
+    for ci_id in range(8):
+        with contextlib.suppress(pynvml.NVMLError):
+            lib.nvmlComputeInstanceDestroy(lib.nvmlGpuInstanceGetComputeInstanceById(gi, ci_id))
+    with contextlib.suppress(pynvml.NVMLError):
+        lib.nvmlGpuInstanceDestroy(gi)
 
 
 def _try(fn: Any, *args: Any) -> Any:

@@ -26,6 +26,7 @@ class RunPaths:
     run_dir: str
     stdout: str
     stderr: str
+    logcut: str  # bytes of each stream dropped so far: {"stdout": N, "stderr": M}
     status: str
     control: str
     rootfs: str
@@ -39,6 +40,7 @@ class RunPaths:
             run_dir,
             j(run_dir, "stdout"),
             j(run_dir, "stderr"),
+            j(run_dir, "logcut.json"),
             j(run_dir, "status.json"),
             j(run_dir, "control"),
             j(run_dir, "rootfs"),
@@ -102,6 +104,9 @@ def build(
         ("control", paths.control),
         ("stdout", paths.stdout),
         ("stderr", paths.stderr),
+        ("logcut", paths.logcut),
+        # bytes kept of each stream (the newest), in two files of half each; 0: all
+        ("log_limit", str(req.log_limit or 0)),
         ("rootfs", paths.rootfs),
         ("overlay", layers.lowerdir, paths.upper, paths.work),
         ("readonly_root", "1" if req.root.readonly else "0"),

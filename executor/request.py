@@ -170,6 +170,9 @@ class LaunchRequest:
     hostname: str = "mlq"
     mounts: list[Mount] = field(default_factory=list)
     host_paths: HostPaths = field(default_factory=HostPaths)
+    # whom the job's image and volume paths are opened as, on the host: its submitter
+    # (None: the job's own user, mapped through its user namespace)
+    submitter: User | None = None
     checkpoint: Checkpoint | None = None
     shm_size: int = 64 * 2**20
     resources: Resources = field(default_factory=Resources)
@@ -195,7 +198,10 @@ class LaunchRequest:
         return uid, gid
 
     def host_user(self) -> HostUser:
-        """Who the job is on the host: the credentials user-named paths are opened with."""
+        """Whose credentials the job's user-named paths are opened with on the host."""
+        if self.submitter is not None:
+            u = self.submitter
+            return HostUser(u.uid, u.gid, tuple(u.additional_gids))
         uid, gid = self.host_ids()
         return HostUser(uid, gid, tuple(self.process.user.additional_gids))
 

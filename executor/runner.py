@@ -577,22 +577,51 @@ def _recover(run_dir: str, why: str) -> Status:
             os.waitpid(int(info["init_pid"]), 0)
     now = time.time()
     started = float(info.get("started_at", now))
-    write_status(
-        run_dir,
-        {
-            "state": Outcome.FAILED.value,
-            "reason": "lost",
-            "exit_code": -1,
-            "signal": None,
-            "started_at": started,
-            "finished_at": now,
-            "duration_s": now - started,
-            "max_memory_bytes": 0,
-            "oom_kills": 0,
-            "cgroup": {},
-            "error": "; ".join([why, *errors]),
-        },
+    error = "; ".join([why, *errors])
+    data = {
+        "state": Outcome.FAILED.value,
+        "reason": "lost",
+        "exit_code": -1,
+        "signal": None,
+        "started_at": started,
+        "finished_at": now,
+        "duration_s": now - started,
+        "max_memory_bytes": 0,
+        "oom_kills": 0,
+        "cgroup": {},
+        "error": error,
+    }
+    try:
+        write_status(run_dir, data)
+    except OSError as exc:
+        # no room for it either (the disk the job filled): the outcome is the same,
+        # and the next call finds no status and comes here again
+        error += f"; write {os.path.join(run_dir, 'status.json')}: {exc.strerror}"
+    return Status(
+        Outcome.FAILED,
+        -1,
+        None,
+        now - started,
+        0,
+        0,
+        reason="lost",
+        started_at=started,
+        finished_at=now,
+        error=error,
     )
-    status = read_status(run_dir, 1)
-    assert status is not None
-    return status
+
+
+def discard(run_dir: str) -> list[str]:
+    """Remove what a launch that never started left (it was cut short before its
+    supervisor existed): its cgroups in every hierarchy, its overlay dirs, its
+    network, and the run dir itself. Returns what was found and removed."""
+    found: list[str] = []
+    try:
+        req = _request(run_dir)
+    except (OSError, ValueError):
+        req = None
+    if req is not None:
+        found += cgroups.remove_named(cgroup_name(req))
+    found += _cleanup(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return found

@@ -1,12 +1,15 @@
 """How a run ended: the outcome enum and the status the supervisor writes.
 
 The supervisor writes ``<run>/status.json`` (fsync'd, renamed into place) before
-it cleans up, so a daemon that was dead at the time reads the same answer later.
+it cleans up, so a daemon that was dead at the time reads the same answer later;
+it is complete or absent, and a file that is neither (written by hand, by an older
+supervisor on a full disk) reads as a FAILED run that names it, never an exception.
 ``Status.summary()`` is the shape ``mlq run --json`` prints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -72,37 +75,84 @@ def stats_from_raw(version: int, raw: dict[str, Any], high_events: int | None) -
 
 
 def read_status(run_dir: str, cgroup_version: int) -> Status | None:
-    """The written status of a run, or None while it has none."""
+    """The written status of a run, or None while it has none.
+
+    A status file that cannot be read as one (empty, truncated, not JSON, a key
+    missing) is a FAILED run whose error names the file and why: the daemon reads
+    statuses in every pass, and one bad file must not stop it.
+    """
+    path = os.path.join(run_dir, "status.json")
     try:
-        with open(os.path.join(run_dir, "status.json")) as f:
-            d = json.load(f)
+        with open(path, "rb") as f:
+            text = f.read()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        return unreadable(path, exc.strerror or str(exc))
+    if not text.strip():
+        return unreadable(path, "it is empty")
+    try:
+        return status_from(json.loads(text), cgroup_version)
+    except ValueError as exc:  # JSON's errors, and a state that is no Outcome
+        return unreadable(path, str(exc))
+    except KeyError as exc:
+        return unreadable(path, f"it lacks {exc}")
+    except (TypeError, AttributeError) as exc:
+        return unreadable(path, f"a value has the wrong type ({exc})")
+
+
+def status_from(d: Any, cgroup_version: int) -> Status:
+    """A Status from the JSON the supervisor (or write_status) writes."""
+    if not isinstance(d, dict):
+        raise ValueError(f"it is not an object but {type(d).__name__} {d!r:.40}")
     stats = stats_from_raw(cgroup_version, d.get("cgroup") or {}, d.get("memory_high_events"))
     return Status(
         state=Outcome(d["state"]),
-        exit_code=d["exit_code"],
+        exit_code=int(d["exit_code"]),
         signal=d.get("signal"),
-        duration_s=d.get("duration_s", 0.0),
-        max_memory_bytes=d.get("max_memory_bytes", 0),
-        oom_kills=d.get("oom_kills", 0),
+        duration_s=float(d.get("duration_s", 0.0)),
+        max_memory_bytes=int(d.get("max_memory_bytes", 0)),
+        oom_kills=int(d.get("oom_kills", 0)),
         reason=d.get("reason", ""),
-        started_at=d.get("started_at", 0.0),
-        finished_at=d.get("finished_at", 0.0),
+        started_at=float(d.get("started_at", 0.0)),
+        finished_at=float(d.get("finished_at", 0.0)),
         error=d.get("error"),
         stats=stats,
     )
 
 
+def unreadable(path: str, why: str) -> Status:
+    """The status of a run whose status file is there but cannot be read."""
+    return Status(
+        state=Outcome.FAILED,
+        exit_code=-1,
+        signal=None,
+        duration_s=0.0,
+        max_memory_bytes=0,
+        oom_kills=0,
+        reason="unreadable",
+        error=f"status file {path} is unreadable: {why}",
+    )
+
+
 def write_status(run_dir: str, data: dict[str, Any]) -> None:
-    """Write a status from Python (a launch that failed, a supervisor that was lost)."""
+    """Write a status from Python (a launch that failed, a supervisor that was lost).
+
+    Complete or not at all, like the supervisor's: on a failure (a full disk) the
+    temp file goes and the OSError is raised.
+    """
     path = os.path.join(run_dir, "status.json")
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     fd = os.open(run_dir, os.O_RDONLY)
     try:
         os.fsync(fd)

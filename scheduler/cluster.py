@@ -137,6 +137,12 @@ class NodeConfig(Strict):
     memory: Bytes | Literal["auto"] = "auto"
     gpus: Literal["discover", "declared"] = "discover"
     declared_gpus: list[GpuDecl] = []
+    # whether mlq may carve (and later destroy) MIG slices on this node's GPUs in MIG
+    # mode; false: jobs get only the slices already carved (docs/gpus.md)
+    mig_carve: bool = True
+    # false: the node takes no new jobs (cordoned, as kubectl cordon); running jobs
+    # stay, and a job it could hold is still accepted and waits
+    schedulable: bool = True
 
     @model_validator(mode="after")
     def _declared(self) -> NodeConfig:
@@ -199,12 +205,21 @@ class GrantConfig(Strict):
 DEFAULT_GRANTS = [GrantConfig(to="*", volume_paths=list(DEFAULT_VOLUME_PATHS))]
 
 
+class UserCaps(Strict):
+    """What one user may have queued at once (Slurm's MaxSubmitJobs): active jobs
+    (pending, starting, running, stopping) and the bytes of their stored job files."""
+
+    max_active_jobs: int = Field(10_000, ge=1, le=10**9)
+    max_spec_bytes: Bytes = 256 * 2**20
+
+
 class ClusterConfig(Strict):
     node: NodeConfig = NodeConfig()
     admin_group: str = "mlq-admin"
     priority_classes: list[PriorityClass] = list(DEFAULT_CLASSES)
     teams: list[TeamConfig] = []
     grants: list[GrantConfig] = DEFAULT_GRANTS
+    user_caps: UserCaps = UserCaps()
 
     @model_validator(mode="after")
     def _refs(self) -> ClusterConfig:

@@ -94,7 +94,7 @@ def build_launch_request(
     env.update(extra_env or {})
 
     namespaces = Namespaces()
-    user = User(uid=uid, gid=gid, additional_gids=list(additional_gids))
+    user = submitter = User(uid=uid, gid=gid, additional_gids=list(additional_gids))
     if spec.security.user_namespace:
         # root inside is the submitting user outside (a subordinate range for root)
         host_uid, host_gid, size = (
@@ -124,6 +124,7 @@ def build_launch_request(
         hostname=spec.name,
         mounts=[Mount(v.source, v.target, v.readonly) for v in spec.volumes],
         host_paths=HostPaths(allowed=list(volume_paths), denied=list(denied_paths)),
+        submitter=submitter,
         checkpoint=checkpoint,
         shm_size=r.shm,
         resources=Resources(

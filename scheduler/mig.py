@@ -32,6 +32,9 @@ class MigProfile:
     memory_slices: int
     starts: tuple[int, ...]  # valid placement start slots
     max_instances: int = 7  # "+me" profiles: one per GPU (there is one media engine set)
+    # the NVML_GPU_INSTANCE_PROFILE_* index nvmlDeviceGetGpuInstanceProfileInfo takes
+    # (the driver answers with profile_id); -1 where NVML has none
+    nvml_profile: int = -1
 
     @property
     def gpu_share(self) -> float:
@@ -52,14 +55,17 @@ def _profiles(gb: tuple[int, int, int, int, int, int]) -> dict[str, MigProfile]:
     on A100, H100 and H200 (the user guide's tables for each model agree).
     """
     one, one_x2, two, three, four, seven = gb
+    every = (0, 1, 2, 3, 4, 5, 6)
+    # NVML's profile indices: 1_SLICE 0, 2_SLICE 1, 3_SLICE 2, 4_SLICE 3, 7_SLICE 4,
+    # 1_SLICE_REV1 (+me) 7, 1_SLICE_REV2 (double memory) 9
     table = [
-        MigProfile(f"1g.{one}gb", 19, one, 1, 1, (0, 1, 2, 3, 4, 5, 6)),
-        MigProfile(f"1g.{one}gb+me", 20, one, 1, 1, (0, 1, 2, 3, 4, 5, 6), max_instances=1),
-        MigProfile(f"1g.{one_x2}gb", 15, one_x2, 1, 2, (0, 2, 4, 6)),
-        MigProfile(f"2g.{two}gb", 14, two, 2, 2, (0, 2, 4)),
-        MigProfile(f"3g.{three}gb", 9, three, 3, 4, (0, 4)),
-        MigProfile(f"4g.{four}gb", 5, four, 4, 4, (0,)),
-        MigProfile(f"7g.{seven}gb", 0, seven, 7, 8, (0,)),
+        MigProfile(f"1g.{one}gb", 19, one, 1, 1, every, nvml_profile=0),
+        MigProfile(f"1g.{one}gb+me", 20, one, 1, 1, every, max_instances=1, nvml_profile=7),
+        MigProfile(f"1g.{one_x2}gb", 15, one_x2, 1, 2, (0, 2, 4, 6), nvml_profile=9),
+        MigProfile(f"2g.{two}gb", 14, two, 2, 2, (0, 2, 4), nvml_profile=1),
+        MigProfile(f"3g.{three}gb", 9, three, 3, 4, (0, 4), nvml_profile=2),
+        MigProfile(f"4g.{four}gb", 5, four, 4, 4, (0,), nvml_profile=3),
+        MigProfile(f"7g.{seven}gb", 0, seven, 7, 8, (0,), nvml_profile=4),
     ]
     return {p.name: p for p in table}
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from mlq.scheduler import models  # noqa: F401  (registers the tables)
 from mlq.scheduler.errors import MlqError
-from sqlalchemy import inspect, text
+from sqlalchemy import Integer, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
@@ -57,9 +57,38 @@ def _v3(conn: Connection) -> None:
         )
 
 
+def _widen_integers(conn: Connection) -> None:
+    """On PostgreSQL, every integer column of the models 64-bit, and the sequences of
+    the IDs: before schema 4 they were INTEGER there (32-bit; SQLite's are 64-bit)."""
+    if conn.dialect.name != "postgresql":
+        return
+    have = inspect(conn)
+    quote = conn.dialect.identifier_preparer.quote
+    for table in SQLModel.metadata.sorted_tables:
+        found = {c["name"]: str(c["type"]) for c in have.get_columns(table.name)}
+        narrow = [
+            c
+            for c in table.columns
+            if isinstance(c.type, Integer) and found.get(c.name) in ("INTEGER", "SMALLINT")
+        ]
+        if not narrow:
+            continue
+        # one ALTER a table: it rewrites the table once, whatever the columns
+        alters = ", ".join(f"ALTER COLUMN {quote(c.name)} TYPE BIGINT" for c in narrow)
+        conn.execute(text(f"ALTER TABLE {quote(table.name)} {alters}"))
+        for c in narrow:
+            if c.primary_key:
+                seq = conn.execute(
+                    text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": table.name, "c": c.name}
+                ).scalar()
+                if seq:  # its limit becomes BIGINT's too
+                    conn.execute(text(f"ALTER SEQUENCE {seq} AS BIGINT"))
+
+
 def _v4(conn: Connection) -> None:
-    """OOM kills and spec sizes of jobs, a log limit per class, and the indexes that
-    per-user caps and paged history read."""
+    """64-bit integers on PostgreSQL, OOM kills and spec sizes of jobs, a log limit
+    per class, and the indexes that per-user caps and paged history read."""
+    _widen_integers(conn)
     _add_columns(conn, "jobs", {"oom_kills": "BIGINT", "spec_bytes": "BIGINT NOT NULL DEFAULT 0"})
     _add_columns(conn, "priority_classes", {"log_limit": "BIGINT"})
     conn.execute(text("UPDATE jobs SET spec_bytes = length(spec) WHERE spec_bytes = 0"))
@@ -87,9 +116,23 @@ def current_version(conn: Connection) -> int:
     return int(row[0]) if row else 0
 
 
+# The key of the PostgreSQL advisory lock taken while the database is set up (any
+# number that no other program on the same database uses for one).
+_SETUP_LOCK = 0x6D6C71  # "mlq"
+
+
+def lock_setup(conn: Connection) -> None:
+    """Hold, until this transaction ends, the lock that lets one daemon at a time
+    migrate or seed the database: several may start at once on one PostgreSQL
+    database. (SQLite has one daemon per state dir, and locks the file anyway.)"""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SETUP_LOCK})
+
+
 def upgrade(engine: Engine) -> int:
     """Bring the database to ``SCHEMA_VERSION``; returns the version found before."""
     with engine.begin() as conn:
+        lock_setup(conn)
         found = current_version(conn)
         if found > SCHEMA_VERSION:
             raise SchemaError(

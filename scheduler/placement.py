@@ -9,7 +9,8 @@ node that fits" is the first node of the smallest bucket that fits.
 Rules: all of a job's GPUs or slices on one node; whole GPUs only on GPUs not in
 MIG mode; a MIG slice is either a free slice already carved with that profile (used
 as it is) or a new one carved where no carved slice overlaps it, at one of the
-profile's valid starts (mig.py). Existing slices are never reshaped.
+profile's valid starts (mig.py). Existing slices are never reshaped. A node that may
+not carve (``Node.can_carve`` false) offers its free carved slices only.
 """
 
 from __future__ import annotations
@@ -69,14 +70,19 @@ _NONE: frozenset[int] = frozenset()
 _CARVABLE: dict[tuple, dict[str, int]] = {}
 # model -> profile -> how many slices an uncarved GPU can give
 _EMPTY = {model: _empty_capacity(model, masks) for model, masks in _MASKS.items()}
+# model -> profile -> 0: what a GPU of a node that may not carve can carve (every profile
+# is listed, so the node still sits in each profile's buckets for victim searches)
+_NO_CARVING = {model: dict.fromkeys(masks, 0) for model, masks in _MASKS.items()}
 
 
 class MigGpu:
-    """A GPU in MIG mode: its carved slices and which of them are held."""
+    """A GPU in MIG mode: its carved slices and which of them are held. ``can_carve``
+    false: new slices are never carved on it (its node may not carve)."""
 
     __slots__ = (
         "index",
         "model",
+        "can_carve",
         "carved",
         "used",
         "carved_occ",
@@ -86,9 +92,12 @@ class MigGpu:
         "carvable",
     )
 
-    def __init__(self, index: int, model: str, carved: Iterable[tuple[str, int]]) -> None:
+    def __init__(
+        self, index: int, model: str, carved: Iterable[tuple[str, int]], can_carve: bool = True
+    ) -> None:
         self.index = index
         self.model = canonical(model)
+        self.can_carve = can_carve
         self.masks = _MASKS.get(self.model, {})
         self.carved: dict[int, str] = {}
         self.used: set[int] = set()
@@ -105,7 +114,7 @@ class MigGpu:
         """A working copy of this GPU as GPU ``index`` (one GPU per declared layout is
         kept, so a decision copies it instead of carving the declared slices again)."""
         g = MigGpu.__new__(MigGpu)
-        g.index, g.model, g.masks = index, self.model, self.masks
+        g.index, g.model, g.masks, g.can_carve = index, self.model, self.masks, self.can_carve
         g.carved, g.used, g.carved_occ = dict(self.carved), set(self.used), self.carved_occ
         g.free_counts, g.carvable, g.cache = dict(self.free_counts), self.carvable, self.cache
         return g
@@ -145,7 +154,7 @@ class MigGpu:
         dict is shared (with other GPUs of the same layout, and with Room.reindex):
         read it, never change it."""
         if not self.cache:
-            if not self.carved and self.model in _EMPTY:
+            if not self.carved and self.model in _EMPTY and self.can_carve:
                 self.cache = _EMPTY[self.model]
             else:
                 cache = self._carvable_all()
@@ -161,6 +170,9 @@ class MigGpu:
         """New slices each profile could still be carved as, given the carved layout.
         The same layouts recur on many GPUs, so the answer is kept per layout."""
         if self.carvable is not None:
+            return self.carvable
+        if not self.can_carve:
+            self.carvable = _NO_CARVING.get(self.model, {})
             return self.carvable
         me = [p for p in self.carved.values() if p.endswith("+me")] if self.carved_occ else ()
         key = (self.model, self.carved_occ, tuple(sorted(me)))
@@ -187,6 +199,8 @@ class MigGpu:
         return free_carved + self._carvable(profile, masks)
 
     def _carvable(self, profile: str, masks: tuple[tuple[int, int], ...]) -> int:
+        if not self.can_carve:
+            return 0
         limit = mig.CATALOGUE[self.model][profile].max_instances
         limit -= sum(1 for p in self.carved.values() if p == profile)
         occ, n = self.carved_occ, 0
@@ -208,8 +222,8 @@ class MigGpu:
 
     def carve_new(self, profile: str, want: int) -> list[int]:
         """Carve up to ``want`` new ``profile`` slices at the lowest valid starts that no
-        carved slice overlaps (in this working copy)."""
-        masks = self.masks.get(profile, ())
+        carved slice overlaps (in this working copy); none where it may not carve."""
+        masks = self.masks.get(profile, ()) if self.can_carve else ()
         limit = mig.CATALOGUE[self.model][profile].max_instances if masks else 0
         if limit - len(self.carved) < want:  # else the per-profile limit cannot bind first
             limit -= sum(1 for p in self.carved.values() if p == profile)
@@ -228,16 +242,17 @@ class MigGpu:
 _LAYOUTS: dict[
     int, tuple[Node, dict[int, str], dict[str, list[int]], tuple[int, ...], tuple[MigGpu, ...]]
 ] = {}
-# (model, declared slices) -> a MIG GPU with that layout, shared by every GPU that has it
-_DECLARED: dict[tuple[str, tuple[tuple[str, int], ...]], MigGpu] = {}
+# (model, declared slices, may carve) -> a MIG GPU with that layout, shared by every GPU
+# that has it
+_DECLARED: dict[tuple[str, tuple[tuple[str, int], ...], bool], MigGpu] = {}
 
 
-def _declared(model: str, carved: tuple[tuple[str, int], ...]) -> MigGpu:
-    got = _DECLARED.get((model, carved))
+def _declared(model: str, carved: tuple[tuple[str, int], ...], can_carve: bool) -> MigGpu:
+    got = _DECLARED.get((model, carved, can_carve))
     if got is None:
         if len(_DECLARED) > 4096:
             _DECLARED.clear()
-        got = _DECLARED[(model, carved)] = MigGpu(0, model, carved)
+        got = _DECLARED[(model, carved, can_carve)] = MigGpu(0, model, carved, can_carve)
     return got
 
 
@@ -279,7 +294,8 @@ class NodeRoom:
                     whole.setdefault(models[g.index], []).append(g.index)
             declared = [g for g in node.gpus if g.mig is not None]
             mig_index = tuple(g.index for g in declared)
-            mig_as = tuple(_declared(models[g.index], tuple(g.mig)) for g in declared)
+            carve = node.can_carve
+            mig_as = tuple(_declared(models[g.index], tuple(g.mig), carve) for g in declared)
             if len(_LAYOUTS) > 4096:  # callers that build new Nodes each pass
                 _LAYOUTS.clear()
             layout = _LAYOUTS[id(node)] = (node, models, whole, mig_index, mig_as)
@@ -428,7 +444,8 @@ def take_slices(
     n: NodeRoom, profile: str, count: int, freed: dict[int, frozenset[int]] | None = None
 ) -> list[MigSlot]:
     """Choose ``count`` slices on node ``n``: free carved slices first (used as they are),
-    then new ones carved on the GPU with the least room left (pack). Empty if short."""
+    then new ones carved on the GPU with the least room left (pack), where the node may
+    carve. Empty if short."""
     freed = freed or {}
     none: frozenset[int] = frozenset()
     if count == 1 and not freed:  # the common case, without building lists

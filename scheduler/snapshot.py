@@ -35,10 +35,15 @@ class Gpu:
 
 @dataclass(frozen=True, slots=True)
 class Node:
+    """``can_carve`` false: the node's MIG GPUs offer only the slices already carved on
+    them (free ones), never a new slice (the node's admin setting ``mig_carve``, or a
+    driver that refused to carve)."""
+
     name: str
     cpus: int  # millicores
     memory: int  # bytes
     gpus: tuple[Gpu, ...] = ()
+    can_carve: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from mlq.scheduler.errors import InvalidInput, describe_validation_error
+from mlq.scheduler.textcheck import problems as text_problems
 from mlq.scheduler.units import parse_cpus, parse_duration, parse_size
 from mlq.scheduler.yamlfile import load_yaml
 from pydantic import (
@@ -65,6 +66,16 @@ CAPABILITIES = (
 )
 
 
+# Caps that hold before anything is stored or run. A command line and environment
+# are what the kernel takes at exec (ARG_MAX is about 2 MiB; one string at most
+# 128 KiB); the rest bound what one job file may make mlq do.
+MAX_ARGS, MAX_ENV, MAX_STRING = 1024, 1024, 128 * 1024
+MAX_VOLUMES, MAX_DEPENDS, MAX_DEVICES, MAX_ID = 64, 1024, 64, 2**63 - 1
+MAX_PATH = 4096
+JobId = Annotated[int, Field(ge=1, le=MAX_ID)]
+Arg = Annotated[str, Field(max_length=MAX_STRING)]
+
+
 class Strict(BaseModel):
     """A model that refuses unknown keys and does not coerce across types loosely."""
 
@@ -80,7 +91,7 @@ def _abs_path(field: str):
     return BeforeValidator(check)
 
 
-AbsPath = Annotated[str, _abs_path("a path")]
+AbsPath = Annotated[str, _abs_path("a path"), Field(max_length=MAX_PATH)]
 
 
 class MigRequest(Strict):
@@ -93,7 +104,7 @@ class MigRequest(Strict):
     @classmethod
     def _profile_shape(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("profile"), str):
-            if not MIG_PROFILE_RE.match(data["profile"]):
+            if not MIG_PROFILE_RE.fullmatch(data["profile"]):
                 raise ValueError(
                     f'profile "{data["profile"]}" is not a MIG profile name; '
                     "use one like 1g.10gb, 3g.40gb, 7g.80gb"
@@ -164,7 +175,7 @@ def _env_value(v: object) -> object:
     return v
 
 
-EnvValue = Annotated[str, BeforeValidator(_env_value)]
+EnvValue = Annotated[str, BeforeValidator(_env_value), Field(max_length=MAX_STRING)]
 
 
 def _array(v: object) -> object:
@@ -176,24 +187,25 @@ def _array(v: object) -> object:
 class JobSpec(Strict):
     """A job file as written."""
 
-    name: str
-    team: str
+    name: str = Field(max_length=63)
+    team: str = Field(max_length=63)
     kind: Literal["training", "inference", "batch"] = "batch"
-    priority_class: str | None = None
-    command: list[str] = Field(min_length=1)
-    image: str = "host"
+    priority_class: str | None = Field(None, max_length=63)
+    command: list[Arg] = Field(min_length=1, max_length=MAX_ARGS)
+    image: str = Field("host", max_length=MAX_PATH)
     workdir: AbsPath = "/"
-    env: dict[str, EnvValue] = {}
+    env: dict[str, EnvValue] = Field({}, max_length=MAX_ENV)
     resources: Resources = Resources()
-    volumes: list[Volume] = []
+    volumes: list[Volume] = Field([], max_length=MAX_VOLUMES)
     checkpoint: Checkpoint | None = None
     preemption: Preemption = Preemption()
     network: Literal["none", "bridge"] = "none"
     time_limit: Seconds | None = None
     array: Annotated[list[int] | None, BeforeValidator(_array)] = None
-    depends_on: list[int] = []
+    depends_on: list[JobId] = Field([], max_length=MAX_DEPENDS)
     security: Security = Security()
-    devices: list[AbsPath] = []  # host device nodes beyond the GPUs; an admin grants them
+    # host device nodes beyond the GPUs; an admin grants them
+    devices: list[AbsPath] = Field([], max_length=MAX_DEVICES)
 
     @model_validator(mode="before")
     @classmethod
@@ -208,13 +220,13 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:
-        if not NAME_RE.match(self.name):
+        if not NAME_RE.fullmatch(self.name):
             raise ValueError(
                 f'name: "{self.name}" is not allowed; use 1-63 letters, digits, "-", "_" or "."'
                 " starting with a letter or digit"
             )
         for key in self.env:
-            if not ENV_RE.match(key):
+            if not ENV_RE.fullmatch(key):
                 raise ValueError(f'env.{key}: not a variable name; use letters, digits and "_"')
             if key.startswith("MLQ_"):
                 raise ValueError(f"env.{key}: MLQ_ variables are set by mlq; choose another name")
@@ -222,8 +234,12 @@ class JobSpec(Strict):
             raise ValueError("devices: a device is listed twice")
         if len({v.target for v in self.volumes}) != len(self.volumes):
             raise ValueError("volumes: two volumes share a target; each needs its own")
-        if any(d <= 0 for d in self.depends_on):
-            raise ValueError("depends_on: job IDs are positive integers")
+        argv = sum(len(a.encode()) + 1 for a in self.command)
+        envp = sum(len(k) + len(v.encode()) + 2 for k, v in self.env.items())
+        if argv + envp > 1 << 20:
+            raise ValueError(
+                f"command and env: {argv + envp} bytes together; at most 1 MiB reaches exec"
+            )
         return self
 
     @property
@@ -233,13 +249,22 @@ class JobSpec(Strict):
         return self.kind != "inference"
 
 
+MAX_ARRAY = 10_000
+
+
 def parse_array(value: object) -> list[int]:
-    """Indices from Slurm-style ``0-99``, ``0-99:2`` or ``1,3,5-7``."""
+    """Indices from Slurm-style ``0-99``, ``0-99:2`` or ``1,3,5-7``.
+
+    The count is known before any index is made: ``0-999999999`` is refused at
+    once, not after a billion-entry list has been built."""
     if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_ID:
+            raise ValueError("is not an array index; use 0 or more")
         return [value]
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) > 4096:
         raise ValueError("is not an array range; use 0-99, 0-99:2 or 1,3,5")
-    out: list[int] = []
+    ranges: list[tuple[int, int, int]] = []
+    count = 0
     try:
         for part in value.split(","):
             part = part.strip()
@@ -251,14 +276,17 @@ def parse_array(value: object) -> list[int]:
                 lo, hi = (int(x) for x in part.split("-", 1))
             else:
                 lo = hi = int(part)
-            if lo < 0 or hi < lo or step < 1:
+            if lo < 0 or hi < lo or step < 1 or hi > MAX_ID:
                 raise ValueError
-            out.extend(range(lo, hi + 1, step))
+            ranges.append((lo, hi, step))
+            count += (hi - lo) // step + 1
+            if count > MAX_ARRAY:
+                raise OverflowError
+    except OverflowError:
+        raise ValueError(f"has more than {MAX_ARRAY} indices; split the sweep") from None
     except ValueError:
         raise ValueError("is not an array range; use 0-99, 0-99:2 or 1,3,5") from None
-    if len(out) > 10000:
-        raise ValueError("has more than 10000 indices; split the sweep")
-    return sorted(set(out))
+    return sorted({i for lo, hi, step in ranges for i in range(lo, hi + 1, step)})
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
@@ -301,6 +329,9 @@ def validation_problems(
 
 def parse_spec(data: Any, source: str | None = None) -> JobSpec:
     """Validate a loaded job file; raises ``InvalidInput`` listing every problem."""
+    bad_text = text_problems(data)
+    if bad_text:
+        raise InvalidInput(bad_text, source)
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:

@@ -10,6 +10,7 @@ transaction as the change itself.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -19,8 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from mlq.scheduler import migrations, states
-from mlq.scheduler.cluster import DEFAULT_LOG_LIMIT, ClassDefaults, ClusterConfig, PriorityClass
-from mlq.scheduler.errors import Conflict, InvalidInput, NotFound
+from mlq.scheduler.cluster import (
+    DEFAULT_LOG_LIMIT,
+    ClassDefaults,
+    ClusterConfig,
+    PriorityClass,
+    UserCaps,
+)
+from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, NotFound
 from mlq.scheduler.grants import Grant
 from mlq.scheduler.models import (
     GrantRow,
@@ -34,11 +41,45 @@ from mlq.scheduler.models import (
 )
 from sqlalchemy import bindparam, create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
 
 
 def sqlite_url(state_dir: str | Path) -> str:
     return f"sqlite:///{Path(state_dir) / 'mlq.db'}"
+
+
+def engine_url(url: str) -> str:
+    """The URL SQLAlchemy is given: ``postgresql://`` and ``postgres://`` mean psycopg
+    (version 3, the ``postgres`` extra), not SQLAlchemy's default driver of the day."""
+    scheme, sep, rest = url.partition("://")
+    return f"postgresql+psycopg://{rest}" if sep and scheme in ("postgresql", "postgres") else url
+
+
+class DatabaseError(MlqError):
+    """The database cannot be opened: no driver, or no server answers."""
+
+    exit_code = 1
+
+
+def _server_engine(url: str) -> Engine:
+    """An engine on a database server (PostgreSQL), its schema brought up to date; a
+    missing driver or a server that does not answer is one line naming the URL."""
+    shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)  # as given, its password hidden
+    try:
+        engine = create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise DatabaseError(
+            f"open database {shown}: no module {exc.name}; "
+            "for PostgreSQL: pip install 'mlq[postgres]'"
+        ) from None
+    try:
+        migrations.upgrade(engine)
+    except OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise DatabaseError(f"open database {shown}: {reason}") from None
+    return engine
 
 
 @dataclass
@@ -69,7 +110,7 @@ class Store:
     """All access to the database goes through here."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = url = engine_url(url)
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
@@ -78,9 +119,9 @@ class Store:
                 url, connect_args={"check_same_thread": False, "timeout": 10}
             )
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            migrations.upgrade(self.engine)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True)
-        migrations.upgrade(self.engine)
+            self.engine = _server_engine(url)
         # One writer at a time inside this process; SQLite serialises across processes.
         self._write_lock = threading.RLock()
         # Teams and classes are read on every submission and change rarely: cached,
@@ -88,6 +129,7 @@ class Store:
         self._teams: list[TeamView] | None = None
         self._classes: list[PriorityClass] | None = None
         self._grants: list[Grant] | None = None
+        self._caps: UserCaps | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -109,7 +151,7 @@ class Store:
                 s.commit()
             finally:
                 if config:
-                    self._teams = self._classes = self._grants = None
+                    self._teams = self._classes = self._grants = self._caps = None
 
     # -- first start ---------------------------------------------------------------
 
@@ -121,6 +163,8 @@ class Store:
         """Load teams, quotas and classes from the cluster config, once."""
         now = time.time()
         with self.write(config=True) as s:
+            # several daemons may start at once on one PostgreSQL database: one seeds
+            migrations.lock_setup(s.connection())
             if s.get(Meta, "seeded") is not None:
                 return
             for c in cluster.priority_classes:
@@ -142,6 +186,7 @@ class Store:
                     )
             for g in cluster.grants:
                 s.add(_grant_row(g.grant()))
+            s.add(Meta(key="user_caps", value=cluster.user_caps.model_dump_json()))
             s.add(Meta(key="seeded", value=str(now)))
 
     # -- priority classes -------------------------------------------------------------
@@ -162,6 +207,29 @@ class Store:
                 )
         with self.write(config=True) as s:
             s.merge(_class_row(pc))
+
+    # -- per-user caps -----------------------------------------------------------------
+
+    def user_caps(self) -> UserCaps:
+        if self._caps is None:
+            with self.session() as s:
+                row = s.get(Meta, "user_caps")
+            self._caps = UserCaps.model_validate_json(row.value) if row else UserCaps()
+        return self._caps
+
+    def set_user_caps(self, caps: UserCaps) -> None:
+        with self.write(config=True) as s:
+            s.merge(Meta(key="user_caps", value=caps.model_dump_json()))
+
+    def user_load(self, user: str) -> tuple[int, int]:
+        """(active jobs, bytes of their stored specs) of one user: an index-only read."""
+        t = Job.__table__.c
+        q = select(func.count(), func.coalesce(func.sum(t.spec_bytes), 0)).where(
+            t.user == user, t.state.in_(list(states.ACTIVE))
+        )
+        with self.engine.connect() as conn:
+            n, size = conn.execute(q).one()
+        return int(n), int(size)
 
     # -- grants -----------------------------------------------------------------------
 
@@ -326,7 +394,12 @@ class Store:
             if len(rows) == 1:
                 ids = [int(conn.execute(table.insert(), rows[0]).inserted_primary_key[0])]
             else:
-                ids = sorted(r[0] for r in conn.execute(table.insert().returning(table.c.id), rows))
+                # one ID a row, increasing with the rows: SQLite's rowids follow the
+                # rows of one INSERT; PostgreSQL's sequence does only when asked to
+                # (INSERT ... SELECT ... ORDER BY, which SQLite would run row by row)
+                in_order = conn.dialect.name == "postgresql"
+                stmt = table.insert().returning(table.c.id, sort_by_parameter_order=in_order)
+                ids = sorted(r[0] for r in conn.execute(stmt, rows))
             for row, i in zip(rows, ids, strict=True):
                 row["id"] = i
             if as_array and ids:
@@ -399,17 +472,62 @@ class Store:
         with self.engine.connect() as conn:
             return list(conn.execute(q).all())
 
-    def transition(self, job_id: int, state: str, reason: str = "", **fields: Any) -> Job:
-        """Move a job to ``state`` and record the event, in one transaction."""
-        return self.transitions(job_id, [(state, reason, fields)])
+    def history(
+        self,
+        *,
+        since: float | None = None,
+        before: float | None = None,
+        team: str | None = None,
+        user: str | None = None,
+        limit: int = 1000,
+    ) -> list[Any]:
+        """Ended jobs, newest end first, at most ``limit``: one indexed range read
+        (``ix_jobs_ended_at``), however long the history is. ``before``: only jobs
+        that ended before this time (the next page)."""
+        t = Job.__table__.c
+        q = select(*[c for c in t if c.name != "spec"]).where(t.ended_at.is_not(None))
+        q = q.where(t.state.in_(list(states.FINAL)))
+        if since is not None:
+            q = q.where(t.ended_at >= since)
+        if before is not None:
+            q = q.where(t.ended_at < before)
+        if team:
+            q = q.where(t.team == team)
+        if user:
+            q = q.where(t.user == user)
+        q = q.order_by(t.ended_at.desc(), t.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).all())
 
-    def transitions(self, job_id: int, steps: list[tuple[str, str, dict[str, Any]]]) -> Job:
+    def transition(
+        self,
+        job_id: int,
+        state: str,
+        reason: str = "",
+        expect: Iterable[str] | None = None,
+        **fields: Any,
+    ) -> Job:
+        """Move a job to ``state`` and record the event, in one transaction.
+
+        ``expect``: the states the job must be in now, else ``Conflict`` and nothing
+        changes (a compare-and-set: a job the API answered CANCELLED can never be
+        moved to STARTING by a pass that read it PENDING a moment earlier)."""
+        return self.transitions(job_id, [(state, reason, fields)], expect)
+
+    def transitions(
+        self,
+        job_id: int,
+        steps: list[tuple[str, str, dict[str, Any]]],
+        expect: Iterable[str] | None = None,
+    ) -> Job:
         """Several state changes of one job, each with its event, in one transaction
         (PREEMPTED then PENDING: a crash between them must not lose the requeue)."""
         with self.write() as s:
-            job = s.get(Job, job_id)
+            job = s.get(Job, job_id, with_for_update=True)
             if job is None:
                 raise NotFound(f"job {job_id} does not exist")
+            if expect is not None and job.state not in set(expect):
+                raise Conflict(f"job {job_id} is {job.state}, not {'/'.join(sorted(expect))}")
             for state, reason, fields in steps:
                 job.state = state
                 job.reason = reason
@@ -418,6 +536,34 @@ class Store:
                 s.add(JobEvent(job_id=job_id, at=time.time(), state=state, reason=reason))
             s.add(job)
             return job
+
+    def cancel_pending(self, ids: Iterable[int], reason: str) -> list[int]:
+        """Cancel every one of ``ids`` that is PENDING now, all in one transaction, so
+        none of them can start between the first and the last; returns those cancelled."""
+        t = Job.__table__
+        ids = list(ids)
+        if not ids:
+            return []
+        now = time.time()
+        with self._write_lock, self.engine.begin() as conn:
+            q = select(t.c.id).where(t.c.id.in_(ids), t.c.state == states.PENDING)
+            # rows locked in ID order (on PostgreSQL: two daemons cancelling at once
+            # wait for each other instead of deadlocking)
+            found = [r[0] for r in conn.execute(q.order_by(t.c.id).with_for_update())]
+            if found:
+                conn.execute(
+                    update(t)
+                    .where(t.c.id.in_(found), t.c.state == states.PENDING)
+                    .values(state=states.CANCELLED, reason=reason, ended_at=now)
+                )
+                conn.execute(
+                    JobEvent.__table__.insert(),
+                    [
+                        {"job_id": i, "at": now, "state": states.CANCELLED, "reason": reason}
+                        for i in found
+                    ],
+                )
+        return found
 
     def count_by_state(self) -> dict[str, int]:
         with self.session() as s:
@@ -446,7 +592,9 @@ class Store:
             .values(reason=bindparam("new_reason"))
         )
         with self._write_lock, self.engine.begin() as conn:
-            conn.execute(stmt, [{"job_id": k, "new_reason": v} for k, v in reasons.items()])
+            # in ID order, as cancel_pending locks them: no deadlock between daemons
+            params = [{"job_id": k, "new_reason": v} for k, v in sorted(reasons.items())]
+            conn.execute(stmt, params)
 
 
 def _grant_row(g: Grant) -> GrantRow:

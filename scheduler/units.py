@@ -17,9 +17,17 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(d|h|m|s)")
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _CLOCK_RE = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")  # Slurm's [D-]HH:MM:SS
 
+# Every quantity fits a signed 64-bit integer (the databases' and the kernel's files')
+MAX_QUANTITY = 2**63 - 1
 SIZE_HELP = "use a number of bytes or a unit: 512Mi, 32Gi, 32G"
 CPU_HELP = "use a number of CPUs (2, 0.5) or millicores (500m)"
 DURATION_HELP = "use seconds or units: 90s, 15m, 12h, 1d, 1h30m (or HH:MM:SS)"
+
+
+def _bounded(n: float, what: str, help_text: str) -> int:
+    if not n < MAX_QUANTITY:  # also inf and nan
+        raise ValueError(f"is too large for a {what}; {help_text}")
+    return int(n)
 
 
 def parse_size(value: object) -> int:
@@ -29,13 +37,17 @@ def parse_size(value: object) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"must not be negative; {SIZE_HELP}")
-        return value
+        return _bounded(value, "size", SIZE_HELP)
     if isinstance(value, str):
-        m = _SIZE_RE.match(value)
+        m = _SIZE_RE.fullmatch(value)
         if m:
             number, unit = m.groups()
             factor = _BINARY.get(unit or "") or _DECIMAL.get(unit or "") or 1
-            return int(float(number) * factor)
+            if len(number) > 40:
+                raise ValueError(f"is too large for a size; {SIZE_HELP}")
+            if "." not in number:  # exact: 9223372036854775807 must not round up
+                return _bounded(int(number) * factor, "size", SIZE_HELP)
+            return _bounded(float(number) * factor, "size", SIZE_HELP)
         if value.strip().startswith("-"):
             raise ValueError(f"must not be negative; {SIZE_HELP}")
     raise ValueError(f"is not a size; {SIZE_HELP}")
@@ -46,12 +58,16 @@ def parse_cpus(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"is not a CPU count; {CPU_HELP}")
     if isinstance(value, int | float):
-        milli = round(float(value) * 1000)
-    elif isinstance(value, str) and (m := _CPU_RE.match(value)):
+        number, is_milli = str(value), False
+    elif isinstance(value, str) and (m := _CPU_RE.fullmatch(value)):
         number, is_milli = m.groups()
-        milli = round(float(number)) if is_milli else round(float(number) * 1000)
     else:
         raise ValueError(f"is not a CPU count; {CPU_HELP}")
+    try:
+        f = float(number) * (1 if is_milli else 1000)
+    except (OverflowError, ValueError):
+        raise ValueError(f"is not a CPU count; {CPU_HELP}") from None
+    milli = _bounded(round(f) if f < MAX_QUANTITY else f, "CPU count", CPU_HELP)
     if milli <= 0:
         raise ValueError(f"must be more than zero; {CPU_HELP}")
     return milli
@@ -64,17 +80,22 @@ def parse_duration(value: object) -> int:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"must not be negative; {DURATION_HELP}")
-        return int(value)
+        return _bounded(value, "duration", DURATION_HELP)
     if isinstance(value, str):
         text = value.strip()
+        if len(text) > 40:
+            raise ValueError(f"is too long for a duration; {DURATION_HELP}")
         if text.isdigit():
-            return int(text)
-        if m := _CLOCK_RE.match(text):
+            return _bounded(int(text), "duration", DURATION_HELP)
+        if m := _CLOCK_RE.fullmatch(text):
             days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
-            return days * 86400 + hours * 3600 + minutes * 60 + seconds
+            return _bounded(
+                days * 86400 + hours * 3600 + minutes * 60 + seconds, "duration", DURATION_HELP
+            )
         parts = _DURATION_PART.findall(text)
         if parts and "".join(n + u for n, u in parts) == text:
-            return int(sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
+            total = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+            return _bounded(total, "duration", DURATION_HELP)
     raise ValueError(f"is not a duration; {DURATION_HELP}")
 
 

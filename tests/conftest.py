@@ -15,8 +15,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pg_helpers
 import pytest
 from daemon_helpers import GROUPS, TEST_CLUSTER, USERS, Daemon
+
+# The databases the store runs on: the store and API tests run on each of them.
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(scope="session")
@@ -61,11 +65,46 @@ def daemon_home() -> Iterator[Path]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[pg_helpers.PgCluster]:
+    """A temporary PostgreSQL cluster for the session (tests/pg_helpers.py). Without
+    PostgreSQL installed, every test that needs it fails, saying what to install."""
+    try:
+        cluster, problem = pg_helpers.start_cluster(), None
+    except RuntimeError as exc:
+        problem = str(exc)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield cluster
+    finally:
+        pg_helpers.remove_cluster(cluster)
+
+
 @pytest.fixture
-def daemon(daemon_home: Path, unix_users) -> Iterator[Daemon]:
+def pg_database(pg_cluster: pg_helpers.PgCluster) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test."""
+    url = pg_cluster.database()
+    try:
+        yield url
+    finally:
+        pg_cluster.drop(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """An empty database on each backend: None for SQLite in the daemon's state dir
+    (the default, no flag), else a fresh PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("pg_database")
+
+
+@pytest.fixture
+def daemon(daemon_home: Path, unix_users, database_url: str | None) -> Iterator[Daemon]:
     config = daemon_home / "cluster.yaml"
     config.write_text(TEST_CLUSTER)
-    d = Daemon(home=daemon_home, config=config)
+    d = Daemon(home=daemon_home, config=config, database_url=database_url)
     d.start()
     try:
         yield d

@@ -6,12 +6,16 @@ import json
 import os
 import pwd
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mlq.scheduler.store import sqlite_url
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 ROOT = Path(__file__).resolve().parent.parent
 MLQ = str(Path(sys.executable).parent / "mlq")
@@ -32,7 +36,14 @@ class Result:
 
 
 TEST_CLUSTER = f"""
-node: {{name: testnode, cpus: 16, memory: 64Gi, gpus: declared, declared_gpus: []}}
+# 8 GPUs, cordoned: jobs are accepted (a node could hold them) and stay PENDING
+node:
+  name: testnode
+  cpus: 16
+  memory: 64Gi
+  schedulable: false
+  gpus: declared
+  declared_gpus: [{", ".join(f"{{index: {i}, model: H100-80GB}}" for i in range(8))}]
 admin_group: {GROUPS["admins"]}
 teams:
   - name: nlp
@@ -49,10 +60,12 @@ teams:
 
 @dataclass
 class Daemon:
-    """A running ``mlq server`` with its own state dir, socket and config."""
+    """A running ``mlq server`` with its own state dir, socket and config, on SQLite in
+    its state dir (``database_url`` None, the default) or on the database of a URL."""
 
     home: Path
     config: Path
+    database_url: str | None = None
     proc: subprocess.Popen | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -66,7 +79,18 @@ class Daemon:
 
     @property
     def db(self) -> Path:
+        """The SQLite file, when the daemon runs on SQLite."""
         return self.state_dir / "mlq.db"
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL of the daemon's database, whichever it is."""
+        return self.database_url or sqlite_url(self.state_dir)
+
+    @property
+    def backend(self) -> str:
+        """The database the daemon runs on: "sqlite" or "postgresql"."""
+        return make_url(self.url).get_backend_name()
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -77,7 +101,8 @@ class Daemon:
     def start(self) -> None:
         log = open(self.home / "server.log", "ab")  # noqa: SIM115 (kept by the child)
         self.proc = subprocess.Popen(
-            [MLQ, "server", "--config", str(self.config), "--log-level", "info"],
+            [MLQ, "server", "--config", str(self.config), "--log-level", "info"]
+            + (["--database-url", self.database_url] if self.database_url else []),
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -128,6 +153,16 @@ class Daemon:
         path.chmod(0o644)
         return path
 
+    def sql(self, statement: str, **params: object) -> list[tuple]:
+        """Run one SQL statement on the daemon's database, on SQLite or PostgreSQL alike,
+        and commit; returns its rows (none for a statement that returns none)."""
+        engine = create_engine(self.url, poolclass=NullPool)
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(text(statement), params)
+                return [tuple(r) for r in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
     def rows(self, table: str = "jobs") -> int:
-        with sqlite3.connect(self.db) as conn:
-            return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        return self.sql(f"SELECT count(*) FROM {table}")[0][0]

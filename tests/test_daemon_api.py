@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 
 import pytest
 
@@ -250,8 +249,7 @@ def test_an_unreachable_daemon_names_the_socket(daemon):
 
 def test_a_newer_schema_is_refused_at_start(daemon):
     daemon.stop()
-    with sqlite3.connect(daemon.db) as conn:
-        conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    daemon.sql("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     with pytest.raises(RuntimeError, match="database schema version 999 is newer"):
         daemon.start()
 
@@ -303,3 +301,19 @@ def test_an_admin_changes_a_class_and_new_jobs_get_its_defaults(daemon, unix_use
     assert 'class "urgent" is new: --value is required' in r.err
     assert daemon.cli("class", "set", "urgent", "--value", "800", "--preempts", "batch").code == 0
     assert "urgent" in {c["name"] for c in daemon.cli("class", "list", "--json").json()["classes"]}
+
+
+def test_the_fast_listing_shape_is_exactly_jobouts():
+    """Listings build rows' JSON directly (job_dict); it must stay JobOut's shape."""
+    from types import SimpleNamespace
+
+    from mlq.scheduler.daemon.schemas import JobOut, job_dict
+
+    row = SimpleNamespace(
+        id=7, name="n", team="t", user="u", kind="batch", priority_class="batch",
+        state="PENDING", reason="Resources", submitted_at=1.5e9, started_at=None,
+        ended_at=1.6e9, array_id=3, array_index=1, depends_on="[1, 2]", node=None,
+        exit_code=None, signal=None, restart_count=2,
+    )  # fmt: skip
+    assert job_dict(row) == JobOut.of(row).model_dump()
+    assert list(job_dict(row)) == list(JobOut.model_fields)

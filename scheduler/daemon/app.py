@@ -14,11 +14,13 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from mlq.scheduler import grants, states
 from mlq.scheduler.cluster import PriorityClass, parse_quota_value
 from mlq.scheduler.daemon import schemas as S
 from mlq.scheduler.daemon.auth import Caller, may_see_private, require_admin, require_owner
+from mlq.scheduler.daemon.limits import BodyLimit, install_handlers
 from mlq.scheduler.daemon.logs import read_log
 from mlq.scheduler.daemon.loop import spec_of
 from mlq.scheduler.daemon.nodes import node_view
@@ -30,6 +32,7 @@ from mlq.scheduler.units import format_cpus, format_duration, format_size
 from pydantic import BaseModel
 
 STATUS = {InvalidInput: 422, Refused: 403, NotFound: 404, Conflict: 409}
+JobIdParam = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="A job ID")]
 
 
 def typed(model: BaseModel) -> Response:
@@ -51,6 +54,8 @@ class Daemon:
         self.stop_running: Callable[[int, bool, str], str] | None = None
         self.loop: Any = None  # the scheduling loop, when the daemon runs one
         self.forbidden: tuple[str, ...] = grants.FORBIDDEN_PATHS  # never mounted into a job
+        # the cluster's nodes as the policy sees them (for what no node could hold)
+        self.nodes: Callable[[], list[Any]] = lambda: []
 
 
 async def caller(request: Request) -> Caller:
@@ -73,6 +78,8 @@ def build_app(daemon: Daemon) -> FastAPI:
     )
     app.state.daemon = daemon
     store = daemon.store
+    app.add_middleware(BodyLimit)
+    install_handlers(app)
 
     @app.exception_handler(MlqError)
     async def _mlq_error(_: Request, exc: MlqError) -> JSONResponse:
@@ -86,7 +93,14 @@ def build_app(daemon: Daemon) -> FastAPI:
     @app.post("/v1/jobs", response_model=S.SubmitResponse, tags=["jobs"])
     async def submit(body: S.SubmitRequest, who: Who) -> Response:
         resolved, indices = prepare(
-            store, who, body.spec, body.source, body.array, body.after, daemon.forbidden
+            store,
+            who,
+            body.spec,
+            body.source,
+            body.array,
+            body.after,
+            daemon.forbidden,
+            daemon.nodes(),
         )
         if body.dry_run:
             return S.SubmitResponse(
@@ -101,11 +115,14 @@ def build_app(daemon: Daemon) -> FastAPI:
             S.SubmitResponse(jobs=[S.JobOut.of(j) for j in jobs], array_id=jobs[0].array_id)
         )
 
+    # Listings are plain functions: FastAPI runs them on its thread pool, so a long
+    # one never holds the event loop that every submit goes through.
     @app.get("/v1/jobs", response_model=S.JobList, tags=["jobs"])
-    async def queue(
-        team: str | None = None,
-        state: Annotated[list[str] | None, Query()] = None,
-        user: str | None = None,
+    def queue(
+        team: Annotated[str | None, Query(max_length=256)] = None,
+        state: Annotated[list[str] | None, Query(max_length=20)] = None,
+        user: Annotated[str | None, Query(max_length=256)] = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 100_000,
     ) -> Response:
         wanted = [s.upper() for s in state] if state else list(states.ACTIVE)
         bad = [s for s in wanted if s not in states.ALL]
@@ -113,24 +130,25 @@ def build_app(daemon: Daemon) -> FastAPI:
             raise InvalidInput(
                 f'state: "{bad[0]}" is not a state; use one of {", ".join(states.ALL)}'
             )
-        jobs = store.jobs(states_in=wanted, team=team, user=user, with_spec=False)
-        return typed(S.JobList(jobs=[S.JobOut.of(j) for j in jobs]))
+        jobs = store.jobs(states_in=wanted, team=team, user=user, with_spec=False, limit=limit)
+        return Response(S.job_list_json(jobs), media_type="application/json")
 
     @app.get("/v1/history", response_model=S.JobList, tags=["jobs"])
-    async def history(
+    def history(
         since: float | None = None,
-        team: str | None = None,
-        user: str | None = None,
-        limit: int = 1000,
-    ) -> S.JobList:
-        jobs = store.jobs(
-            states_in=states.FINAL, team=team, user=user, since=since, with_spec=False
-        )
-        jobs.sort(key=lambda j: j.ended_at or 0)
-        return S.JobList(jobs=[S.JobOut.of(j) for j in jobs[-limit:]])
+        before: float | None = None,
+        team: Annotated[str | None, Query(max_length=256)] = None,
+        user: Annotated[str | None, Query(max_length=256)] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> Response:
+        """The newest ``limit`` ended jobs (oldest first in the answer); ``before`` the
+        oldest one's ended_at gives the page before it."""
+        jobs = store.history(since=since, before=before, team=team, user=user, limit=limit)
+        jobs.reverse()
+        return Response(S.job_list_json(jobs), media_type="application/json")
 
     @app.get("/v1/jobs/{job_id}", response_model=S.JobDetail, tags=["jobs"])
-    async def show(job_id: int, who: Who) -> S.JobDetail:
+    async def show(job_id: JobIdParam, who: Who) -> S.JobDetail:
         job = store.job(job_id)
         # env values and command arguments are the owner's, the team admins' and mlq
         # admins' to see (Slurm's PrivateData=jobs for the parts that hold secrets)
@@ -139,28 +157,54 @@ def build_app(daemon: Daemon) -> FastAPI:
 
     @app.post("/v1/jobs/cancel", response_model=S.CancelResponse, tags=["jobs"])
     async def cancel(body: S.CancelRequest, who: Who) -> S.CancelResponse:
-        jobs = {j.id: j for j in store.jobs(ids=body.ids)}
-        missing = [i for i in body.ids if i not in jobs]
-        if missing:
-            raise NotFound(f"job {missing[0]} does not exist; see mlq queue or mlq history")
-        for j in jobs.values():
-            require_owner(who, j, store)
-        results = []
-        for job_id in body.ids:
-            j = jobs[job_id]
-            why = f"Cancelled by {who.user}"
-            if j.state in states.FINAL:
-                results.append(S.CancelResult(id=job_id, state=j.state, message="already ended"))
-            elif j.state == states.PENDING:
-                store.transition(job_id, states.CANCELLED, why, ended_at=time.time())
-                results.append(S.CancelResult(id=job_id, state=states.CANCELLED, message=why))
+        """Cancel each job that exists and that the caller may cancel; each other one
+        is reported, not an error for all. The pending ones are cancelled together in
+        one transaction first, so none of them starts while the others are handled."""
+        ids = list(dict.fromkeys(body.ids))
+        jobs = {j.id: j for j in store.jobs(ids=ids, with_spec=False)}
+        why = f"Cancelled by {who.user}"
+        results: dict[int, S.CancelResult] = {}
+        allowed = []
+        for job_id in ids:
+            j = jobs.get(job_id)
+            if j is None:
+                results[job_id] = S.CancelResult(
+                    id=job_id,
+                    state="",
+                    ok=False,
+                    message="no such job; see mlq queue or mlq history",
+                )
+            elif not may_see_private(who, j, store):
+                results[job_id] = S.CancelResult(
+                    id=job_id,
+                    state=j.state,
+                    ok=False,
+                    message=f"{who.user} may not cancel job {job_id}: it belongs to {j.user} "
+                    f'and you are not an admin of team "{j.team}"',
+                )
+            else:
+                allowed.append(job_id)
+        for job_id in store.cancel_pending(allowed, why):
+            results[job_id] = S.CancelResult(
+                id=job_id, state=states.CANCELLED, ok=True, message=why
+            )
+        for job_id in allowed:
+            if job_id in results:
+                continue
+            state = store.job(job_id).state  # it may have moved since it was read
+            if state in states.FINAL:
+                results[job_id] = S.CancelResult(
+                    id=job_id, state=state, ok=True, message="already ended"
+                )
             elif daemon.stop_running is not None:
                 new_state = daemon.stop_running(job_id, body.now, why)
-                results.append(S.CancelResult(id=job_id, state=new_state, message=why))
+                results[job_id] = S.CancelResult(id=job_id, state=new_state, ok=True, message=why)
             else:
-                raise Conflict(f"job {job_id} is {j.state}; this daemon cannot stop running jobs")
+                results[job_id] = S.CancelResult(
+                    id=job_id, state=state, ok=False, message="this daemon cannot stop running jobs"
+                )
         daemon.on_change("cancel")
-        return S.CancelResponse(results=results)
+        return S.CancelResponse(results=[results[i] for i in ids])
 
     # -- teams, quotas, classes ---------------------------------------------------------
 
@@ -234,6 +278,7 @@ def build_app(daemon: Daemon) -> FastAPI:
             default_cpus=format_cpus(d.cpus),
             default_memory=format_size(d.memory),
             default_time_limit=format_duration(d.time_limit) if d.time_limit else None,
+            log_limit=format_size(c.log_limit),
         )
 
     @app.get("/v1/classes", response_model=S.ClassList, tags=["classes"])
@@ -254,7 +299,7 @@ def build_app(daemon: Daemon) -> FastAPI:
                 defaults[key] = v
         updates = {
             k: getattr(body, k)
-            for k in ("value", "preempts", "preemptible", "min_run_time")
+            for k in ("value", "preempts", "preemptible", "min_run_time", "log_limit")
             if getattr(body, k) is not None
         }
         from mlq.scheduler.spec import validation_problems
@@ -267,6 +312,32 @@ def build_app(daemon: Daemon) -> FastAPI:
         store.set_class(pc)
         daemon.on_change("class")
         return class_out(pc)
+
+    # -- per-user caps -------------------------------------------------------------------
+
+    def caps_out() -> S.UserCapsOut:
+        c = store.user_caps()
+        return S.UserCapsOut(max_active_jobs=c.max_active_jobs, max_spec_bytes=c.max_spec_bytes)
+
+    @app.get("/v1/user-caps", response_model=S.UserCapsOut, tags=["teams"])
+    async def user_caps() -> S.UserCapsOut:
+        return caps_out()
+
+    @app.put("/v1/user-caps", response_model=S.UserCapsOut, tags=["teams"])
+    async def set_user_caps(body: S.UserCapsSet, who: Who) -> S.UserCapsOut:
+        require_admin(who, "change the per-user caps", daemon.admin_group)
+        from mlq.scheduler.cluster import UserCaps
+        from mlq.scheduler.spec import validation_problems
+        from pydantic import ValidationError
+
+        current = store.user_caps().model_dump()
+        changes = {k: v for k, v in body.model_dump().items() if v is not None}
+        try:
+            caps = UserCaps.model_validate(current | changes)
+        except ValidationError as exc:
+            raise InvalidInput(validation_problems(exc, UserCaps)) from None
+        store.set_user_caps(caps)
+        return caps_out()
 
     # -- grants --------------------------------------------------------------------------
 
@@ -381,7 +452,7 @@ def build_app(daemon: Daemon) -> FastAPI:
 
     @app.get("/v1/jobs/{job_id}/logs", response_model=S.LogChunk, tags=["jobs"])
     async def logs(
-        job_id: int,
+        job_id: JobIdParam,
         who: Who,
         stream: str = "stdout",
         run: int | None = None,

@@ -19,20 +19,25 @@ Each pass, top to bottom:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import select
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlq.executor.asuser import HostUser
 from mlq.scheduler import grants, states
 from mlq.scheduler.cluster import ClusterConfig
+from mlq.scheduler.daemon.carving import Carver
+from mlq.scheduler.daemon.imageprep import ImagePrep
+from mlq.scheduler.errors import Conflict, NotFound
 from mlq.scheduler.models import Job
+from mlq.scheduler.reasons import explain
 from mlq.scheduler.snapshot import (
     Gpu,
     MigRequest,
@@ -66,6 +71,7 @@ class NodeView:
     cpus: int
     memory: int
     gpus: Any  # mlq.executor.gpus.NodeGpus
+    can_carve: bool = True  # may carve MIG slices now (scheduler/daemon/carving.py)
 
     def snapshot_node(self) -> Node:
         decls = self.gpus.to_decls()
@@ -73,6 +79,7 @@ class NodeView:
             name=self.name,
             cpus=self.cpus,
             memory=self.memory,
+            can_carve=self.can_carve,
             gpus=tuple(
                 Gpu(
                     index=g.index,
@@ -134,6 +141,7 @@ class Loop:
         self.cluster = cluster
         self.state_dir = state_dir
         self.node = node
+        self.carver = Carver(self)  # MIG slices carved for starts, destroyed at their end
         self.stats = LoopStats()
         self.handles: dict[int, Any] = {}  # job id -> executor Handle
         self._lock = threading.Lock()  # one pass at a time; also guards self.handles
@@ -144,6 +152,8 @@ class Loop:
         self._pidfds: dict[int, int] = {}  # supervisor pid -> pidfd, for adopted runs
         self._last_end = 0.0  # monotonic time the last pass ended
         self.forbidden: tuple[str, ...] = grants.FORBIDDEN_PATHS  # never mounted into a job
+        self.images = ImagePrep(str(state_dir), self.ask)
+        self._image_waits: dict[int, str] = {}  # pending job -> reason, this pass
 
     # -- outside world -------------------------------------------------------------
 
@@ -172,6 +182,7 @@ class Loop:
             self._timer.shutdown(wait=False)
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.images.close()
 
     def _watch_fds(self) -> list[int]:
         fds = [self._wake_r]
@@ -232,6 +243,11 @@ class Loop:
             from mlq.scheduler.policy import decide
 
             decisions = decide(snapshot)
+            # the policy's reason codes, with the numbers a person needs, and the jobs
+            # left out of the snapshot while their image is being prepared
+            reasons = explain(snapshot, decisions) | self._image_waits
+            decisions = dataclasses.replace(decisions, reasons=reasons)
+            decisions = self.carver.explain(decisions)  # MigCarveFailed stays while it holds
             self.apply(decisions, jobs)
         self.stats.passes += 1
         self.stats.last_pass_ms = (time.perf_counter() - t0) * 1000
@@ -263,6 +279,7 @@ class Loop:
     def finish(self, job: Job, status: Any) -> None:
         """Record how a run ended; requeue a preempted job that asks for it."""
         assert job.id is not None
+        self.carver.release(job)  # the MIG slices carved for this run
         h = self.handles.pop(job.id, None)
         if h is not None:
             fd = self._pidfds.pop(h.supervisor_pid, None)
@@ -270,13 +287,20 @@ class Loop:
                 os.close(fd)
         spec = spec_of(job)
         outcome = status.state.value if hasattr(status.state, "value") else str(status.state)
+        oom_kills = int(getattr(status, "oom_kills", 0) or 0)
         fields: dict[str, Any] = {
             "ended_at": time.time(),
             "exit_code": status.exit_code,
             "signal": status.signal,
             "max_memory": status.max_memory_bytes or None,
+            "oom_kills": oom_kills,
         }
         how = _how_it_ended(status)
+        # Slurm's rule: a run whose cgroup saw the kernel kill for memory ended
+        # OUT_OF_MEMORY, whatever its exit code (a parent that survived its children's
+        # OOM kills and exited 0 still lost work to them)
+        if oom_kills and outcome in ("COMPLETED", "FAILED"):
+            outcome = "OUT_OF_MEMORY"
         if job.stop_cause == "preempt":
             steps = [(states.PREEMPTED, f"Preempted for job {job.stop_for} ({how})", fields)]
             if spec.preemption.requeue:
@@ -298,9 +322,10 @@ class Loop:
             return
         if outcome == "OUT_OF_MEMORY":
             limit = format_size(spec.resources.memory or 0)
+            kills = "1 process" if oom_kills <= 1 else f"{oom_kills} processes"
             reason = (
                 f"killed by the kernel for memory: it used more than its limit of {limit} "
-                "(resources.memory); raise resources.memory or use less"
+                f"(resources.memory; {kills} killed, {how}); raise resources.memory or use less"
             )
             self.store.transition(job.id, states.OUT_OF_MEMORY, reason, **fields)
         elif outcome == "TIMEOUT":
@@ -346,13 +371,15 @@ class Loop:
             for d in json.loads(j.depends_on):
                 st = dep_state.get(d)
                 if st in states.FINAL and st != states.COMPLETED and st != states.PREEMPTED:
-                    self.store.transition(
-                        j.id or 0,
-                        states.CANCELLED,
-                        f"DependencyNeverSatisfied: job {d} ended {st}",
-                        ended_at=time.time(),
-                    )
-                    cancelled += 1
+                    with contextlib.suppress(Conflict):  # cancelled by its user meanwhile
+                        self.store.transition(
+                            j.id or 0,
+                            states.CANCELLED,
+                            f"DependencyNeverSatisfied: job {d} ended {st}",
+                            expect=(states.PENDING,),
+                            ended_at=time.time(),
+                        )
+                        cancelled += 1
                     break
         return cancelled
 
@@ -363,9 +390,24 @@ class Loop:
         if deps:
             done = {d.id for d in self.store.jobs(ids=deps) if d.state == states.COMPLETED}
         running, pending = [], []
+        self._image_waits = {}
+        checked: dict[tuple[str, int, int], Any] = {}
         for j in active:
             spec = spec_of(j)
             r = spec.resources
+            if j.state == states.PENDING and spec.image != "host" and not j.held:
+                # an image not unpacked yet is prepared off this thread meanwhile
+                key = (spec.image, j.uid, j.gid)
+                verdict = checked.get(key)
+                if verdict is None:
+                    user = HostUser(j.uid, j.gid, tuple(_groups_of(j.user, j.uid, j.gid)))
+                    verdict = checked[key] = self.images.check(spec.image, user)
+                if verdict.error is not None:
+                    self._start_failed(j, verdict.error)
+                    continue
+                if verdict.waiting:
+                    self._image_waits[j.id or 0] = f"ImagePending: preparing {spec.image}"
+                    continue
             if j.state == states.PENDING:
                 mig = MigRequest(r.mig.profile, r.mig.count) if r.mig else None
                 pending.append(
@@ -405,7 +447,8 @@ class Loop:
                 )
         snap = Snapshot(
             now=time.time(),
-            nodes=(self.node.snapshot_node(),),
+            # a cordoned node holds its running jobs but is offered nothing new
+            nodes=(self.node.snapshot_node(),) if self.cluster.node.schedulable else (),
             running=tuple(running),
             pending=tuple(pending),
             teams=tuple(Team(t.name, t.guarantee, t.limit) for t in self.store.teams()),
@@ -414,19 +457,30 @@ class Loop:
         return snap, jobs
 
     def apply(self, decisions: Any, jobs: dict[int, Job]) -> None:
+        """Carry out each decision on its own: one that fails (a slice the node cannot
+        carve, a cgroup that cannot be made, a store error) is recorded on its job and
+        the others still happen."""
         for p in decisions.preemptions:
             victim = jobs.get(int(p.victim))
             if victim is not None and victim.state == states.RUNNING:
-                self.stop_job(
-                    victim,
-                    cause="preempt",
-                    reason=f"Preempted for job {p.for_job}",
-                    stop_for=int(p.for_job),
-                )
+                try:
+                    self.stop_job(
+                        victim,
+                        cause="preempt",
+                        reason=f"Preempted for job {p.for_job}",
+                        stop_for=int(p.for_job),
+                    )
+                except Exception:
+                    log.exception("preempting job %s for job %s failed", p.victim, p.for_job)
         for s in decisions.starts:
             job = jobs.get(int(s.job))
             if job is not None and job.state == states.PENDING:
-                self.start_job(job, s)
+                try:
+                    self.start_job(job, s)
+                except Exception as exc:
+                    log.exception("starting job %s failed", s.job)
+                    self._start_failed(job, f"{type(exc).__name__}: {exc}")
+                self.carver.settle(job)  # slices carved for a job that did not start go
         changed = {}
         for k, reason in decisions.reasons.items():
             job = jobs.get(int(k))
@@ -448,6 +502,9 @@ class Loop:
         spec = spec_of(job)
         devices: list[tuple[str, str]] = []
         visible = None
+        carved = self.carver.carve_for(job, start)  # the slices that do not exist yet
+        if carved is None:  # the driver refused: the job waits, with the reason
+            return
         if start.gpus or start.mig:
             w = wiring(self.node.gpus, gpus=list(start.gpus), mig=list(start.mig))
             devices = [(d.host_path, d.path) for d in w.devices]
@@ -460,16 +517,16 @@ class Loop:
             extra["MLQ_CHECKPOINT_MARK"] = f"{spec.checkpoint.target.rstrip('/')}/{CHECKPOINT_MARK}"
         run_dir = self.run_dir(job)
         if run_dir.exists():  # left by a start the daemon never finished; it never ran
-            shutil.rmtree(run_dir, ignore_errors=True)
+            from mlq.executor.runner import discard
+
+            discard(str(run_dir))
         # grants are checked again: one may have been taken back since the submit
         all_grants = self.store.grants()
         beyond = grants.check(
             spec, job.team, job.priority_class, all_grants, self.forbidden, is_root=job.uid == 0
         )
         if beyond:
-            self.store.transition(
-                job.id, states.FAILED, "could not start: " + "; ".join(beyond), ended_at=time.time()
-            )
+            self._start_failed(job, "; ".join(beyond))
             return
         allowed = grants.allowed_for(all_grants, job.team, job.priority_class)
         request = build_launch_request(
@@ -492,17 +549,24 @@ class Loop:
         held = {
             "gpus": list(start.gpus),
             "mig": [{"gpu": m.gpu, "profile": m.profile, "start": m.start} for m in start.mig],
+            **({"carved": carved} if carved else {}),
         }
         # Recorded before the launch: a daemon that dies mid-launch finds the run dir.
-        self.store.transition(
-            job.id,
-            states.STARTING,
-            f"on {start.node}",
-            node=start.node,
-            devices=json.dumps(held),
-            run_dir=str(run_dir),
-            started_at=time.time(),
-        )
+        # Only from PENDING: a job cancelled since the snapshot is never started.
+        try:
+            self.store.transition(
+                job.id,
+                states.STARTING,
+                f"on {start.node}",
+                expect=(states.PENDING,),
+                node=start.node,
+                devices=json.dumps(held),
+                run_dir=str(run_dir),
+                started_at=time.time(),
+            )
+        except Conflict:
+            log.info("job %s left PENDING before its start: not started", job.id)
+            return
         try:
             handle = exec_start(request)
         except Exception as exc:  # BadRequest / LaunchError: the executor undid its steps
@@ -513,7 +577,21 @@ class Loop:
             return
         self.handles[job.id] = handle
         cg = ",".join(sorted(set(handle.cgroup_paths.values())))
-        self.store.transition(job.id, states.RUNNING, f"on {start.node}", cgroup=cg)
+        self.store.transition(
+            job.id, states.RUNNING, f"on {start.node}", expect=(states.STARTING,), cgroup=cg
+        )
+
+    def _start_failed(self, job: Job, why: str) -> None:
+        """A start that failed before the executor ran anything: the job ends FAILED
+        with the reason (whatever state the failed attempt left it in)."""
+        with contextlib.suppress(Conflict, NotFound):
+            self.store.transition(
+                job.id or 0,
+                states.FAILED,
+                f"could not start: {why}",
+                expect=(states.PENDING, states.STARTING),
+                ended_at=time.time(),
+            )
 
     def _log_limit(self, klass: str) -> int | None:
         from mlq.scheduler.cluster import DEFAULT_LOG_LIMIT
@@ -528,7 +606,14 @@ class Loop:
 
         assert job.id is not None
         ref = self.handles.get(job.id) or job.run_dir
-        self.store.transition(job.id, states.STOPPING, reason, stop_cause=cause, stop_for=stop_for)
+        self.store.transition(
+            job.id,
+            states.STOPPING,
+            reason,
+            expect=(states.RUNNING, states.STARTING),
+            stop_cause=cause,
+            stop_for=stop_for,
+        )
         if ref is None:
             return
         try:
@@ -573,6 +658,7 @@ class Loop:
 
         with self._lock:
             self.node.gpus = discover(self.cluster.node)
+            self.carver.reset()  # a node that stopped carving may carve again
             log.info("node %s: %s", self.node.name, self.node.gpus.summary())
         self.ask("refresh")
 
@@ -613,8 +699,14 @@ class Loop:
                 self.finish(job, found)
 
     def _requeue_unstarted(self, job: Job) -> None:
+        self.carver.release(job)  # slices carved for a start that never ran
         if job.run_dir:
-            shutil.rmtree(job.run_dir, ignore_errors=True)
+            from mlq.executor.runner import discard
+
+            # a launch cut short may have made cgroups before it was recorded anywhere
+            left = discard(job.run_dir)
+            if left:
+                log.info("job %s: removed what its cut-short launch left: %s", job.id, left)
         self.store.transition(
             job.id or 0,
             states.PENDING,

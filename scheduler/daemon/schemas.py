@@ -8,16 +8,41 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from functools import lru_cache
+from typing import Annotated, Any
 
 from mlq.scheduler.models import Job, JobEvent
-from pydantic import BaseModel, Field
+from mlq.scheduler.textcheck import problems as text_problems
+from pydantic import BaseModel, Field, model_validator
+
+MAX_ID = 2**63 - 1
+JobId = Annotated[int, Field(ge=1, le=MAX_ID)]
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class Checked(BaseModel):
+    """A request body: every string checked (no NUL, no surrogate, no control
+    character outside command lines) before any field is looked at."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, data: Any) -> Any:
+        bad = text_problems(data)
+        if bad:
+            raise ValueError("; ".join(bad))
+        return data
 
 
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return _iso_second(int(ts))
+
+
+@lru_cache(maxsize=65536)
+def _iso_second(sec: int) -> str:
+    # listings format thousands of times that fall in few distinct seconds
+    return datetime.fromtimestamp(sec, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class JobOut(BaseModel):
@@ -64,6 +89,37 @@ class JobOut(BaseModel):
             signal=j.signal,
             restart_count=j.restart_count,
         )
+
+
+def job_dict(j: Job) -> dict[str, Any]:
+    """``JobOut``'s JSON shape straight from a row: listings of thousands of jobs
+    build these instead of a model per row (the keys are JobOut's, in its order;
+    tests/test_daemon_api.py checks that the two agree)."""
+    return {
+        "id": j.id or 0,
+        "name": j.name,
+        "team": j.team,
+        "user": j.user,
+        "kind": j.kind,
+        "priority_class": j.priority_class,
+        "state": j.state,
+        "reason": j.reason,
+        "submitted_at": iso(j.submitted_at) or "",
+        "started_at": iso(j.started_at),
+        "ended_at": iso(j.ended_at),
+        "array_id": j.array_id,
+        "array_index": j.array_index,
+        "depends_on": json.loads(j.depends_on) if j.depends_on != "[]" else [],
+        "node": j.node,
+        "exit_code": j.exit_code,
+        "signal": j.signal,
+        "restart_count": j.restart_count,
+    }
+
+
+def job_list_json(jobs: list[Job]) -> bytes:
+    """The ``JobList`` document, serialised once."""
+    return json.dumps({"jobs": [job_dict(j) for j in jobs]}, separators=(",", ":")).encode()
 
 
 class EventOut(BaseModel):
@@ -124,11 +180,23 @@ class JobList(BaseModel):
 
 
 class SubmitRequest(BaseModel):
+    # the spec's own text is checked by parse_spec, with the job file's field names
     spec: Any = Field(description="The job file's contents, as loaded from YAML")
-    source: str | None = Field(None, description="The file name, for error messages")
-    array: str | None = Field(None, description="Array indices, e.g. 0-99 (overrides the file)")
-    after: list[int] = Field(default_factory=list, description="More afterok dependencies")
+    source: str | None = Field(None, max_length=4096, description="The file name, for messages")
+    array: str | None = Field(
+        None, max_length=4096, description="Array indices, e.g. 0-99 (overrides the file)"
+    )
+    after: list[JobId] = Field(
+        default_factory=list, max_length=1024, description="More afterok dependencies"
+    )
     dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _source_text(self) -> SubmitRequest:
+        bad = text_problems({"source": self.source, "array": self.array})
+        if bad:
+            raise ValueError("; ".join(bad))
+        return self
 
 
 class SubmitResponse(BaseModel):
@@ -140,13 +208,14 @@ class SubmitResponse(BaseModel):
 
 
 class CancelRequest(BaseModel):
-    ids: list[int]
+    ids: list[JobId] = Field(min_length=1, max_length=10_000)
     now: bool = False
 
 
 class CancelResult(BaseModel):
     id: int
-    state: str
+    state: str = Field(description='The job\'s state after the request ("" if no such job)')
+    ok: bool = Field(description="Cancelled, stopping, or already ended")
     message: str
 
 
@@ -166,21 +235,21 @@ class TeamList(BaseModel):
     teams: list[TeamOut]
 
 
-class TeamCreate(BaseModel):
+class TeamCreate(Checked):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
-    members: list[str] = []
-    admins: list[str] = []
+    members: list[Name] = Field([], max_length=1000)
+    admins: list[Name] = Field([], max_length=1000)
 
 
-class MemberChange(BaseModel):
-    name: str = Field(min_length=1, description="A Unix user, or @group")
-    role: str = Field("member", pattern="^(member|admin)$")
+class MemberChange(Checked):
+    name: Name = Field(description="A Unix user, or @group")
+    role: str = Field("member", pattern=r"^(member|admin)$")
 
 
-class QuotaSet(BaseModel):
-    guarantee: dict[str, Any] = {}
-    limit: dict[str, Any] = {}
-    clear: list[str] = []
+class QuotaSet(Checked):
+    guarantee: dict[str, Any] = Field({}, max_length=100)
+    limit: dict[str, Any] = Field({}, max_length=100)
+    clear: list[Name] = Field([], max_length=100)
 
 
 class ClassOut(BaseModel):
@@ -192,20 +261,22 @@ class ClassOut(BaseModel):
     default_cpus: str
     default_memory: str
     default_time_limit: str | None
+    log_limit: str
 
 
 class ClassList(BaseModel):
     classes: list[ClassOut]
 
 
-class ClassSet(BaseModel):
-    value: int | None = None
-    preempts: list[str] | None = None
+class ClassSet(Checked):
+    value: int | None = Field(None, ge=-(10**9), le=10**9)
+    preempts: list[Name] | None = Field(None, max_length=100)
     preemptible: bool | None = None
     min_run_time: Any = None
     default_cpus: Any = None
     default_memory: Any = None
     default_time_limit: Any = None
+    log_limit: Any = None
 
 
 class WhoAmI(BaseModel):
@@ -225,7 +296,11 @@ class ErrorOut(BaseModel):
 
 
 class LogChunk(BaseModel):
-    """A piece of one run's output; ``next_offset`` continues from where it ends."""
+    """A piece of one run's output; ``next_offset`` continues from where it ends.
+
+    Offsets count every byte the job wrote to the stream, including those its log
+    limit dropped: the data starts at ``offset + dropped``.
+    """
 
     job_id: int
     run: int
@@ -233,6 +308,14 @@ class LogChunk(BaseModel):
     stream: str
     offset: int
     next_offset: int
+    dropped: int = Field(
+        0,
+        description="Bytes from offset on that are gone (older than the run's log limit "
+        "keeps, or lost to a write that failed); the data starts after them",
+    )
+    log_limit: int | None = Field(
+        None, description="Bytes of each stream the run keeps, the newest; null: all of them"
+    )
     data: str
     running: bool = Field(description="True while this run may still write")
     state: str
@@ -305,12 +388,24 @@ class GrantList(BaseModel):
     grants: list[GrantOut]
 
 
-class GrantSet(BaseModel):
-    subject: str
+class GrantSet(Checked):
+    subject: Name
     capabilities: list[str] | None = Field(None, description="Replaces the granted capabilities")
     volume_paths: list[str] | None = Field(None, description="Replaces the granted volume paths")
     devices: list[str] | None = Field(None, description="Replaces the granted devices")
 
 
-class GrantDelete(BaseModel):
-    subject: str
+class GrantDelete(Checked):
+    subject: Name
+
+
+class UserCapsOut(BaseModel):
+    """What one user may have active at once: jobs, and bytes of stored job files."""
+
+    max_active_jobs: int
+    max_spec_bytes: int
+
+
+class UserCapsSet(Checked):
+    max_active_jobs: int | None = Field(None, ge=1, le=10**9)
+    max_spec_bytes: Any = None

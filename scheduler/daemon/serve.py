@@ -131,6 +131,7 @@ def serve(paths: ServerPaths, log_level: str = "warning") -> None:
     loop.forbidden = forbidden_paths(str(paths.state_dir), str(paths.socket))
     daemon = Daemon(store, cluster.admin_group)
     daemon.forbidden = loop.forbidden
+    daemon.nodes = lambda: [loop.node.snapshot_node()]
     daemon.loop = loop
     daemon.on_change = loop.ask
     daemon.stop_running = loop.cancel_running

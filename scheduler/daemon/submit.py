@@ -19,6 +19,8 @@ from mlq.scheduler import grants, states
 from mlq.scheduler.daemon.auth import Caller, require_submit
 from mlq.scheduler.errors import InvalidInput, Refused
 from mlq.scheduler.models import Job
+from mlq.scheduler.reasons import never_fits
+from mlq.scheduler.snapshot import MigRequest, Node, PendingJob
 from mlq.scheduler.spec import JobSpec, parse_array, parse_spec, resolve
 from mlq.scheduler.store import Store
 from mlq.scheduler.units import format_size
@@ -48,10 +50,12 @@ def prepare(
     array: str | None,
     after: list[int],
     forbidden: tuple[str, ...] = grants.FORBIDDEN_PATHS,
+    nodes: list[Node] | None = None,
 ) -> tuple[JobSpec, list[int] | None]:
     """Validate and resolve a submission; raises before anything is stored.
 
-    ``forbidden``: host paths no job may mount (the daemon adds its own dirs)."""
+    ``forbidden``: host paths no job may mount (the daemon adds its own dirs);
+    ``nodes``: the cluster's nodes, to refuse what none of them could ever hold."""
     spec = parse_spec(raw, source)
     if array is not None:
         try:
@@ -70,6 +74,20 @@ def prepare(
         )
     require_submit(caller, spec.team, store)
     resolved = resolve(spec, store.classes())
+    if nodes:
+        r = resolved.resources
+        shape = PendingJob(
+            id=0,
+            team=spec.team,
+            priority_class=resolved.priority_class or spec.kind,
+            gpus=r.gpus,
+            gpu_model=r.gpu_model,
+            mig=MigRequest(r.mig.profile, r.mig.count) if r.mig else None,
+            cpus=r.cpus or 0,
+            memory=r.memory or 0,
+        )
+        if (why := never_fits(shape, nodes)) is not None:
+            raise InvalidInput(why, source)
     klass = resolved.priority_class or resolved.kind
     beyond = grants.check(
         resolved, spec.team, klass, store.grants(), forbidden, is_root=caller.peer.uid == 0
@@ -99,6 +117,26 @@ def prepare(
         if missing:
             raise InvalidInput(f"depends_on: job {', '.join(missing)} does not exist", source)
     return resolved, indices
+
+
+def check_caps(store: Store, user: str, jobs: int, spec_bytes: int) -> None:
+    """Refuse a submission that would take ``user`` past the per-user caps. Called
+    right before the insert, with no await between: the daemon's one event loop
+    thread makes check and insert one step for concurrent submits of one user."""
+    caps = store.user_caps()
+    active, size = store.user_load(user)
+    if active + jobs > caps.max_active_jobs:
+        raise Refused(
+            f"{user} has {active} active jobs and this adds {jobs}; the cap is "
+            f"{caps.max_active_jobs} per user (an mlq admin changes it: "
+            "mlq user-caps set --max-active-jobs N)"
+        )
+    if size + spec_bytes > caps.max_spec_bytes:
+        raise Refused(
+            f"{user}'s active jobs hold {format_size(size)} of job files and this adds "
+            f"{format_size(spec_bytes)}; the cap is {format_size(caps.max_spec_bytes)} per user "
+            "(an mlq admin changes it: mlq user-caps set --max-spec-bytes SIZE)"
+        )
 
 
 def _unreachable(err: OSError, user: HostUser) -> str:
@@ -143,6 +181,8 @@ def store_jobs(
         array_index=None,
     )
     rows = [common] if indices is None else [common | {"array_index": i} for i in indices]
+    if caller.peer.uid != 0:
+        check_caps(store, caller.user, len(rows), len(rows) * common["spec_bytes"])
     store.add_jobs(rows, as_array=indices is not None)
     # Rows as objects with every column of the table, unset ones as None.
     columns = [c.name for c in Job.__table__.columns]

@@ -294,7 +294,7 @@ resources: {cpus: 1, memory: 64Mi}
 name: huge
 team: cv
 command: [/bin/true]
-resources: {cpus: 64, memory: 64Mi}
+resources: {cpus: 16, memory: 64Mi}  # the whole node: waits while anything else runs
 """,
         user=alice,
     )
