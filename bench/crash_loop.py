@@ -50,7 +50,8 @@ class Daemon:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.env = dict(os.environ) | {
-            "MLQ_SOCKET": str(home / "mlq.sock"),
+            # in a dir of its own: a socket's dir is never mounted into a job
+            "MLQ_SOCKET": str(home / "run" / "mlq.sock"),
             "MLQ_STATE_DIR": str(home / "state"),
         }
         self.proc: subprocess.Popen | None = None
@@ -84,6 +85,8 @@ def submitter(sock: str, stop: threading.Event, acked: list[int], errors: Counte
             acked.append(r["jobs"][0]["id"])
         except (MlqError, OSError) as exc:  # the daemon is down: retry, as a user would
             errors[type(exc).__name__] += 1
+            if errors[type(exc).__name__] == 1:
+                print(f"# first {type(exc).__name__}: {exc}")
             client = Client(sock, timeout=10)
             time.sleep(0.05)
 
@@ -129,17 +132,30 @@ def main() -> None:
     for t in threads:
         t.join()
     client = Client(sock, timeout=60)
-    for _ in range(600):  # let everything finish
+    t_done, left, last = time.monotonic(), None, None
+    while time.monotonic() - t_done < 120:  # every job to its end, while it progresses
         try:
-            if not client.get("/v1/jobs")["jobs"]:
-                break
+            left = len(client.get("/v1/jobs")["jobs"])
         except MlqError:
-            pass
-        time.sleep(0.5)
-    stored = {j["id"]: j for j in client.get("/v1/history", limit=10_000)["jobs"]}
+            left = None
+        if left == 0:
+            break
+        if left != last:
+            t_done, last = time.monotonic(), left
+        time.sleep(1)
+
+    stored: dict[int, dict] = {}
+    offset = 0
+    while True:  # every page of the history
+        page = client.get("/v1/history", limit=10_000, offset=offset)["jobs"]
+        stored |= {j["id"]: j for j in page}
+        if len(page) < 10_000:
+            break
+        offset += len(page)
     page = client.get("/v1/jobs", state=["PENDING", "RUNNING", "STARTING", "STOPPING"])["jobs"]
     stored |= {j["id"]: j for j in page}
     d.stop()
+    print(f"# {left} jobs still active when the wait for them ended")
     lines = (ran / "log").read_text().split("\n") if (ran / "log").exists() else []
     runs = Counter(tuple(x.split()) for x in lines if x.strip())
     twice = {k: n for k, n in runs.items() if n > 1}

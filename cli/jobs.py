@@ -195,13 +195,18 @@ def history(
     limit: Annotated[
         int, typer.Option("--limit", "-n", help="At most this many, the newest (up to 10000)")
     ] = 1000,
+    offset: Annotated[
+        int, typer.Option("--offset", help="Skip this many of the newest (the next page)")
+    ] = 0,
     json_out: JsonOpt = False,
     sock: SocketOpt = None,
 ) -> None:
     """Finished jobs, newest last, like sacct."""
     client = Client(sock)
     user = _whoami(client) if mine else None
-    resp = client.get("/v1/history", since=_since(since), team=team, user=user, limit=limit)
+    resp = client.get(
+        "/v1/history", since=_since(since), team=team, user=user, limit=limit, offset=offset
+    )
     if json_out:
         print_json(resp)
         return

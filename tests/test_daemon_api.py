@@ -317,3 +317,9 @@ def test_the_fast_listing_shape_is_exactly_jobouts():
     )  # fmt: skip
     assert job_dict(row) == JobOut.of(row).model_dump()
     assert list(job_dict(row)) == list(JobOut.model_fields)
+    from mlq.scheduler.daemon.schemas import LISTING_FIELDS, listing_json
+    from mlq.scheduler.store import Store
+
+    assert [c.strip().strip('"') for c in Store.LISTING.split(",")] == list(LISTING_FIELDS)
+    as_tuple = tuple(getattr(row, f) for f in LISTING_FIELDS)
+    assert json.loads(listing_json([as_tuple])) == {"jobs": [JobOut.of(row).model_dump()]}

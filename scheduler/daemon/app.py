@@ -20,12 +20,13 @@ from mlq.scheduler import grants, states
 from mlq.scheduler.cluster import PriorityClass, parse_quota_value
 from mlq.scheduler.daemon import schemas as S
 from mlq.scheduler.daemon.auth import Caller, may_see_private, require_admin, require_owner
+from mlq.scheduler.daemon.batcher import SubmitBatcher
 from mlq.scheduler.daemon.limits import BodyLimit, install_handlers
 from mlq.scheduler.daemon.logs import read_log
 from mlq.scheduler.daemon.loop import spec_of
 from mlq.scheduler.daemon.nodes import node_view
 from mlq.scheduler.daemon.peer import Peer
-from mlq.scheduler.daemon.submit import cgroup_limits, prepare, store_jobs
+from mlq.scheduler.daemon.submit import as_jobs, cgroup_limits, check_caps, job_rows, prepare
 from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, NotFound, Refused
 from mlq.scheduler.store import Store
 from mlq.scheduler.units import format_cpus, format_duration, format_size
@@ -80,6 +81,7 @@ def build_app(daemon: Daemon) -> FastAPI:
     store = daemon.store
     app.add_middleware(BodyLimit)
     install_handlers(app)
+    batcher = SubmitBatcher(store)
 
     @app.exception_handler(MlqError)
     async def _mlq_error(_: Request, exc: MlqError) -> JSONResponse:
@@ -109,7 +111,13 @@ def build_app(daemon: Daemon) -> FastAPI:
                 resolved=resolved.model_dump(mode="json") | {"array": indices},
                 limits=cgroup_limits(resolved),
             )
-        jobs = store_jobs(store, who, resolved, indices)
+        rows = job_rows(store, who, resolved, indices)
+        if who.peer.uid != 0:
+            user = who.user
+            queued = (batcher.queued_jobs[user], batcher.queued_bytes[user])
+            check_caps(store, user, len(rows), len(rows) * rows[0]["spec_bytes"], queued)
+        await batcher.add(rows, as_array=indices is not None)  # committed when it returns
+        jobs = as_jobs(rows)
         daemon.on_change("submit")
         return typed(
             S.SubmitResponse(jobs=[S.JobOut.of(j) for j in jobs], array_id=jobs[0].array_id)
@@ -130,8 +138,8 @@ def build_app(daemon: Daemon) -> FastAPI:
             raise InvalidInput(
                 f'state: "{bad[0]}" is not a state; use one of {", ".join(states.ALL)}'
             )
-        jobs = store.jobs(states_in=wanted, team=team, user=user, with_spec=False, limit=limit)
-        return Response(S.job_list_json(jobs), media_type="application/json")
+        rows = store.listing(wanted, team=team, user=user, limit=limit)
+        return Response(S.listing_json(rows), media_type="application/json")
 
     @app.get("/v1/history", response_model=S.JobList, tags=["jobs"])
     def history(
@@ -140,10 +148,13 @@ def build_app(daemon: Daemon) -> FastAPI:
         team: Annotated[str | None, Query(max_length=256)] = None,
         user: Annotated[str | None, Query(max_length=256)] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+        offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     ) -> Response:
-        """The newest ``limit`` ended jobs (oldest first in the answer); ``before`` the
-        oldest one's ended_at gives the page before it."""
-        jobs = store.history(since=since, before=before, team=team, user=user, limit=limit)
+        """The newest ``limit`` ended jobs after the ``offset`` newest (oldest first in
+        the answer): offset=limit gives the page before."""
+        jobs = store.history(
+            since=since, before=before, team=team, user=user, limit=limit, offset=offset
+        )
         jobs.reverse()
         return Response(S.job_list_json(jobs), media_type="application/json")
 

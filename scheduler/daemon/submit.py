@@ -119,12 +119,14 @@ def prepare(
     return resolved, indices
 
 
-def check_caps(store: Store, user: str, jobs: int, spec_bytes: int) -> None:
-    """Refuse a submission that would take ``user`` past the per-user caps. Called
-    right before the insert, with no await between: the daemon's one event loop
-    thread makes check and insert one step for concurrent submits of one user."""
+def check_caps(
+    store: Store, user: str, jobs: int, spec_bytes: int, queued: tuple[int, int] = (0, 0)
+) -> None:
+    """Refuse a submission that would take ``user`` past the per-user caps.
+    ``queued``: what the user's submissions waiting for the same commit add."""
     caps = store.user_caps()
     active, size = store.user_load(user)
+    active, size = active + queued[0], size + queued[1]
     if active + jobs > caps.max_active_jobs:
         raise Refused(
             f"{user} has {active} active jobs and this adds {jobs}; the cap is "
@@ -153,11 +155,10 @@ def _is_device(path: str) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
-def store_jobs(
+def job_rows(
     store: Store, caller: Caller, resolved: JobSpec, indices: list[int] | None
-) -> list[SimpleNamespace]:
-    """Write the job (or one job per array index); returns them, with their IDs, as
-    objects with the ``Job`` table's attributes."""
+) -> list[dict[str, Any]]:
+    """The rows to insert for a submission: the job, or one job per array index."""
     classes = {c.name: c for c in store.classes()}
     now = time.time()
     body = resolved.model_dump_json(exclude={"array"})
@@ -180,10 +181,10 @@ def store_jobs(
         restart_count=0,
         array_index=None,
     )
-    rows = [common] if indices is None else [common | {"array_index": i} for i in indices]
-    if caller.peer.uid != 0:
-        check_caps(store, caller.user, len(rows), len(rows) * common["spec_bytes"])
-    store.add_jobs(rows, as_array=indices is not None)
-    # Rows as objects with every column of the table, unset ones as None.
+    return [common] if indices is None else [common | {"array_index": i} for i in indices]
+
+
+def as_jobs(rows: list[dict[str, Any]]) -> list[SimpleNamespace]:
+    """Stored rows as objects with every column of the ``Job`` table (unset: None)."""
     columns = [c.name for c in Job.__table__.columns]
     return [SimpleNamespace(**{c: r.get(c) for c in columns}) for r in rows]
