@@ -23,7 +23,7 @@ grant_app = typer.Typer(
 
 
 def _fmt_quota(resource: str, value: float) -> str:
-    from mlq.scheduler.units import format_cpus, format_size
+    from mlq.executor.units import format_cpus, format_size
 
     if resource == "cpu":
         return format_cpus(int(value))
@@ -325,7 +325,7 @@ def grant_delete(subject: SubjectArg, sock: SocketOpt = None) -> None:
 @caps_app.command("show")
 def caps_show(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
     """Show the per-user caps."""
-    from mlq.scheduler.units import format_size
+    from mlq.executor.units import format_size
 
     resp = Client(sock).get("/v1/user-caps")
     if json_out:

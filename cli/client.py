@@ -12,17 +12,8 @@ import socket
 from typing import Any
 from urllib.parse import urlencode
 
-from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, NotFound, Refused, Unreachable
-
-DEFAULT_SOCKET = "/run/mlq/mlq.sock"
-_ERRORS: dict[int, type[MlqError]] = {
-    400: InvalidInput,
-    413: InvalidInput,
-    422: InvalidInput,
-    403: Refused,
-    404: NotFound,
-    409: Conflict,
-}
+from mlq.scheduler.errors import InvalidInput, MlqError, Unreachable, error_for_status
+from mlq.scheduler.paths import DEFAULT_SOCKET
 
 
 def socket_path(explicit: str | None = None) -> str:
@@ -155,7 +146,7 @@ class Client:
             text = data[:200].decode(errors="replace").strip()
             raise MlqError(f"the daemon answered HTTP {resp.status}: {text}") from None
         if resp.status >= 400:
-            err = _ERRORS.get(resp.status, MlqError)
+            err = error_for_status(resp.status)
             detail = result if isinstance(result, dict) else {}
             if err is InvalidInput:
                 problems = detail.get("problems") or []

@@ -32,8 +32,8 @@ def submit(
     sock: SocketOpt = None,
 ) -> None:
     """Queue a job file; prints the job ID."""
+    from mlq.executor.yamlfile import load_yaml
     from mlq.scheduler.errors import InvalidInput
-    from mlq.scheduler.yamlfile import load_yaml
 
     data = load_yaml(file)
     client = Client(sock)
@@ -121,7 +121,7 @@ def show(
     if json_out:
         print_json(j)
         return
-    from mlq.scheduler.units import format_cpus, format_duration, format_size
+    from mlq.executor.units import format_cpus, format_duration, format_size
 
     r = j["spec"]["resources"]
     out = console()
@@ -234,8 +234,8 @@ def _since(text: str | None) -> float | None:
         return None
     from datetime import datetime
 
+    from mlq.executor.units import parse_duration
     from mlq.scheduler.errors import InvalidInput
-    from mlq.scheduler.units import parse_duration
 
     try:
         return time.time() - parse_duration(text)
@@ -280,7 +280,7 @@ def logs(
     """
     import sys
 
-    from mlq.scheduler.units import format_size
+    from mlq.executor.units import format_size
 
     def size(n: int) -> str:
         text = format_size(n)

@@ -11,7 +11,7 @@ from mlq.cli.output import console, print_json, table
 
 
 def _quota_cell(used: float, limit: float | None, key: str) -> str:
-    from mlq.scheduler.units import format_cpus, format_size
+    from mlq.executor.units import format_cpus, format_size
 
     def fmt(v: float) -> str:
         if key == "cpu":
@@ -86,7 +86,7 @@ def nodes(
 
 
 def _top_view(data: dict[str, Any]) -> Any:
-    from mlq.scheduler.units import format_size
+    from mlq.executor.units import format_size
     from rich.console import Group
 
     parts: list[Any] = []

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-DEFAULT_STATE_DIR = "/var/lib/mlq"
+from mlq.scheduler.paths import DEFAULT_STATE_DIR
 
 
 def _pick_gpus(spec, config) -> tuple[list[tuple[str, str]], str | None]:
@@ -48,8 +47,8 @@ def _pump(
     Output rotated away before it was copied (a job that writes faster than this
     terminal reads) is said on stderr.
     """
-    from mlq.scheduler.daemon.logs import read_stream
-    from mlq.scheduler.units import format_size
+    from mlq.executor.rundir import read_stream
+    from mlq.executor.units import format_size
 
     out = []
     for run_dir, stream, pos, sink in streams:

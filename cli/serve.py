@@ -40,7 +40,6 @@ def server(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every interval tick
     paths = ServerPaths.resolve(state_dir, socket, database_url, config)
     serve(paths, log_level="warning" if log_level == "info" else log_level)
 

@@ -97,3 +97,15 @@ def reachable_as(user: HostUser, path: str) -> OSError | None:
         return exc
     os.close(fd)
     return None
+
+
+def supplementary_groups(uid: int, gid: int) -> tuple[int, ...]:
+    """A user's groups as this node knows them now (Slurm's initgroups at launch); a
+    uid the node does not know keeps only its primary group."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return (gid,)
+    return tuple(os.getgrouplist(name, gid))

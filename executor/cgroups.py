@@ -4,8 +4,10 @@ Like youki's libcgroups: ``detect()`` looks at what is mounted (never guesses)
 and returns the driver; each driver creates a job's cgroup under the ``mlq``
 parent with the limits of a request, lists the files the supervisor must join,
 kill through and read at the end, and turns those files into one ``Stats``.
-The v1/v2 differences live in ``LIMITS`` and ``STAT_FILES``, one table each, so
-the two drivers cannot drift apart. docs/executor.md prints the mapping.
+What a run's figures are on each version lives in one table, ``STAT_FILES``; how a
+request's limits are written is each driver's ``_values`` (v1 needs values v2 has
+not: memsw as memory plus swap, swappiness, blkio's scale). docs/executor.md
+prints both.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from mlq.executor.request import Resources
 PARENT = "mlq"
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio", "devices")
 V2_CONTROLLERS = ("memory", "cpu", "pids", "io")
-UNLIMITED_V1 = "-1"
 
 
 def _io_weight_v1(weight: int) -> str:
@@ -31,18 +32,6 @@ def _io_weight_v1(weight: int) -> str:
     # 500). The linear map crun and runc use, inverted.
     return str(10 + (weight - 1) * 990 // 9999)
 
-
-# What each request field writes, per version: (field, v2 file, v1 controller, v1 file).
-# Order matters on v1: memsw must stay >= limit_in_bytes, and the period comes first.
-LIMITS: tuple[tuple[str, str, str, str], ...] = (
-    ("memory_max", "memory.max", "memory", "memory.limit_in_bytes"),
-    ("memory_high", "memory.high", "memory", "memory.soft_limit_in_bytes"),
-    ("memory_swap_max", "memory.swap.max", "memory", "memory.memsw.limit_in_bytes"),
-    ("cpu_period_us", "cpu.max", "cpu", "cpu.cfs_period_us"),
-    ("cpu_quota_us", "cpu.max", "cpu", "cpu.cfs_quota_us"),
-    ("pids_max", "pids.max", "pids", "pids.max"),
-    ("io_weight", "io.weight", "blkio", "blkio.weight"),
-)
 
 # What the supervisor copies into status.json at the end and stats() reads live:
 # (name in Stats, v2 file, v2 key, v1 controller, v1 file, v1 key, v1 unit divisor).
@@ -105,7 +94,6 @@ class CgroupDriver(Protocol):
     def remove(self, cg: JobCgroup) -> None: ...
     def plan(self, cg: JobCgroup, run_dir: str) -> list[tuple[str, ...]]: ...
     def job_mounts(self, cg: JobCgroup) -> list[tuple[str, str, str, str, str]]: ...
-    def raw_stats(self, cg: JobCgroup) -> dict[str, str]: ...
 
 
 def _write(path: str, value: str) -> None:
@@ -167,32 +155,50 @@ def _mkdir_job(path: str) -> None:
         raise ExecutorError(f"create cgroup {path}: {exc.strerror}") from None
 
 
-def remove_named(name: str, root: str = "/sys/fs/cgroup") -> list[str]:
-    """Remove every cgroup called ``name`` under mlq's parents (all hierarchies),
-    killing what is left in them first; returns the paths removed."""
+def kill_and_remove(path: str) -> str | None:
+    """Kill what is left in one cgroup (``cgroup.kill`` where there is one, SIGKILL to
+    each process anyway) and remove it, waiting out EBUSY while the last processes
+    exit. The one Python teardown of a job's cgroup (the supervisor has its own, in C);
+    returns an error, or None once it is gone."""
     import signal
     import time
 
+    procs = os.path.join(path, "cgroup.procs")
+    for _ in range(200):
+        pids = (_read(procs) or "").split()
+        if not pids:
+            break
+        try:
+            _write(os.path.join(path, "cgroup.kill"), "1")
+        except ExecutorError:
+            pass  # v1: no cgroup.kill
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        time.sleep(0.01)
+    for _ in range(200):
+        try:
+            os.rmdir(path)
+            return None
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:  # EBUSY: the last ones are still exiting
+                return f"remove cgroup {path}: {exc.strerror}"
+            time.sleep(0.01)
+    return f"remove cgroup {path}: still busy"
+
+
+def remove_named(name: str, root: str = "/sys/fs/cgroup") -> list[str]:
+    """Remove every cgroup called ``name`` under mlq's parents (all hierarchies),
+    killing what is left in them first; returns the paths removed."""
     removed = []
     for parent in parents(root):
         path = os.path.join(parent, name)
-        if not os.path.isdir(path):
-            continue
-        for _ in range(200):
-            pids = (_read(os.path.join(path, "cgroup.procs")) or "").split()
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            time.sleep(0.01)
-        try:
-            os.rmdir(path)
+        if os.path.isdir(path) and kill_and_remove(path) is None:
             removed.append(path)
-        except OSError:
-            pass
     return removed
 
 
@@ -298,10 +304,6 @@ class V2Driver:
     def job_mounts(self, cg: JobCgroup) -> list[tuple[str, str, str, str, str]]:
         # Mounted from inside the job's cgroup namespace: its root is the job's cgroup.
         return [("cgroup2", "/sys/fs/cgroup", "cgroup2", "ro,nosuid,nodev,noexec", "")]
-
-    def raw_stats(self, cg: JobCgroup) -> dict[str, str]:
-        p = cg.paths["unified"]
-        return {f: _read(f"{p}/{f}") or "" for f in {row[1] for row in STAT_FILES}}
 
 
 class V1Driver:
@@ -412,13 +414,6 @@ class V1Driver:
         out.append(("", "/sys/fs/cgroup", "remount", "ro,nosuid,nodev,noexec", "mode=755,size=64k"))
         return out
 
-    def raw_stats(self, cg: JobCgroup) -> dict[str, str]:
-        out = {}
-        for _, _, _, c, file, _, _ in STAT_FILES:
-            if c in cg.paths:
-                out[file] = _read(f"{cg.paths[c]}/{file}") or ""
-        return out
-
 
 def _mounts() -> list[tuple[str, str, str]]:
     out = []
@@ -430,7 +425,7 @@ def _mounts() -> list[tuple[str, str, str]]:
     return out
 
 
-def detect(root: str = "/sys/fs/cgroup") -> V1Driver | V2Driver:
+def detect(root: str = "/sys/fs/cgroup") -> CgroupDriver:
     """The driver for what this host mounts: cgroup2 with its controllers, else v1."""
     mounts = _mounts()
     for point, fstype, _ in mounts:
@@ -450,13 +445,6 @@ def detect(root: str = "/sys/fs/cgroup") -> V1Driver | V2Driver:
         f"no usable cgroups under {root}: need cgroup2 with memory, cpu and pids enabled, "
         "or the v1 memory, cpu, pids and devices hierarchies"
     )
-
-
-def driver_for(version: int, root: str = "/sys/fs/cgroup") -> V1Driver | V2Driver:
-    d = detect(root)
-    if d.version != version:
-        raise ExecutorError(f"this run used cgroup v{version} but the host now has v{d.version}")
-    return d
 
 
 def parents(root: str = "/sys/fs/cgroup") -> list[str]:

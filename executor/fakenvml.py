@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import pynvml
-from mlq.scheduler import mig as catalogue
-from mlq.scheduler.errors import InvalidInput
+from mlq.executor import mig as catalogue
+from mlq.executor.errors import InvalidInput
 
 NVIDIA_MAJOR = 195  # fixed by the driver: /dev/nvidia<minor>, /dev/nvidiactl = 195:255
 CTL_MINOR = 255
@@ -249,7 +249,7 @@ def _parse_slice(s: Any, pos: int, gpu: FakeGpu, model: str | None, seed: str) -
 
 
 def load_inventory(path: str | Path) -> Inventory:
-    from mlq.scheduler.spec import load_yaml
+    from mlq.executor.yamlfile import load_yaml
 
     return parse_inventory(load_yaml(path), str(path))
 

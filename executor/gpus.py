@@ -5,8 +5,8 @@ Three things, all plain data once discovery is done:
 - :func:`discover` builds a :class:`NodeGpus` from NVML (``gpus: discover``, the
   default) or from the cluster config's ``declared_gpus`` (``gpus: declared``), never
   from both. A node without NVML gets zero GPUs and a one-line reason, not a traceback.
-- :meth:`NodeGpus.to_decls` gives the scheduler the shape it places on
-  (``GpuDecl(index, model, mig=[MigSlice(profile, start)])``), leaving out what it must
+- :meth:`NodeGpus.shapes` gives the scheduler the shape it places on
+  (``GpuShape(index, model, mig=((profile, start), ...))``), leaving out what it must
   not place on (a partial compute instance, a slice whose device nodes are unknown).
 - :func:`wiring` turns an assignment (whole GPU indices, or MIG slices named by GPU
   index and start slot) into the device nodes the executor puts in the job's ``/dev``
@@ -27,14 +27,38 @@ import uuid as uuidlib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
-from mlq.scheduler.errors import Conflict, NotFound
-
-if TYPE_CHECKING:
-    from mlq.scheduler.cluster import ClusterConfig, GpuDecl, NodeConfig
+from mlq.executor.errors import Conflict, NotFound
 
 log = logging.getLogger("mlq.gpus")
+
+
+@dataclass(frozen=True, slots=True)
+class GpuShape:
+    """A GPU as a scheduler places on it: its index, its model (catalogue name, else the
+    driver's), and its schedulable MIG slices as (profile, start), None when not in MIG
+    mode. The executor's own shape, so that it never builds the scheduler's types."""
+
+    index: int
+    model: str
+    mig: tuple[tuple[str, int], ...] | None = None
+
+
+class GpuDeclaration(Protocol):
+    """What a declared GPU says (the cluster config's ``declared_gpus`` entries)."""
+
+    index: int
+    model: str
+    mig: Any  # None, or entries with .profile and .start
+
+
+class NodeSource(Protocol):
+    """Where a node's GPUs come from (the cluster config's ``node:`` section)."""
+
+    name: str
+    gpus: str  # "discover" | "declared"
+    declared_gpus: Any  # GpuDeclarations
 
 
 class MigChangeFailed(Conflict):
@@ -132,7 +156,7 @@ class NodeGpus:
     def gpu(self, index: int) -> GpuInfo | None:
         return next((g for g in self.gpus if g.index == index), None)
 
-    def to_decls(self) -> list[GpuDecl]:
+    def shapes(self) -> list[GpuShape]:
         """The scheduler's view: models by catalogue name, MIG slices by profile and start.
 
         A GPU whose model is not catalogued keeps its raw name as its model, so a job
@@ -140,18 +164,16 @@ class NodeGpus:
         place by). Partial compute instances and slices without device nodes are left
         out too; :attr:`problems` says so.
         """
-        from mlq.scheduler.cluster import GpuDecl, MigSlice
-
-        out: list[GpuDecl] = []
+        out: list[GpuShape] = []
         for g in self.gpus:
             mig = None
             if g.mig_enabled:
-                mig = [
-                    MigSlice(profile=m.profile, start=m.start)
+                mig = tuple(
+                    (m.profile, m.start)
                     for m in g.mig
                     if g.model and m.whole_instance and _wirable(m, self.source)
-                ]
-            out.append(GpuDecl(index=g.index, model=g.model_or_name, mig=mig))
+                )
+            out.append(GpuShape(g.index, g.model_or_name, mig))
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -318,7 +340,7 @@ _CARVED = itertools.count(1)  # declared slices carved by this process, for thei
 
 
 def _carve_declared(node: NodeGpus, g: GpuInfo, profile: str, start: int) -> NodeGpus:
-    from mlq.scheduler import mig as catalogue
+    from mlq.executor import mig as catalogue
 
     placed = [(m.profile, m.start) for m in g.mig]
     ok, why = catalogue.fits(g.model or g.name, profile, start, placed)
@@ -376,22 +398,17 @@ def parse_mig_minors(text: str) -> dict[tuple[int, int, int | None], int]:
 # -- discovery ------------------------------------------------------------------------
 
 
-def discover(config: ClusterConfig | NodeConfig | None = None, *, lib: Any = None) -> NodeGpus:
-    """This node's GPUs, from the source the node config names (``gpus:``).
+def discover(config: Any = None, *, lib: Any = None) -> NodeGpus:
+    """This node's GPUs, from the source the node's config names (``gpus:``).
 
-    ``discover`` asks NVML (through :mod:`mlq.executor.nvml`, which honours
+    ``config`` is a node's config (``name``, ``gpus``, ``declared_gpus``: see
+    :class:`NodeSource`), or anything with such a ``node`` (a cluster config), or None
+    (discover). ``discover`` asks NVML (through :mod:`mlq.executor.nvml`, which honours
     ``MLQ_FAKE_NVML``); ``declared`` uses ``declared_gpus`` and does not consult NVML.
     ``lib`` overrides the NVML module (tests). Logs one line either way.
     """
-    from mlq.scheduler.cluster import ClusterConfig, NodeConfig
-
-    if config is None:
-        node = NodeConfig()
-    elif isinstance(config, ClusterConfig):
-        node = config.node
-    else:
-        node = config
-    if node.gpus == "declared":
+    node: NodeSource | None = getattr(config, "node", config)
+    if node is not None and node.gpus == "declared":
         result = from_declared(node.declared_gpus, node.name)
         log.info("%s (gpus: declared; NVML not consulted)", result.summary())
         return result
@@ -408,13 +425,13 @@ def discover(config: ClusterConfig | NodeConfig | None = None, *, lib: Any = Non
     return result
 
 
-def from_declared(decls: Iterable[GpuDecl], node_name: str = "node") -> NodeGpus:
+def from_declared(decls: Iterable[GpuDeclaration], node_name: str = "node") -> NodeGpus:
     """Declared GPUs as a :class:`NodeGpus`: names and UUIDs are made up, stable per node.
 
     Declared GPUs exist only for simulation and test nodes: they have no device nodes, so
     :func:`wiring` gives their jobs only the visible-devices variables.
     """
-    from mlq.scheduler import mig as catalogue
+    from mlq.executor import mig as catalogue
 
     gpus: list[GpuInfo] = []
     problems: list[str] = []

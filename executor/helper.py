@@ -1,16 +1,24 @@
-"""The compiled runtime helper: built from runtime.c on first use, never committed.
+"""The compiled runtime helper, ``mlq-runtime``: built at install time, found here.
 
-``path()`` returns the binary for the current source, compiling it with the
-system C compiler (gcc from build-essential) into ``executor/build/`` (or
-``$MLQ_HELPER_DIR``, or ``~/.cache/mlq``) under a name that carries the source's
-hash, so an edited runtime.c is rebuilt and an old binary never runs.
-``python -m mlq.executor.helper`` builds it ahead (scripts/test does).
+``scripts/install-venv`` (or a packager) runs ``python -m mlq.executor.helper build``,
+which compiles ``executor/runtime/*.c`` with the system C compiler into
+``<sys.prefix>/libexec/mlq/mlq-runtime`` (the virtualenv's, for a checkout) and
+records the sources' hash next to it (``mlq-runtime.sha256``). ``path()`` returns
+that binary, or ``$MLQ_RUNTIME`` if set, after checking that it exists and was built
+from the sources installed beside this module; otherwise it raises ``ExecutorError``
+saying to run ``scripts/install-venv``. Nothing is ever compiled on first use.
+
+    python -m mlq.executor.helper build [--output PATH]   # compile, record the hash
+    python -m mlq.executor.helper                         # print the checked path
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,66 +26,137 @@ import tempfile
 
 from mlq.executor.errors import ExecutorError
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime.c")
-_cached: str | None = None
+SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime")
+NAME = "mlq-runtime"
+# Warnings are errors: the helper runs as root in every job's set-up. Hardening: a
+# fortified libc, stack protector and clash protection, PIE, full RELRO, no
+# executable stack. $CFLAGS and $LDFLAGS (a distribution's) come after these.
+CFLAGS = [
+    "-std=gnu11",
+    "-O2",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-U_FORTIFY_SOURCE",
+    "-D_FORTIFY_SOURCE=2",
+    "-fstack-protector-strong",
+    "-fstack-clash-protection",
+    "-fPIE",
+    "-pthread",
+]
+LDFLAGS = ["-pie", "-Wl,-z,relro", "-Wl,-z,now", "-Wl,-z,noexecstack", "-pthread"]
+
+_checked: set[str] = set()  # binaries found current in this process
 
 
-def _candidate_dirs() -> list[str]:
-    dirs = []
-    if os.environ.get("MLQ_HELPER_DIR"):
-        dirs.append(os.environ["MLQ_HELPER_DIR"])
-    dirs.append(os.path.join(os.path.dirname(SOURCE), "build"))
-    dirs.append(os.path.join(os.path.expanduser("~"), ".cache", "mlq"))
-    return dirs
+def sources() -> list[str]:
+    """The helper's C sources and header, in a fixed order."""
+    try:
+        names = sorted(n for n in os.listdir(SOURCE_DIR) if n.endswith((".c", ".h")))
+    except FileNotFoundError:
+        names = []
+    if not names:
+        raise ExecutorError(f"the runtime helper's sources are missing from {SOURCE_DIR}")
+    return [os.path.join(SOURCE_DIR, n) for n in names]
+
+
+@functools.cache
+def source_hash() -> str:
+    """sha256 over the sources' names and contents."""
+    h = hashlib.sha256()
+    for src in sources():
+        with open(src, "rb") as f:
+            data = f.read()
+        h.update(f"{os.path.basename(src)}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def default_path() -> str:
+    """Where ``build`` puts the helper: under this Python's prefix (the virtualenv)."""
+    return os.path.join(sys.prefix, "libexec", "mlq", NAME)
+
+
+def stamp_path(binary: str) -> str:
+    """The file next to BINARY that records the hash of the sources it was built from."""
+    return binary + ".sha256"
 
 
 def path() -> str:
-    """The helper binary for this source, compiled if needed."""
-    global _cached
-    if _cached and os.path.exists(_cached):
-        return _cached
-    with open(SOURCE, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    name = f"mlq-runtime-{digest}"
-    for d in _candidate_dirs():
-        p = os.path.join(d, name)
-        if os.access(p, os.X_OK):
-            _cached = p
-            return p
-    errors = []
-    for d in _candidate_dirs():
-        try:
-            os.makedirs(d, exist_ok=True)
-            _cached = _compile(os.path.join(d, name))
-            return _cached
-        except (OSError, ExecutorError) as exc:
-            errors.append(f"{d}: {exc}")
-    raise ExecutorError("build the runtime helper: " + "; ".join(errors))
+    """The helper binary, checked to exist and to match its sources."""
+    binary = os.environ.get("MLQ_RUNTIME") or default_path()
+    if binary in _checked and os.access(binary, os.X_OK):
+        return binary
+    how = "run scripts/install-venv (or python -m mlq.executor.helper build)"
+    if not os.access(binary, os.X_OK):
+        raise ExecutorError(f"the runtime helper {binary} is missing: {how}")
+    try:
+        with open(stamp_path(binary)) as f:
+            built_from = f.read().strip()
+    except OSError:
+        built_from = ""
+    if built_from != source_hash():
+        raise ExecutorError(
+            f"the runtime helper {binary} is older than its sources in {SOURCE_DIR}: {how}"
+        )
+    _checked.add(binary)
+    return binary
 
 
-def _compile(target: str) -> str:
+def build(target: str | None = None) -> str:
+    """Compile the helper into TARGET (atomically) and record its sources' hash."""
+    target = os.path.abspath(target or default_path())
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        raise ExecutorError("no C compiler (install build-essential)")
-    fd, tmp = tempfile.mkstemp(prefix=".mlq-runtime-", dir=os.path.dirname(target))
+        raise ExecutorError("build the runtime helper: no C compiler (install gcc and libc6-dev)")
+    os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+    digest = source_hash()
+    fd, tmp = tempfile.mkstemp(prefix=f".{NAME}-", dir=os.path.dirname(target))
     os.close(fd)
     try:
-        proc = subprocess.run(
-            [cc, "-O2", "-Wall", "-pthread", "-o", tmp, SOURCE],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        cmd = [
+            *shlex.split(cc),
+            *CFLAGS,
+            *shlex.split(os.environ.get("CFLAGS", "")),
+            "-o",
+            tmp,
+            *sources(),
+            *LDFLAGS,
+            *shlex.split(os.environ.get("LDFLAGS", "")),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise ExecutorError(f"{cc} runtime.c failed: {proc.stderr.strip()[-2000:]}")
+            raise ExecutorError(
+                f"build the runtime helper: {' '.join(cmd)} failed: {proc.stderr.strip()[-2000:]}"
+            )
         os.chmod(tmp, 0o755)
-        os.replace(tmp, target)  # atomic: a concurrent build never runs a half-written file
+        # the binary first, then its stamp: a binary under a stale stamp is refused,
+        # never run
+        os.replace(tmp, target)
+        with open(tmp, "w") as f:
+            f.write(digest + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, stamp_path(target))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    _checked.discard(target)
     return target
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlq.executor.helper", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    b = sub.add_parser("build", help="compile the helper and record its sources' hash")
+    b.add_argument("--output", help=f"the binary to write (default: {default_path()})")
+    args = parser.parse_args(argv)
+    try:
+        print(build(args.output) if args.command == "build" else path())
+    except ExecutorError as exc:
+        print(f"mlq: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    print(path())
-    sys.exit(0)
+    sys.exit(main())

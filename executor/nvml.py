@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pynvml
+from mlq.executor import mig as catalogue
 from mlq.executor.gpus import (
     MIG_MINORS_FILE,
     CarveFailed,
@@ -40,7 +41,6 @@ from mlq.executor.gpus import (
     NodeGpus,
     parse_mig_minors,
 )
-from mlq.scheduler import mig as catalogue
 
 ENV_FAKE = "MLQ_FAKE_NVML"
 ENV_DEV_ROOT = "MLQ_DEV_ROOT"

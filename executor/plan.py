@@ -1,9 +1,11 @@
-"""The plan: a launch request turned into the flat steps runtime.c executes.
+"""The plan: a launch request turned into the flat steps the helper executes.
 
-One line per step, tab-separated, ``\\``-escaped; the order of the ``mount``
-lines is the order of the mounts. Everything the C side needs is spelled out
-here (paths, flags, numbers), so the helper never parses JSON or makes a policy
-decision. The same list, as dicts, is the launch record (``launch.json``).
+A version line (``mlq-plan 1``), then one line per step, tab-separated,
+``\\``-escaped; the order of the ``mount`` lines is the order of the mounts (the
+steps and their fields: docs/executor.md; executor/runtime/plan.c refuses anything
+else). Everything the C side needs is spelled out here (paths, flags, numbers), so
+the helper never parses JSON or makes a policy decision. The same list, as dicts,
+is the launch record (``launch.json``).
 """
 
 from __future__ import annotations
@@ -183,8 +185,13 @@ def _host_path_rules(req: LaunchRequest, layers: ImageLayers) -> list[tuple[str,
     return lines
 
 
+# The plan format's version: the first line, "mlq-plan 1". The helper reads exactly
+# this version and refuses any other (executor/runtime/plan.c, PLAN_VERSION there).
+PLAN_VERSION = 1
+
+
 def render(lines: list[tuple[str, ...]]) -> str:
-    out = []
+    out = [f"mlq-plan {PLAN_VERSION}"]
     for line in lines:
         key, *fields = line
         # userns maps carry a literal "\n" escape meant for the C side

@@ -24,6 +24,12 @@ from typing import Any, Literal
 from mlq.executor.asuser import HostUser
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CPU_PERIOD_US = 100_000  # cpu.max's period: a job's CPUs are its quota per period
+MEMORY_HIGH_PERCENT = 87  # memory.high when only memory.max is given (throttle before OOM)
+
+
+def memory_high_of(memory_max: int) -> int:
+    return memory_max * MEMORY_HIGH_PERCENT // 100
 
 
 @dataclass
@@ -84,17 +90,17 @@ class Resources:
     """``linux.resources`` in base units; ``None`` leaves the kernel's default (no limit)."""
 
     memory_max: int | None = None
-    memory_high: int | None = None  # None with memory_max set: 87% of it
+    memory_high: int | None = None  # None with memory_max set: MEMORY_HIGH_PERCENT of it
     memory_swap_max: int | None = 0  # swap on top of memory_max; 0 = none
     cpu_quota_us: int | None = None
-    cpu_period_us: int = 100_000
+    cpu_period_us: int = CPU_PERIOD_US
     pids_max: int | None = None
     io_weight: int | None = None  # 1..10000, v2 scale
 
     def effective_memory_high(self) -> int | None:
         if self.memory_high is not None:
             return self.memory_high
-        return self.memory_max * 87 // 100 if self.memory_max else None
+        return memory_high_of(self.memory_max) if self.memory_max else None
 
 
 @dataclass
@@ -187,7 +193,9 @@ class LaunchRequest:
 
     @property
     def run_dir(self) -> str:
-        return os.path.join(self.state_dir, "runs", self.run_id)
+        from mlq.executor.rundir import run_dir
+
+        return str(run_dir(self.state_dir, self.run_id))
 
     def host_ids(self) -> tuple[int, int]:
         """The job user's uid and gid as the host sees them (through the user namespace)."""

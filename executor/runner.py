@@ -222,7 +222,7 @@ def _rmtrees(dirs: list[str]) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _remove_cgroup(driver: cgroups.V1Driver | cgroups.V2Driver, cg: JobCgroup) -> None:
+def _remove_cgroup(driver: cgroups.CgroupDriver, cg: JobCgroup) -> None:
     with contextlib.suppress(ExecutorError):
         driver.remove(cg)
 
@@ -534,32 +534,9 @@ def _cleanup(run_dir: str) -> list[str]:
     launch = _read_json(os.path.join(run_dir, "launch.json")) or {}
     paths = ((launch.get("cgroup") or {}).get("paths") or {}).values()
     for p in dict.fromkeys(paths):
-        procs = os.path.join(p, "cgroup.procs")
-        for _ in range(200):
-            try:
-                with open(procs) as f:
-                    pids = [int(x) for x in f.read().split()]
-            except OSError:
-                break
-            if not pids:
-                break
-            with contextlib.suppress(OSError), open(os.path.join(p, "cgroup.kill"), "w") as f:
-                f.write("1")
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
-        for _ in range(200):
-            try:
-                os.rmdir(p)
-                break
-            except FileNotFoundError:
-                break
-            except OSError as exc:
-                if exc.errno != 16:  # EBUSY: the last ones are still exiting
-                    errors.append(f"remove cgroup {p}: {exc.strerror}")
-                    break
-                time.sleep(0.01)
+        err = cgroups.kill_and_remove(p)
+        if err:
+            errors.append(err)
     net = launch.get("network")
     if net:
         with contextlib.suppress(Exception):

@@ -1,6 +1,6 @@
 """Security defaults: capability numbers, and OCI's masked and read-only paths.
 
-The seccomp filter itself is in runtime.c (it is installed right before exec);
+The seccomp filter itself is in runtime/security.c (it is installed right before exec);
 this module holds the tables the plan is built from.
 """
 

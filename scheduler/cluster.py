@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from mlq.executor.units import parse_cpus, parse_size
 from mlq.scheduler.errors import InvalidInput
 from mlq.scheduler.grants import DEFAULT_VOLUME_PATHS, SUBJECT_HELP, SUBJECT_RE, Grant
 from mlq.scheduler.spec import (
@@ -26,7 +27,6 @@ from mlq.scheduler.spec import (
     load_yaml,
     validation_problems,
 )
-from mlq.scheduler.units import parse_cpus, parse_size
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 RESOURCE_RE = re.compile(

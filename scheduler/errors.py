@@ -8,47 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-
-class MlqError(Exception):
-    """Base of every error mlq reports to a user."""
-
-    exit_code = 1
-
-
-class InvalidInput(MlqError):
-    """Bad input: a job file, scenario or argument. Holds every problem found at once."""
-
-    exit_code = 2
-
-    def __init__(self, problems: list[str] | str, source: str | None = None) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        self.source = source
-        head = f"{source}: " if source else ""
-        super().__init__(head + "; ".join(self.problems))
-
-
-class Refused(MlqError):
-    """The caller may not do this (HTTP 403)."""
-
-    exit_code = 3
-
-
-class Unreachable(MlqError):
-    """The daemon cannot be reached."""
-
-    exit_code = 4
-
-
-class NotFound(MlqError):
-    """No such job, team or class (HTTP 404)."""
-
-    exit_code = 1
-
-
-class Conflict(MlqError):
-    """The request clashes with the current state (HTTP 409), e.g. cancelling a finished job."""
-
-    exit_code = 1
+# The classes live with the executor, the lowest layer, so that it raises them
+# without importing the scheduler; this module adds what reading job files needs.
+from mlq.executor.errors import (  # noqa: F401  (the scheduler's and the CLI's names for them)
+    HTTP_STATUS,
+    Conflict,
+    InvalidInput,
+    MlqError,
+    NotFound,
+    Refused,
+    Unreachable,
+    error_for_status,
+    status_of,
+)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

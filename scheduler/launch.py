@@ -10,8 +10,6 @@ call ``build_launch_request``.
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -19,15 +17,8 @@ if TYPE_CHECKING:
     from mlq.executor.request import LaunchRequest
     from mlq.scheduler.spec import JobSpec
 
-CPU_PERIOD_US = 100_000
 # A job that asks for a user namespace as root gets this subordinate range, never uid 0.
 SUBORDINATE_BASE, SUBORDINATE_SIZE = 100_000, 65_536
-
-
-def checkpoint_dir(state_dir: str, key: str | int) -> str:
-    """The per-job checkpoint volume on the host; the same for every run of the job."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(key))
-    return os.path.join(state_dir, "checkpoints", safe)
 
 
 def build_launch_request(
@@ -60,6 +51,7 @@ def build_launch_request(
     executor on the path as resolved with the user's credentials.
     """
     from mlq.executor.request import (
+        CPU_PERIOD_US,
         Checkpoint,
         Device,
         HostPaths,
@@ -73,6 +65,7 @@ def build_launch_request(
         Root,
         User,
     )
+    from mlq.executor.rundir import checkpoint_dir
 
     r = spec.resources
     env = {k: str(v) for k, v in spec.env.items()}

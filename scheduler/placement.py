@@ -19,7 +19,7 @@ import functools
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from mlq.scheduler import mig
+from mlq.executor import mig
 from mlq.scheduler.snapshot import MigSlot, Node
 
 

@@ -22,6 +22,7 @@ import heapq
 import math
 
 from mlq.scheduler import quota
+from mlq.scheduler.cluster import DEFAULT_CLASSES
 from mlq.scheduler.placement import NodeRoom, Request, Room, canonical, fit_with_freed, take_slices
 from mlq.scheduler.preemption import Held, VictimSet, id_key, victims_on_node
 from mlq.scheduler.snapshot import (
@@ -31,16 +32,21 @@ from mlq.scheduler.snapshot import (
     PendingJob,
     Preemption,
     PriorityRule,
+    Reason,
+    ReasonCode,
     Snapshot,
     Start,
     Team,
+    rules_from_classes,
 )
 
-DEFAULT_RULES = (
-    PriorityRule("inference", 1000, frozenset({"training", "batch"}), preemptible=False),
-    PriorityRule("training", 500, frozenset({"batch"})),
-    PriorityRule("batch", 100),
+# the reasons without numbers, made once: the policy hands out the same value each time
+HELD, DEPENDENCY, PRIORITY, RESOURCES = (
+    Reason(c)
+    for c in (ReasonCode.HELD, ReasonCode.DEPENDENCY, ReasonCode.PRIORITY, ReasonCode.RESOURCES)
 )
+# A snapshot without classes gets the cluster config's default classes (one home)
+DEFAULT_RULES = rules_from_classes(DEFAULT_CLASSES)
 # Once a victim set of one job is found, look at this many more candidate nodes for a
 # cheaper one before settling (bounds the search on large clusters; see the docs).
 PREEMPT_LOOKAHEAD = 4
@@ -409,9 +415,9 @@ class _Pass:
         """Start, preempt for, or give the reason ``j`` waits (None when it starts);
         ``like``: alike(j), under which the reason is kept for identical jobs."""
         if j.held:
-            return "Held"
+            return HELD
         if j.blocked_by_dependency:
-            return "Dependency"
+            return DEPENDENCY
         # dict lookups first, the creating methods only on a miss: this runs per job
         rule = self.rules.get(j.priority_class) or self.rule(j.priority_class)
         team = self.teams.get(j.team) or self.team(j.team)
@@ -446,7 +452,7 @@ class _Pass:
             ends_in_time = j.time_limit is not None and self.now + j.time_limit <= shadow
             if not ends_in_time:
                 if reserved is None:
-                    return "Priority"
+                    return PRIORITY
                 avoid = reserved
 
         if not allowed:
@@ -480,9 +486,9 @@ class _Pass:
             if vs is not None:
                 return self.commit_preemption(j, req, vs)
         if avoid >= 0 and fit_with_freed(self.room.nodes[avoid], req, models, [], [], 0, 0):
-            reason = "Priority"  # it would fit, but only on the room the head job waits for
+            reason = PRIORITY  # it would fit, but only on the room the head job waits for
         else:
-            reason = "Resources"
+            reason = RESOURCES
             if self.head is None:
                 self.head = self.reservation(req, models)
                 self.head_version += 1
@@ -790,8 +796,8 @@ class _Pass:
         self.added.setdefault(n.i, []).append(
             (end, tuple(vs.gpus), tuple(vs.mig), req.cpus, req.memory)
         )
-        names = ",".join(str(h.id) for h in sorted(gone, key=lambda h: id_key(h.id)))
-        return f"PreemptionPending {names}"
+        ids = [h.id for h in sorted(gone, key=lambda h: id_key(h.id))]
+        return Reason(ReasonCode.PREEMPTION_PENDING, *ids)
 
     # -- backfill reservation -------------------------------------------------------------
 
@@ -849,6 +855,12 @@ class _Pass:
                 # its higher index, can come earlier
                 break
         return best
+
+
+def team_usage(snapshot: Snapshot) -> dict[str, dict[str, float]]:
+    """Each team's use of every quota key by the snapshot's running jobs: the very
+    figures the policy decides by (``mlq nodes`` shows them)."""
+    return {t: dict(u) for t, u in _Pass(snapshot).usage.items() if any(u.values())}
 
 
 def decide(snapshot: Snapshot) -> Decisions:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from mlq.scheduler.mig import COMPUTE_SLICES
-from mlq.scheduler.units import format_cpus, format_size
+from mlq.executor.mig import COMPUTE_SLICES
+from mlq.executor.units import format_cpus, format_size
+from mlq.scheduler.snapshot import Reason, ReasonCode
 
 Demand = tuple[tuple[str, float], ...]
 GPU_KEYS_PREFIX = ("gpu", "mig:")  # keys that measure accelerators, not CPU or memory
@@ -91,9 +92,11 @@ def format_amount(key: str, value: float) -> str:
     return str(int(round(value)))
 
 
-def quota_reason(team: str, key: str, used: float, limit: float) -> str:
+def quota_reason(team: str, key: str, used: float, limit: float) -> Reason:
     """``QuotaLimit nlp gpu 8/8``."""
-    return f"QuotaLimit {team} {key} {format_amount(key, used)}/{format_amount(key, limit)}"
+    return Reason(
+        ReasonCode.QUOTA_LIMIT, team, key, format_amount(key, used), format_amount(key, limit)
+    )
 
 
 def covering_keys(demand: Demand, guarantee: Mapping[str, float]) -> list[str] | None:

@@ -15,18 +15,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from mlq.scheduler import mig
-from mlq.scheduler.snapshot import Decisions, JobId, Node, PendingJob, PriorityRule, Snapshot
-from mlq.scheduler.units import format_cpus, format_size
-
-# reason codes (the first word of a pending job's reason; docs/json.md lists them)
-HELD, DEPENDENCY, RESOURCES, PRIORITY, QUOTA, MIN_RUN = (
-    "Held",
-    "Dependency",
-    "Resources",
-    "Priority",
-    "QuotaLimit",
-    "MinRunTime",
+from mlq.executor import mig
+from mlq.executor.units import format_cpus, format_size
+from mlq.scheduler.snapshot import (
+    Decisions,
+    JobId,
+    Node,
+    PendingJob,
+    PriorityRule,
+    Reason,
+    ReasonCode,
+    Snapshot,
 )
 
 
@@ -108,7 +107,7 @@ def _show(resource: str, n: int) -> str:
     return str(max(n, 0))
 
 
-def resources_reason(j: PendingJob, room: list[_Free]) -> str:
+def resources_reason(j: PendingJob, room: list[_Free]) -> Reason:
     """``Resources: gpu 2 > 0 free (largest free on vm)``, or which ones no single
     node has free together."""
     needs = _needs(j)
@@ -118,13 +117,13 @@ def resources_reason(j: PendingJob, room: list[_Free]) -> str:
         best = max(room, key=lambda f: _amount(f, res), default=None)
         have = _amount(best, res) if best else 0
         if want > have:
-            where = f" (largest free on {best.node})" if best and have > 0 else ""
-            return f"{RESOURCES}: {res} {_show(res, want)} > {_show(res, have)} free{where}"
+            where = best.node if best and have > 0 else None
+            return Reason(ReasonCode.RESOURCES, res, _show(res, want), _show(res, have), where)
     asked = ", ".join(f"{r} {_show(r, n)}" for r, n in needs if n)
-    return f"{RESOURCES}: no node has {asked} free at once"
+    return Reason(ReasonCode.RESOURCES, asked)
 
 
-def min_run_reason(j: PendingJob, snap: Snapshot, rules: dict[str, PriorityRule]) -> str | None:
+def min_run_reason(j: PendingJob, snap: Snapshot, rules: dict[str, PriorityRule]) -> Reason | None:
     """``MinRunTime: job 12 may be preempted from 14:05`` when the room the job needs
     is held by jobs it may preempt that are still inside their minimum run time."""
     rule = rules.get(j.priority_class)
@@ -142,7 +141,7 @@ def min_run_reason(j: PendingJob, snap: Snapshot, rules: dict[str, PriorityRule]
         return None
     until, r = min(protected, key=lambda x: x[0])
     at = datetime.fromtimestamp(until, UTC).strftime("%H:%M:%S UTC")
-    return f"{MIN_RUN}: job {r.id} may be preempted from {at}"
+    return Reason(ReasonCode.MIN_RUN_TIME, r.id, at)
 
 
 def explain(snap: Snapshot, decisions: Decisions) -> dict[JobId, str]:
@@ -154,7 +153,7 @@ def explain(snap: Snapshot, decisions: Decisions) -> dict[JobId, str]:
     out: dict[JobId, str] = {}
     for job_id, reason in decisions.reasons.items():
         j = pending.get(job_id)
-        if reason != RESOURCES or j is None:
+        if reason != ReasonCode.RESOURCES.value or j is None:
             out[job_id] = reason
             continue
         key = (j.priority_class, *(_needs(j)))

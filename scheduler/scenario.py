@@ -12,16 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from mlq.scheduler import mig
+from mlq.executor import mig
+from mlq.scheduler import build
 from mlq.scheduler.cluster import DEFAULT_CLASSES, GpuDecl, PriorityClass, TeamConfig
 from mlq.scheduler.errors import InvalidInput
 from mlq.scheduler.snapshot import (
-    Gpu,
-    MigRequest,
     MigSlot,
-    Node,
-    PendingJob,
-    RunningJob,
     Snapshot,
     Team,
     rules_from_classes,
@@ -214,22 +210,7 @@ def parse_scenario(data: Any, source: str | None = None) -> Snapshot:
 
 def to_snapshot(sc: Scenario) -> Snapshot:
     classes = {c.name: c for c in sc.priority_classes}
-    nodes = tuple(
-        Node(
-            n.name,
-            n.cpus,
-            n.memory,
-            tuple(
-                Gpu(
-                    g.index,
-                    g.model,
-                    None if g.mig is None else tuple((s.profile, s.start) for s in g.mig),
-                )
-                for g in n.gpus
-            ),
-        )
-        for n in sc.nodes
-    )
+    nodes = tuple(build.node(n.name, n.cpus, n.memory, n.gpus) for n in sc.nodes)
     carved = {
         (n.name, g.index): {s.start: s.profile for s in g.mig or []}
         for n in sc.nodes
@@ -238,19 +219,20 @@ def to_snapshot(sc: Scenario) -> Snapshot:
     running = []
     for r in sc.running:
         cls = classes[r.priority_class or r.kind]
+        slots = (MigSlot(s.gpu, carved[(r.node, s.gpu)][s.start], s.start) for s in r.mig)
         running.append(
-            RunningJob(
-                id=r.id,
-                team=r.team,
-                priority_class=cls.name,
+            build.running(
+                r.id,
+                r.team,
+                cls.name,
+                r,
+                cls.defaults,
                 node=r.node,
-                gpus=tuple(r.gpus),
-                mig=tuple(MigSlot(s.gpu, carved[(r.node, s.gpu)][s.start], s.start) for s in r.mig),
-                cpus=r.cpus if r.cpus is not None else cls.defaults.cpus,
-                memory=r.memory if r.memory is not None else cls.defaults.memory,
+                gpus=r.gpus,
+                mig=slots,
+                time_limit=r.time_limit,
                 started_at=r.started_at,
                 checkpoint_at=r.checkpoint_at,
-                time_limit=r.time_limit if r.time_limit is not None else cls.defaults.time_limit,
                 stopping_for=r.stopping_for,
             )
         )
@@ -258,17 +240,14 @@ def to_snapshot(sc: Scenario) -> Snapshot:
     for p in sc.pending:
         cls = classes[p.priority_class or p.kind]
         pending.append(
-            PendingJob(
-                id=p.id,
-                team=p.team,
-                priority_class=cls.name,
-                gpus=p.gpus,
-                gpu_model=p.gpu_model,
-                mig=MigRequest(p.mig.profile, p.mig.count) if p.mig else None,
-                cpus=p.cpus if p.cpus is not None else cls.defaults.cpus,
-                memory=p.memory if p.memory is not None else cls.defaults.memory,
+            build.pending(
+                p.id,
+                p.team,
+                cls.name,
+                p,
+                cls.defaults,
+                time_limit=p.time_limit,
                 submitted_at=p.submitted_at,
-                time_limit=p.time_limit if p.time_limit is not None else cls.defaults.time_limit,
                 blocked_by_dependency=p.blocked_by_dependency,
                 held=p.held,
             )

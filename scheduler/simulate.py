@@ -24,17 +24,18 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from mlq.scheduler import mig
+from mlq.executor import mig
+from mlq.scheduler import build
 from mlq.scheduler.cluster import DEFAULT_CLASSES, PriorityClass, TeamConfig
 from mlq.scheduler.errors import InvalidInput
 from mlq.scheduler.placement import Room, take_slices
-from mlq.scheduler.policy import decide
+from mlq.scheduler.policy import PRIORITY, RESOURCES, decide
 from mlq.scheduler.quota import mig_share
 from mlq.scheduler.snapshot import (
     Decisions,
-    Gpu,
     MigRequest,
     Node,
     PendingJob,
@@ -101,7 +102,7 @@ class SimCluster:
         return max((len(n.gpus) for n in self.nodes), default=0)
 
 
-def _gpus(group: NodeGroup) -> tuple[Gpu, ...]:
+def _gpus(group: NodeGroup) -> list[SimpleNamespace]:
     out = []
     for i in range(group.gpus):
         carved = None
@@ -109,8 +110,8 @@ def _gpus(group: NodeGroup) -> tuple[Gpu, ...]:
             carved = tuple((s.split("@")[0], int(s.split("@")[1])) for s in group.carved[i])
         elif group.mig:
             carved = ()
-        out.append(Gpu(i, group.model, carved))
-    return tuple(out)
+        out.append(SimpleNamespace(index=i, model=group.model, mig=carved))
+    return out
 
 
 def parse_sim_cluster(data: Any, source: str | None = None) -> SimCluster:
@@ -131,7 +132,7 @@ def parse_sim_cluster(data: Any, source: str | None = None) -> SimCluster:
     if problems:
         raise InvalidInput(problems, source)
     nodes = tuple(
-        Node(f"{g.name}-{i}" if g.count > 1 else g.name, g.cpus, g.memory, _gpus(g))
+        build.node(f"{g.name}-{i}" if g.count > 1 else g.name, g.cpus, g.memory, _gpus(g))
         for g in cfg.nodes
         for i in range(g.count)
     )
@@ -168,7 +169,7 @@ def fifo_decide(snap: Snapshot) -> Decisions:
     blocked = False
     for j in sorted(snap.pending, key=lambda j: (j.submitted_at, str(j.id))):
         if blocked:
-            reasons[j.id] = "Priority"
+            reasons[j.id] = PRIORITY
             continue
         got = None
         if j.mig:
@@ -187,7 +188,7 @@ def fifo_decide(snap: Snapshot) -> Decisions:
             if n is not None:
                 got = (n, (), ())
         if got is None:
-            reasons[j.id] = "Resources"
+            reasons[j.id] = RESOURCES
             blocked = True
             continue
         n, gpus, slots = got
@@ -284,16 +285,21 @@ def _simulate(jobs: list[TraceJob], cluster: SimCluster, policy: str) -> SimResu
         j = s.job
         cls = classes.get(j.kind) or classes[next(iter(classes))]
         per = mig_share(j.mig_profile) if j.mig_profile else 1
-        return PendingJob(
-            id=j.id,
-            team=j.team,
-            priority_class=cls.name,
+        asks = SimpleNamespace(
             gpus=0 if j.mig_profile else j.gpus,
+            gpu_model=None,
             mig=MigRequest(j.mig_profile, j.gpus) if j.mig_profile else None,
             cpus=max(1000, int(cfg.cpus_per_gpu * j.gpus * per)),
             memory=max(2**30, int(cfg.memory_per_gpu * j.gpus * per)),
+        )
+        return build.pending(
+            j.id,
+            j.team,
+            cls.name,
+            asks,
+            cls.defaults,
+            time_limit=j.time_limit,
             submitted_at=j.submit_time,
-            time_limit=j.time_limit if j.time_limit is not None else cls.defaults.time_limit,
         )
 
     def set_slices(node: str, slots, add: bool) -> None:
@@ -352,18 +358,7 @@ def _simulate(jobs: list[TraceJob], cluster: SimCluster, policy: str) -> SimResu
                 if s.first_start is None:
                     s.first_start = now
                 s.started = now
-                running[st.job] = RunningJob(
-                    st.job,
-                    p.team,
-                    p.priority_class,
-                    st.node,
-                    st.gpus,
-                    st.mig,
-                    p.cpus,
-                    p.memory,
-                    started_at=now,
-                    time_limit=p.time_limit,
-                )
+                running[st.job] = build.started(p, st, now)
                 if st.mig:
                     set_slices(st.node, st.mig, add=True)
                 heapq.heappush(events, (now + max(1.0, s.remaining), 0, st.job, s.epoch))

@@ -8,10 +8,72 @@ Job ids may be ints (the daemon) or strings (scenarios).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
 
 JobId = int | str
+
+
+class ReasonCode(StrEnum):
+    """Why a pending job waits: the first word of its reason (docs/json.md)."""
+
+    HELD = "Held"
+    DEPENDENCY = "Dependency"
+    PRIORITY = "Priority"
+    RESOURCES = "Resources"
+    QUOTA_LIMIT = "QuotaLimit"
+    PREEMPTION_PENDING = "PreemptionPending"
+    MIN_RUN_TIME = "MinRunTime"
+    IMAGE_PENDING = "ImagePending"
+    MIG_CARVE_FAILED = "MigCarveFailed"
+
+
+class Reason(str):
+    """A reason as a value: its ``code`` and its ``args`` (the numbers), which a program
+    matches; the text a person reads is the string itself, rendered once here from
+    them (``QuotaLimit nlp gpu 8/8``). Being a ``str``, it is stored, compared and
+    printed as the stable text the JSON keeps."""
+
+    code: ReasonCode
+    args: tuple[object, ...]
+
+    def __new__(cls, code: ReasonCode, *args: object) -> Reason:
+        text = _RENDER.get(code, _words)(code, args)
+        obj = super().__new__(cls, text)
+        obj.code = code
+        obj.args = args
+        return obj
+
+
+def _words(code: ReasonCode, args: tuple[object, ...]) -> str:
+    return " ".join([code.value, *map(str, args)])
+
+
+def _quota(code: ReasonCode, args: tuple[object, ...]) -> str:
+    team, key, used, limit = args
+    return f"{code.value} {team} {key} {used}/{limit}"
+
+
+def _resources(code: ReasonCode, args: tuple[object, ...]) -> str:
+    if len(args) == 4:  # (resource, wanted, free at most, the node with the most)
+        res, want, free, node = args
+        where = f" (largest free on {node})" if node else ""
+        return f"{code.value}: {res} {want} > {free} free{where}"
+    if len(args) == 1:  # (what no single node has free together)
+        return f"{code.value}: no node has {args[0]} free at once"
+    return code.value
+
+
+_RENDER = {
+    ReasonCode.QUOTA_LIMIT: _quota,
+    ReasonCode.PREEMPTION_PENDING: lambda c, a: f"{c.value} {','.join(map(str, a))}",
+    ReasonCode.RESOURCES: _resources,
+    ReasonCode.MIN_RUN_TIME: lambda c, a: f"{c.value}: job {a[0]} may be preempted from {a[1]}",
+    ReasonCode.IMAGE_PENDING: lambda c, a: f"{c.value}: preparing {a[0]}",
+    ReasonCode.MIG_CARVE_FAILED: lambda c, a: f"{c.value}: GPU {a[0]} {a[1]}@{a[2]}: {a[3]}",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +219,22 @@ class Decisions:
         }
 
 
-def rules_from_classes(classes) -> tuple[PriorityRule, ...]:
+class ClassLike(Protocol):
+    """What a priority class says that the policy needs (cluster.PriorityClass)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+    @property
+    def preempts(self) -> Iterable[str]: ...
+    @property
+    def preemptible(self) -> bool: ...
+    @property
+    def min_run_time(self) -> int: ...
+
+
+def rules_from_classes(classes: Iterable[ClassLike]) -> tuple[PriorityRule, ...]:
     """PriorityRules from cluster.PriorityClass models (or anything with those fields)."""
     return tuple(
         PriorityRule(

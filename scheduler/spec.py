@@ -3,21 +3,22 @@
 ``JobSpec`` is the file as written (every field of DESIGN.md's example), with
 quantities already in base units (bytes, millicores, seconds). ``resolve`` fills
 what the file left out from the cluster's defaults for the job's class and
-returns a ``ResolvedJob``: the exact limits a job will run under. Unknown keys
+returns the same ``JobSpec`` with nothing left to default: the exact limits a job
+will run under (what the store keeps). Unknown keys
 are errors, so a typo can never silently drop a limit.
 """
 
 from __future__ import annotations
 
 import re
-import signal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from mlq.executor.request import memory_high_of
+from mlq.executor.units import parse_cpus, parse_duration, parse_size
+from mlq.executor.yamlfile import load_yaml
 from mlq.scheduler.errors import InvalidInput, describe_validation_error
 from mlq.scheduler.textcheck import problems as text_problems
-from mlq.scheduler.units import parse_cpus, parse_duration, parse_size
-from mlq.scheduler.yamlfile import load_yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -40,7 +41,6 @@ KINDS = ("training", "inference", "batch")
 NAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_.-]{0,62})$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MIG_PROFILE_RE = re.compile(r"^\d+g\.\d+gb(\+me)?$")
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT")
 # The knobs a job may keep; everything else is dropped (see the executor's security docs).
 CAPABILITIES = (
     "CAP_CHOWN",
@@ -342,10 +342,6 @@ def load_spec(path: str | Path) -> JobSpec:
     return parse_spec(load_yaml(path), str(path))
 
 
-def signal_number(name: str) -> int:
-    return int(getattr(signal, name))
-
-
 def resolve(spec: JobSpec, classes: list[Any]) -> JobSpec:
     """Fill what the file left out from its class's defaults; never unlimited.
 
@@ -364,7 +360,7 @@ def resolve(spec: JobSpec, classes: list[Any]) -> JobSpec:
     r = spec.resources
     cpus = r.cpus if r.cpus is not None else cls.defaults.cpus
     memory = r.memory if r.memory is not None else cls.defaults.memory
-    high = r.memory_high if r.memory_high is not None else memory * 87 // 100
+    high = r.memory_high if r.memory_high is not None else memory_high_of(memory)
     if high > memory:
         raise InvalidInput(
             f"resources.memory_high: {high} is above resources.memory {memory}; lower it or raise memory"

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from mlq.scheduler import migrations, states
 from mlq.scheduler.cluster import (
@@ -30,9 +30,11 @@ from mlq.scheduler.cluster import (
 from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, NotFound
 from mlq.scheduler.grants import Grant
 from mlq.scheduler.models import (
+    Columns,
     GrantRow,
     Job,
     JobEvent,
+    JobRow,
     Member,
     Meta,
     PriorityClassRow,
@@ -41,6 +43,7 @@ from mlq.scheduler.models import (
 )
 from sqlalchemy import bindparam, create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
 
@@ -93,7 +96,7 @@ class TeamView:
     limit: dict[str, float] = field(default_factory=dict)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: object) -> None:
     cur = dbapi_conn.cursor()
     # WAL: readers never block the writer. synchronous=NORMAL: a commit is in the
     # WAL before we answer, so a crash of the daemon loses nothing; only a power
@@ -195,7 +198,7 @@ class Store:
         if self._classes is None:
             with self.session() as s:
                 q = select(PriorityClassRow).order_by(col(PriorityClassRow.value).desc())
-                self._classes = [_class_model(r) for (r,) in s.exec(q)]
+                self._classes = [_class_model(r) for r in s.scalars(q)]
         return list(self._classes)
 
     def set_class(self, pc: PriorityClass) -> None:
@@ -236,8 +239,8 @@ class Store:
     def grants(self) -> list[Grant]:
         if self._grants is None:
             with self.session() as s:
-                rows = s.exec(select(GrantRow).order_by(GrantRow.subject))
-                self._grants = [_grant_model(r) for (r,) in rows]
+                rows = s.scalars(select(GrantRow).order_by(GrantRow.subject))
+                self._grants = [_grant_model(r) for r in rows]
         return list(self._grants)
 
     def set_grant(self, grant: Grant) -> None:
@@ -266,13 +269,13 @@ class Store:
 
     def _load_teams(self) -> list[TeamView]:
         with self.session() as s:
-            views = {t.name: TeamView(t.name) for (t,) in s.exec(select(Team).order_by(Team.name))}
-            for (m,) in s.exec(select(Member).order_by(Member.name)):
+            views = {t.name: TeamView(t.name) for t in s.scalars(select(Team).order_by(Team.name))}
+            for m in s.scalars(select(Member).order_by(Member.name)):
                 if m.team in views:
                     (views[m.team].admins if m.role == "admin" else views[m.team].members).append(
                         m.name
                     )
-            for (q,) in s.exec(select(Quota)):
+            for q in s.scalars(select(Quota)):
                 if q.team in views:
                     if q.guarantee is not None:
                         views[q.team].guarantee[q.resource] = q.guarantee
@@ -296,18 +299,18 @@ class Store:
         with self.write(config=True) as s:
             if s.get(Team, name) is None:
                 raise NotFound(f'team "{name}" does not exist; see mlq team list')
-            active = s.exec(
+            active = s.scalar(
                 select(func.count())
                 .select_from(Job)
-                .where(Job.team == name, col(Job.state).in_(states.ACTIVE))
-            ).one()[0]
+                .where(col(Job.team) == name, col(Job.state).in_(states.ACTIVE))
+            )
             if active:
                 raise Conflict(
                     f'team "{name}" has {active} active jobs; cancel them before deleting the team'
                 )
-            for (m,) in s.exec(select(Member).where(Member.team == name)):
+            for m in s.scalars(select(Member).where(Member.team == name)):
                 s.delete(m)
-            for (q,) in s.exec(select(Quota).where(Quota.team == name)):
+            for q in s.scalars(select(Quota).where(Quota.team == name)):
                 s.delete(q)
             grant = s.get(GrantRow, f"team:{name}")
             if grant is not None:
@@ -326,7 +329,7 @@ class Store:
             q = select(Member).where(Member.team == team, Member.name == name)
             if role:
                 q = q.where(Member.role == role)
-            rows = [m for (m,) in s.exec(q)]
+            rows = list(s.scalars(q))
             if not rows:
                 raise NotFound(f'"{name}" is not in team "{team}"')
             for m in rows:
@@ -381,7 +384,7 @@ class Store:
     # -- jobs ---------------------------------------------------------------------------
 
     def add_jobs(
-        self, rows: list[dict[str, Any]], reason: str = "Submitted", as_array: bool = False
+        self, rows: list[Columns], reason: str = "Submitted", as_array: bool = False
     ) -> list[int]:
         """Insert jobs (column dicts) and their first event in one transaction.
 
@@ -392,17 +395,18 @@ class Store:
         return self.add_job_groups([(rows, as_array)], reason)[0]
 
     def add_job_groups(
-        self, groups: list[tuple[list[dict[str, Any]], bool]], reason: str = "Submitted"
+        self, groups: list[tuple[list[Columns], bool]], reason: str = "Submitted"
     ) -> list[list[int]]:
         """Several submissions (each a list of rows, an array or not) in ONE
         transaction: the daemon's group commit, so concurrent submits share a commit."""
         table = Job.__table__
         out: list[list[int]] = []
-        events: list[dict[str, Any]] = []
+        events: list[Columns] = []
         with self._write_lock, self.engine.begin() as conn:
             for rows, as_array in groups:
                 if len(rows) == 1:
-                    ids = [int(conn.execute(table.insert(), rows[0]).inserted_primary_key[0])]
+                    key = conn.execute(table.insert(), rows[0]).inserted_primary_key
+                    ids = [int(key[0]) if key is not None else 0]
                 else:
                     # one ID a row, increasing with the rows: SQLite's rowids follow the
                     # rows of one INSERT; PostgreSQL's sequence does only when asked to
@@ -445,7 +449,7 @@ class Store:
     def events(self, job_id: int) -> list[JobEvent]:
         with self.session() as s:
             q = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
-            return [e for (e,) in s.exec(q)]
+            return list(s.scalars(q))
 
     def jobs(
         self,
@@ -457,7 +461,7 @@ class Store:
         ids: Iterable[int] | None = None,
         limit: int | None = None,
         with_spec: bool = True,
-    ) -> list[Any]:
+    ) -> list[JobRow]:
         """Jobs as read-only rows with the ``Job`` table's attributes, oldest first.
 
         Core rows, not ORM objects: the loop reads every active job on each pass and
@@ -479,7 +483,7 @@ class Store:
         if limit:
             q = q.limit(limit)
         with self.engine.connect() as conn:
-            return list(conn.execute(q).all())
+            return cast(list[JobRow], list(conn.execute(q).all()))
 
     # the columns of a listing, in JobOut's order (schemas.LISTING_COLUMNS names them)
     LISTING = (
@@ -494,7 +498,7 @@ class Store:
         team: str | None = None,
         user: str | None = None,
         limit: int = 100_000,
-    ) -> list[tuple]:
+    ) -> list[tuple[object, ...]]:
         """Jobs in ``states_in`` as plain tuples of the listing's columns, oldest first.
 
         The queue is listed ten times a second by dashboards while thousands of jobs
@@ -502,7 +506,7 @@ class Store:
         objects), a few times faster than a Core select."""
         wanted = list(states_in)
         where = "state IN (" + ", ".join(["?"] * len(wanted)) + ")"
-        args: list[Any] = list(wanted)
+        args: list[object] = list(wanted)
         if team:
             where += " AND team = ?"
             args.append(team)
@@ -516,7 +520,7 @@ class Store:
             if self.engine.dialect.paramstyle != "qmark":
                 sql = sql.replace("?", "%s")
             cur.execute(sql, args)
-            rows = cur.fetchall()
+            rows = [tuple(r) for r in cur.fetchall()]
             cur.close()
             raw.commit()  # end the read transaction (PostgreSQL opens one)
         finally:
@@ -532,7 +536,7 @@ class Store:
         user: str | None = None,
         limit: int = 1000,
         offset: int = 0,
-    ) -> list[Any]:
+    ) -> list[JobRow]:
         """Ended jobs, newest end first, at most ``limit`` after skipping ``offset``:
         an indexed range read (``ix_jobs_ended_at``), however long the history is.
         ``before``: only jobs that ended before this time."""
@@ -549,7 +553,7 @@ class Store:
             q = q.where(t.user == user)
         q = q.order_by(t.ended_at.desc(), t.id.desc()).limit(limit).offset(offset)
         with self.engine.connect() as conn:
-            return list(conn.execute(q).all())
+            return cast(list[JobRow], list(conn.execute(q).all()))
 
     def transition(
         self,
@@ -557,7 +561,7 @@ class Store:
         state: str,
         reason: str = "",
         expect: Iterable[str] | None = None,
-        **fields: Any,
+        **fields: object,
     ) -> Job:
         """Move a job to ``state`` and record the event, in one transaction.
 
@@ -569,7 +573,7 @@ class Store:
     def transitions(
         self,
         job_id: int,
-        steps: list[tuple[str, str, dict[str, Any]]],
+        steps: list[tuple[str, str, Columns]],
         expect: Iterable[str] | None = None,
     ) -> Job:
         """Several state changes of one job, each with its event, in one transaction
@@ -619,10 +623,10 @@ class Store:
 
     def count_by_state(self) -> dict[str, int]:
         with self.session() as s:
-            rows = s.exec(select(Job.state, func.count()).group_by(Job.state))
-            return {state: n for state, n in rows}
+            rows = s.execute(select(col(Job.state), func.count()).group_by(col(Job.state)))
+            return {state: int(n) for state, n in rows}
 
-    def update_fields(self, job_id: int, **fields: Any) -> None:
+    def update_fields(self, job_id: int, **fields: object) -> None:
         """Change columns that are not a state change (no event)."""
         with self.write() as s:
             job = s.get(Job, job_id)

@@ -26,8 +26,8 @@ from datetime import datetime
 from pathlib import Path
 
 from mlq.scheduler.errors import InvalidInput
+from mlq.scheduler.spec import KINDS
 
-KINDS = ("training", "inference", "batch")
 PHILLY_HEADER = ["timestamp", "duration", "num_gpus", "gpu_time", "cluster"]
 
 

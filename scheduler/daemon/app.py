@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
+from mlq.executor.units import format_cpus, format_duration, format_size
 from mlq.scheduler import grants, states
 from mlq.scheduler.cluster import PriorityClass, parse_quota_value
 from mlq.scheduler.daemon import schemas as S
@@ -23,16 +24,13 @@ from mlq.scheduler.daemon.auth import Caller, may_see_private, require_admin, re
 from mlq.scheduler.daemon.batcher import SubmitBatcher
 from mlq.scheduler.daemon.limits import BodyLimit, install_handlers
 from mlq.scheduler.daemon.logs import read_log
-from mlq.scheduler.daemon.loop import spec_of
 from mlq.scheduler.daemon.nodes import node_view
 from mlq.scheduler.daemon.peer import Peer
 from mlq.scheduler.daemon.submit import as_jobs, cgroup_limits, check_caps, job_rows, prepare
-from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, NotFound, Refused
+from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, Refused, status_of
 from mlq.scheduler.store import Store
-from mlq.scheduler.units import format_cpus, format_duration, format_size
 from pydantic import BaseModel
 
-STATUS = {InvalidInput: 422, Refused: 403, NotFound: 404, Conflict: 409}
 JobIdParam = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="A job ID")]
 
 
@@ -54,6 +52,7 @@ class Daemon:
         # Cancelling a running job needs the executor; the loop installs this.
         self.stop_running: Callable[[int, bool, str], str] | None = None
         self.loop: Any = None  # the scheduling loop, when the daemon runs one
+        self.executor: Any = None  # the node's executor (runs' output, live figures)
         self.forbidden: tuple[str, ...] = grants.FORBIDDEN_PATHS  # never mounted into a job
         # the cluster's nodes as the policy sees them (for what no node could hold)
         self.nodes: Callable[[], list[Any]] = lambda: []
@@ -85,7 +84,7 @@ def build_app(daemon: Daemon) -> FastAPI:
 
     @app.exception_handler(MlqError)
     async def _mlq_error(_: Request, exc: MlqError) -> JSONResponse:
-        status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+        status = status_of(exc)
         problems = exc.problems if isinstance(exc, InvalidInput) else []
         body = S.ErrorOut(error=type(exc).__name__, message=str(exc), problems=problems)
         return JSONResponse(body.model_dump(), status_code=status)
@@ -410,7 +409,7 @@ def build_app(daemon: Daemon) -> FastAPI:
         if refresh:
             require_admin(who, "rediscover this node's GPUs", daemon.admin_group)
             loop.refresh_gpus()
-        return S.NodeList(nodes=[node_view(store, loop.node)])
+        return S.NodeList(nodes=[node_view(store, loop)])
 
     @app.get("/v1/status", response_model=S.StatusOut, tags=["meta"])
     async def status() -> S.StatusOut:
@@ -432,7 +431,7 @@ def build_app(daemon: Daemon) -> FastAPI:
         loop = need_loop()
         running = []
         for j in store.jobs(states_in=(states.STARTING, states.RUNNING, states.STOPPING)):
-            spec = spec_of(j)
+            spec = loop.specs.of(j)
             figures = loop.live_stats(j)
             running.append(
                 S.RunningOut(
@@ -454,7 +453,7 @@ def build_app(daemon: Daemon) -> FastAPI:
             for j in store.jobs(states_in=(states.PENDING,), limit=200, with_spec=False)
         ]
         return S.TopOut(
-            nodes=[node_view(store, loop.node)],
+            nodes=[node_view(store, loop)],
             running=running,
             pending=pending,
             passes=loop.stats.passes,
@@ -474,7 +473,9 @@ def build_app(daemon: Daemon) -> FastAPI:
             raise InvalidInput(f'stream: "{stream}" is not allowed; use stdout or stderr')
         job = store.job(job_id)
         require_owner(who, job, store, action="read the logs of")
-        return read_log(job, stream, run, offset, limit)
+        if daemon.executor is None:
+            raise Conflict("this daemon has no executor to read job output from")
+        return read_log(job, daemon.executor, stream, run, offset, limit)
 
     @app.get("/v1/whoami", response_model=S.WhoAmI, tags=["meta"])
     async def whoami(who: Who) -> S.WhoAmI:

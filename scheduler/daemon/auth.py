@@ -1,4 +1,5 @@
-"""Who may do what. Pure rules over a caller and the store's membership.
+"""Who may do what: rules over a caller and the store's membership (read through
+the store, never changed here).
 
 - A user submits only to a team they are a member of (as a user or via ``@group``).
 - A user cancels (and reads the logs of) their own jobs; a team admin does so for

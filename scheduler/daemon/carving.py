@@ -35,22 +35,24 @@ from typing import Any
 
 from mlq.executor import gpus
 from mlq.executor.gpus import NVML_NOT_FOUND, MigChangeFailed
-from mlq.scheduler.snapshot import MigSlot, Start
+from mlq.scheduler import states
+from mlq.scheduler.snapshot import MigSlot, Reason, ReasonCode, Start
 
 log = logging.getLogger("mlq.carving")
-
-REASON = "MigCarveFailed"  # the reason code of a job the driver would not carve for
 
 
 class Carver:
     """Carves and destroys the MIG slices of the loop's node (see the module doc)."""
 
-    def __init__(self, loop: Any) -> None:
-        self.loop = loop  # a Loop: its node (NodeView), cluster config, store, handles
+    def __init__(self, node: Any, store: Any, config: Any, executor: Any) -> None:
+        self.node = node  # the loop's NodeView (its gpus and can_carve are updated here)
+        self.store = store
+        self.config = config  # the node's config: mig_carve
+        self.executor = executor  # carves and destroys on the node
         self.refusal: str | None = None  # why the node stopped carving, while it has
         self.waiting: dict[int, str] = {}  # job id -> its MigCarveFailed reason
         self._attempt: tuple[int, list[dict[str, Any]]] | None = None  # the start's carves
-        loop.node.can_carve = loop.cluster.node.mig_carve
+        node.can_carve = config.mig_carve
 
     # -- a start ----------------------------------------------------------------------
 
@@ -58,7 +60,7 @@ class Carver:
         """Create the start's slices that the node does not have; what was carved, or
         None when the driver refused (the job then waits, with the reason)."""
         self._attempt = None
-        node = self.loop.node
+        node = self.node
         missing = [m for m in start.mig if not _exists(node.gpus, m)]
         if not missing:
             return []
@@ -69,7 +71,7 @@ class Carver:
                 why = self.refusal or "this node does not carve MIG slices (node.mig_carve: false)"
                 return self._wait(job, m, f"not tried: {why}")
             try:
-                node.gpus = gpus.carve(node.gpus, m.gpu, m.profile, m.start)
+                node.gpus = self.executor.carve(m.gpu, m.profile, m.start)
             except MigChangeFailed as exc:
                 self._rediscover()
                 self.refusal = f"the driver refused GPU {m.gpu} {m.profile}@{m.start}: {exc.error}"
@@ -100,7 +102,7 @@ class Carver:
         attempt, self._attempt = self._attempt, None
         if attempt is None or attempt[0] != job.id or not attempt[1]:
             return
-        if job.id not in self.loop.handles:
+        if self.store.job(job.id).state != states.RUNNING:
             self._destroy(attempt[1], f"job {job.id} did not start")
 
     def _wait(self, job: Any, m: MigSlot, error: str) -> None:
@@ -108,9 +110,9 @@ class Carver:
         _, carved = self._attempt or (None, [])
         self._attempt = None
         self._destroy(carved, f"job {job.id} could not have all its slices")
-        reason = f"{REASON}: GPU {m.gpu} {m.profile}@{m.start}: {error}"
+        reason = Reason(ReasonCode.MIG_CARVE_FAILED, m.gpu, m.profile, m.start, error)
         self.waiting[job.id] = reason
-        self.loop.store.set_reasons({job.id: reason})  # only while it is still PENDING
+        self.store.set_reasons({job.id: reason})  # only while it is still PENDING
         return None
 
     # -- a run that ended -------------------------------------------------------------
@@ -125,11 +127,11 @@ class Carver:
     def _destroy(self, carved: list[dict[str, Any]], why: str) -> None:
         """Destroy each slice; one that cannot be is logged and stays (a free slice the
         policy may give again), and never stops what the caller records next."""
-        node = self.loop.node
+        node = self.node
         for c in carved:
             what = f"MIG slice {c['profile']}@{c['start']} on GPU {c['gpu']} ({c.get('uuid')})"
             try:
-                node.gpus = gpus.destroy(node.gpus, c["gpu"], c["start"], uuid=c.get("uuid"))
+                node.gpus = self.executor.destroy(c["gpu"], c["start"], uuid=c.get("uuid"))
             except MigChangeFailed as exc:
                 if exc.code == NVML_NOT_FOUND:
                     log.info("%s: %s is gone already", why, what)
@@ -146,7 +148,7 @@ class Carver:
 
     def reset(self) -> None:
         """Carve again as the node config says (``mlq nodes --refresh``)."""
-        self.loop.node.can_carve = self.loop.cluster.node.mig_carve
+        self.node.can_carve = self.config.mig_carve
         self.refusal = None
         self.waiting.clear()
 
@@ -165,7 +167,7 @@ class Carver:
         return dataclasses.replace(decisions, reasons=reasons)
 
     def _rediscover(self) -> None:
-        self.loop.node.gpus = gpus.discover(self.loop.cluster.node)
+        self.node.gpus = self.executor.inventory(refresh=True)
 
 
 def _exists(node: gpus.NodeGpus, m: MigSlot) -> bool:

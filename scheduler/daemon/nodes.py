@@ -1,44 +1,29 @@
 """What ``mlq nodes`` and ``mlq top`` show: this node's capacity, each GPU and MIG
-slice with the job holding it, and each team's use against its quota."""
+slice with the job holding it, and each team's use against its quota (the policy's
+own figures: ``policy.team_usage`` on a snapshot of the running jobs)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from mlq.scheduler import quota, states
+from mlq.executor.units import format_cpus, human_size
+from mlq.scheduler import build, states
 from mlq.scheduler.daemon import schemas as S
-from mlq.scheduler.daemon.loop import spec_of
-from mlq.scheduler.models import Job
+from mlq.scheduler.policy import team_usage
+from mlq.scheduler.snapshot import Snapshot, Team, rules_from_classes
 from mlq.scheduler.store import Store
-from mlq.scheduler.units import format_cpus, human_size
 
 
-def team_usage(jobs: list[Job], models: dict[int, str]) -> dict[str, dict[str, float]]:
-    """Each team's use of every quota key by its running (and stopping) jobs."""
-    usage: dict[str, dict[str, float]] = {}
-    for j in jobs:
-        spec = spec_of(j)
-        r = spec.resources
-        held = json.loads(j.devices) if j.devices else {}
-        if held.get("mig"):
-            demand = quota.mig_demand(
-                [m["profile"] for m in held["mig"]], r.cpus or 0, r.memory or 0
-            )
-        else:
-            gpus = held.get("gpus", [])
-            model = models.get(gpus[0], "") if gpus else ""
-            demand = quota.whole_gpu_demand(len(gpus), model, r.cpus or 0, r.memory or 0)
-        quota.add(usage.setdefault(j.team, {}), demand)
-    return usage
-
-
-def node_view(store: Store, node: Any) -> S.NodeOut:
+def node_view(store: Store, loop: Any) -> S.NodeOut:
+    """``loop``: the daemon's Loop (its node view and spec cache)."""
+    node, specs = loop.node, loop.specs
     running = store.jobs(states_in=(states.STARTING, states.RUNNING, states.STOPPING))
     holders: dict[tuple, int] = {}
     cpus = memory = 0
+    shapes = []
     for j in running:
-        spec = spec_of(j)
+        spec = specs.of(j)
         cpus += spec.resources.cpus or 0
         memory += spec.resources.memory or 0
         held = json.loads(j.devices) if j.devices else {}
@@ -46,6 +31,23 @@ def node_view(store: Store, node: Any) -> S.NodeOut:
             holders[("gpu", g)] = j.id or 0
         for m in held.get("mig", []):
             holders[("mig", m["gpu"], m["start"])] = j.id or 0
+        gpus, slots = build.held_slices(held)
+        shapes.append(
+            build.running(
+                j.id, j.team, j.priority_class, spec.resources, spec.resources,
+                node=node.name, gpus=gpus, mig=slots, time_limit=spec.time_limit,
+                started_at=j.started_at or 0.0,
+            )
+        )  # fmt: skip
+    teams = store.teams()
+    snap = Snapshot(
+        now=0.0,
+        nodes=(node.snapshot_node(),),
+        running=tuple(shapes),
+        teams=tuple(Team(t.name, t.guarantee, t.limit) for t in teams),
+        classes=rules_from_classes(store.classes()),
+    )
+    usage = team_usage(snap)
     inv = node.gpus.to_json()
     gpus = []
     for g in inv["gpus"]:
@@ -58,12 +60,6 @@ def node_view(store: Store, node: Any) -> S.NodeOut:
         else:
             entry["job"] = holders.get(("gpu", g["index"]))
         gpus.append(entry)
-    models = {g["index"]: g.get("model", "") for g in inv["gpus"]}
-    usage = team_usage(running, models)
-    teams = [
-        S.TeamUsage(team=t.name, used=usage.get(t.name, {}), guarantee=t.guarantee, limit=t.limit)
-        for t in store.teams()
-    ]
     return S.NodeOut(
         name=node.name,
         cpus=format_cpus(node.cpus),
@@ -73,5 +69,10 @@ def node_view(store: Store, node: Any) -> S.NodeOut:
         gpu_source=inv.get("source", ""),
         gpu_problem=inv.get("reason"),
         gpus=gpus,
-        teams=teams,
+        teams=[
+            S.TeamUsage(
+                team=t.name, used=usage.get(t.name, {}), guarantee=t.guarantee, limit=t.limit
+            )
+            for t in teams
+        ],
     )

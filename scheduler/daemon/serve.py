@@ -15,15 +15,14 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlq.executor.interface import LocalExecutor
+from mlq.scheduler.clock import SystemClock
 from mlq.scheduler.cluster import ClusterConfig, load_cluster
-from mlq.scheduler.daemon.loop import NodeView
+from mlq.scheduler.daemon.view import NodeView
 from mlq.scheduler.errors import MlqError
 from mlq.scheduler.grants import forbidden_paths
+from mlq.scheduler.paths import DEFAULT_CONFIGS, DEFAULT_SOCKET, DEFAULT_STATE_DIR
 from mlq.scheduler.store import Store, sqlite_url
-
-DEFAULT_STATE_DIR = "/var/lib/mlq"
-DEFAULT_SOCKET = "/run/mlq/mlq.sock"
-DEFAULT_CONFIGS = ("/etc/mlq/cluster.yaml",)
 
 log = logging.getLogger("mlq.server")
 
@@ -127,12 +126,22 @@ def serve(paths: ServerPaths, log_level: str = "warning") -> None:
     _become_subreaper()
     store, cluster = open_store(paths)
     _clear_stale_socket(paths.socket)
-    loop = Loop(store, cluster, paths.state_dir, discover_node(cluster))
-    loop.forbidden = forbidden_paths(str(paths.state_dir), str(paths.socket))
+    executor = LocalExecutor(paths.state_dir, cluster.node)
+    loop = Loop(
+        store,
+        executor,
+        SystemClock(),
+        cluster,
+        node_view(cluster, executor),
+        str(paths.state_dir),
+        forbidden=forbidden_paths(str(paths.state_dir), str(paths.socket)),
+        safety_interval=float(os.environ.get("MLQ_SCHEDULE_INTERVAL", "5")),
+    )
     daemon = Daemon(store, cluster.admin_group)
     daemon.forbidden = loop.forbidden
     daemon.nodes = lambda: [loop.node.snapshot_node()]
     daemon.loop = loop
+    daemon.executor = executor
     daemon.on_change = loop.ask
     daemon.stop_running = loop.cancel_running
     app = build_app(daemon)
@@ -155,39 +164,20 @@ def serve(paths: ServerPaths, log_level: str = "warning") -> None:
         server.run()
     finally:
         loop.stop()  # running jobs keep running under their supervisors
-        _release_cgroups(wait=not loop.handles)
+        executor.close()  # and mlq's idle parent cgroups go
         store.close()
         os.close(lock_fd)
 
 
-def _release_cgroups(wait: bool) -> None:
-    """Remove mlq's parent cgroups if no job is left under them. With no job running,
-    give the supervisors of jobs that just ended a moment to remove their cgroups."""
-    import time
-
-    from mlq.executor.cgroups import parents, release_parents
-
-    deadline = time.monotonic() + (2.0 if wait else 0.0)
-    while True:
-        release_parents()
-        left = parents()
-        if not left or time.monotonic() >= deadline:
-            if left:
-                log.info("kept cgroups still in use: %s", " ".join(left))
-            return
-        time.sleep(0.05)
-
-
-def discover_node(cluster: ClusterConfig) -> NodeView:
-    """This node: CPUs and memory from the config (or the machine), GPUs from NVML
-    (or the config's declared list, never both)."""
-    from mlq.executor.gpus import discover
-
-    gpus = discover(cluster.node)
+def node_view(cluster: ClusterConfig, executor: LocalExecutor) -> NodeView:
+    """This node: CPUs and memory from the config (or the machine), GPUs from the
+    executor (NVML, or the config's declared list, never both)."""
+    gpus = executor.inventory()
     log.info("node %s: %s", cluster.node.name, gpus.summary())
     return NodeView(
         name=cluster.node.name,
         cpus=cluster.node.cpu_millicores(),
         memory=cluster.node.memory_bytes(),
         gpus=gpus,
+        schedulable=cluster.node.schedulable,
     )

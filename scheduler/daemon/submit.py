@@ -15,6 +15,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from mlq.executor.asuser import HostUser, reachable_as
+from mlq.executor.request import CPU_PERIOD_US
+from mlq.executor.units import format_size
 from mlq.scheduler import grants, states
 from mlq.scheduler.daemon.auth import Caller, require_submit
 from mlq.scheduler.errors import InvalidInput, Refused
@@ -23,14 +25,13 @@ from mlq.scheduler.reasons import never_fits
 from mlq.scheduler.snapshot import MigRequest, Node, PendingJob
 from mlq.scheduler.spec import JobSpec, parse_array, parse_spec, resolve
 from mlq.scheduler.store import Store
-from mlq.scheduler.units import format_size
 
 
 def cgroup_limits(spec: JobSpec) -> dict[str, Any]:
     """The resolved limits in cgroup v2 terms, as ``--dry-run`` shows them."""
     r = spec.resources
     assert r.cpus is not None and r.memory is not None and r.memory_high is not None
-    period = 100_000
+    period = CPU_PERIOD_US
     return {
         "memory.max": r.memory,
         "memory.high": r.memory_high,

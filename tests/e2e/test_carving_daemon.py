@@ -20,23 +20,15 @@ import pytest
 from daemon_helpers import Daemon
 from mlq.cli.client import Client
 from mlq.executor import fakenvml, gpus
+from mlq.executor.yamlfile import load_yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "executor"))
 from exec_helpers import leftovers  # noqa: E402
 
 TERMINAL = {"COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED", "PREEMPTED"}
-INVENTORY = {
-    "node": "carve-node",
-    "gpus": [
-        {"index": 0, "name": "NVIDIA H100 80GB HBM3"},
-        {
-            "index": 1,
-            "name": "NVIDIA H100 80GB HBM3",
-            "mig": "enabled",
-            "slices": [{"profile": "3g.40gb", "start": 0, "gi": 2}],
-        },
-    ],
-}
+INVENTORY = load_yaml(
+    Path(__file__).resolve().parents[2] / "configs" / "gpus" / "h100-2-carve.yaml"
+)
 # what the job sees: its NVIDIA device nodes and variables, then it waits for the gate
 LOOK = (
     "for d in $(find /dev -name 'nvidia*' | sort); do [ -c $d ] && echo $d; done;"

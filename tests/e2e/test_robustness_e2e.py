@@ -22,7 +22,7 @@ def test_a_job_cancelled_right_after_submit_never_runs(make_daemon, unix_users):
     alice = unix_users["alice"]
     client = d.client()
     path = d.job_file("quick.yaml", QUICK)
-    from mlq.scheduler.yamlfile import load_yaml
+    from mlq.executor.yamlfile import load_yaml
 
     spec = load_yaml(path)
     ids = []

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from exec_helpers import finish
 from mlq.executor import LaunchRequest, Outcome, start
+from mlq.executor.rundir import checkpoint_dir
 from mlq.scheduler.cluster import DEFAULT_CLASSES
-from mlq.scheduler.launch import build_launch_request, checkpoint_dir
+from mlq.scheduler.launch import build_launch_request
 from mlq.scheduler.spec import parse_spec, resolve
 
 JOB = {

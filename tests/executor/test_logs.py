@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from exec_helpers import finish, leftovers, request, run
 from mlq.executor import Outcome, User, adopt, poll, start, stats, wait
-from mlq.scheduler.daemon.logs import read_stream
+from mlq.executor.rundir import read_stream
 
 PY = sys.executable  # runs on the host image, with the venv
 MIB = 2**20

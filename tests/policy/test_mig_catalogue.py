@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from mlq.scheduler import mig
+from mlq.executor import mig
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from mlq.scheduler import mig
+from mlq.executor import mig
 from mlq.scheduler.policy import decide
 from mlq.scheduler.quota import mig_share
 

@@ -1,7 +1,7 @@
 """Quantities as users write them: sizes, CPUs, durations."""
 
 import pytest
-from mlq.scheduler.units import format_size, parse_cpus, parse_duration, parse_size
+from mlq.executor.units import format_size, parse_cpus, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

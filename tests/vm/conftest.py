@@ -29,7 +29,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if any(item.path == TEST_FILE for item in session.items):
         from mlq.executor import helper
 
-        helper.path()  # built here first: the guest runs the same binary
+        helper.path()  # found (built by scripts/install-venv): the guest runs the same binary
         _started.append(guest.Guest(os.environ.get("MLQ_VM_TESTS", boot.DEFAULT_ARGS)))
 
 

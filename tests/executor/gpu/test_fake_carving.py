@@ -14,20 +14,10 @@ import pynvml
 import pytest
 from mlq.executor import fakenvml
 from mlq.executor.fakenvml import FakeNvml, cap_minor, parse_inventory
+from mlq.executor.yamlfile import load_yaml
 
 # GPU 0 whole; GPU 1 in MIG mode with one 3g.40gb at start 0 (GI 2): starts 4-7 are free.
-SMALL = {
-    "node": "carve-node",
-    "gpus": [
-        {"index": 0, "name": "NVIDIA H100 80GB HBM3"},
-        {
-            "index": 1,
-            "name": "NVIDIA H100 80GB HBM3",
-            "mig": "enabled",
-            "slices": [{"profile": "3g.40gb", "start": 0, "gi": 2}],
-        },
-    ],
-}
+SMALL = load_yaml(Path(__file__).resolve().parents[3] / "configs" / "gpus" / "h100-2-carve.yaml")
 PROFILE_2G = pynvml.NVML_GPU_INSTANCE_PROFILE_2_SLICE  # the index asked; 14 is its ID
 
 

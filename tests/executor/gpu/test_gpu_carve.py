@@ -13,21 +13,11 @@ import pytest
 from mlq.executor import fakenvml, gpus
 from mlq.executor.fakenvml import FakeNvml
 from mlq.executor.gpus import CarveFailed, DestroyFailed
+from mlq.executor.yamlfile import load_yaml
 from mlq.scheduler.cluster import GpuDecl, MigSlice, NodeConfig
 from mlq.scheduler.errors import Conflict
 
-SMALL = {
-    "node": "carve-node",
-    "gpus": [
-        {"index": 0, "name": "NVIDIA H100 80GB HBM3"},
-        {
-            "index": 1,
-            "name": "NVIDIA H100 80GB HBM3",
-            "mig": "enabled",
-            "slices": [{"profile": "3g.40gb", "start": 0, "gi": 2}],
-        },
-    ],
-}
+SMALL = load_yaml(Path(__file__).resolve().parents[3] / "configs" / "gpus" / "h100-2-carve.yaml")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pynvml
 import pytest
 from mlq.executor import gpus, nvml
 from mlq.executor.fakenvml import FakeNvml, load_inventory
+from mlq.executor.gpus import GpuShape
 from mlq.scheduler.cluster import ClusterConfig, GpuDecl, MigSlice, NodeConfig
 
 H100_GPU_UUID = "GPU-6d3f6c2a-0c1e-4b7e-9f4e-00000000000{}"
@@ -57,17 +58,11 @@ def test_an_h100_node_with_two_mig_gpus_is_discovered_as_it_is(fake_node):
 
 def test_the_scheduler_gets_the_discovered_gpus_in_its_declared_shape(fake_node):
     fake_node("h100-8-mig")
-    decls = gpus.discover().to_decls()
+    decls = gpus.discover().shapes()
 
-    assert decls == [GpuDecl(index=i, model="H100-80GB", mig=None) for i in range(6)] + [
-        GpuDecl(
-            index=6,
-            model="H100-80GB",
-            mig=[MigSlice(profile="3g.40gb", start=0), MigSlice(profile="3g.40gb", start=4)],
-        ),
-        GpuDecl(
-            index=7, model="H100-80GB", mig=[MigSlice(profile="1g.10gb", start=s) for s in range(7)]
-        ),
+    assert decls == [GpuShape(i, "H100-80GB", None) for i in range(6)] + [
+        GpuShape(6, "H100-80GB", (("3g.40gb", 0), ("3g.40gb", 4))),
+        GpuShape(7, "H100-80GB", tuple(("1g.10gb", s) for s in range(7))),
     ]
 
 
@@ -103,7 +98,7 @@ def test_a_node_without_nvml_reports_no_gpus_and_says_why_in_one_line(
     with caplog.at_level(logging.INFO, logger="mlq.gpus"):
         node = gpus.discover(ClusterConfig())
 
-    assert node.gpus == () and node.to_decls() == []
+    assert node.gpus == () and node.shapes() == []
     assert "libnvidia-ml.so.1 not found" in node.reason
     lines = [r for r in caplog.records if r.name == "mlq.gpus"]
     assert [r.levelname for r in lines] == ["WARNING"]
@@ -146,7 +141,12 @@ def test_declared_gpus_are_used_only_when_declared_and_nvml_is_not_asked(invento
 
     assert lib.calls == []
     assert node.source == "declared"
-    assert node.to_decls() == config.declared_gpus
+    assert node.shapes() == [
+        GpuShape(
+            d.index, d.model, None if d.mig is None else tuple((m.profile, m.start) for m in d.mig)
+        )
+        for d in config.declared_gpus
+    ]
     assert gpus.discover(config, lib=lib).gpus == node.gpus  # stable made-up UUIDs
     # Discovery, by contrast, sees only what NVML has: the H100s, none of the A100s.
     found = gpus.discover(NodeConfig(name="sim"), lib=lib)
@@ -161,9 +161,9 @@ def test_an_uncatalogued_model_is_reported_with_its_raw_name_not_guessed(fake_no
     assert (nvl.name, nvl.model, l4.name, l4.model) == ("NVIDIA H100 NVL", None, "NVIDIA L4", None)
     assert not l4.mig_supported and not l4.mig_enabled
     assert [(m.profile, m.profile_id, m.start) for m in nvl.mig] == [("1g.12gb", 19, 0)]
-    assert node.to_decls() == [
-        GpuDecl(index=0, model="NVIDIA H100 NVL", mig=[]),
-        GpuDecl(index=1, model="NVIDIA L4", mig=None),
+    assert node.shapes() == [
+        GpuShape(0, "NVIDIA H100 NVL", mig=()),
+        GpuShape(1, "NVIDIA L4", mig=None),
     ]
     assert node.problems == (
         'GPU 0: model "NVIDIA H100 NVL" is not in the MIG catalogue (A100-40GB, A100-80GB, '
@@ -188,10 +188,10 @@ def test_sparse_mig_slots_minors_apart_from_indices_and_split_instances(fake_nod
     ]
     # mig-minors is keyed by the GPU's minor (gpu0/...), not its NVML index 1.
     assert g1.mig[0].gi_cap_minor == 3 + 3 * 9
-    assert node.to_decls()[1] == GpuDecl(
+    assert node.shapes()[1] == GpuShape(
         index=1,
         model="A100-40GB",
-        mig=[MigSlice(profile="2g.10gb", start=0), MigSlice(profile="1g.5gb", start=2)],
+        mig=(("2g.10gb", 0), ("1g.5gb", 2)),
     )
     assert [p for p in node.problems if "not offered" in p] == [
         f"GPU 1: MIG device {g1.mig[2].uuid} is compute instance 0 of GI 2 (1c.3g.20gb, 1 of 3 "
@@ -210,7 +210,7 @@ def test_without_root_mig_placements_are_unreadable_and_the_slices_are_not_offer
     node = gpus.discover(lib=FakeNvml(inv))
 
     assert len(node.gpus) == 8 and node.gpus[7].mig == ()
-    assert node.to_decls()[7] == GpuDecl(index=7, model="H100-80GB", mig=[])
+    assert node.shapes()[7] == GpuShape(7, "H100-80GB", mig=())
     assert len(node.problems) == 9
     assert node.problems[0] == (
         "GPU 6: MIG device MIG-0f6a1c3e-6a3b-5a8e-8d64-060000000001 (GI 1) left out: reading "
@@ -238,7 +238,7 @@ def test_without_mig_minors_the_slices_get_no_device_nodes_and_are_not_offered(
     node = gpus.discover()
 
     assert node.gpus[7].mig[0].gi_cap_minor is None
-    assert node.to_decls()[6].mig == [] and node.to_decls()[7].mig == []
+    assert node.shapes()[6].mig == () and node.shapes()[7].mig == ()
     assert node.problems == (
         f"cannot read {tmp_path / 'absent'}: No such file or directory; MIG slices get no device "
         "nodes and are not offered",

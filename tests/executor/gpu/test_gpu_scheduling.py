@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from mlq.executor import gpus
 from mlq.scheduler.cluster import DEFAULT_CLASSES
+from mlq.scheduler.daemon.view import NodeView
 from mlq.scheduler.policy import decide
 from mlq.scheduler.snapshot import (
-    Gpu,
     MigRequest,
     MigSlot,
     Node,
@@ -19,20 +19,8 @@ from mlq.scheduler.snapshot import (
 
 
 def snapshot_node(node: gpus.NodeGpus) -> Node:
-    """What the daemon does at start: discovered GPUs in the policy's shape."""
-    return Node(
-        name="n1",
-        cpus=64_000,
-        memory=512 * 2**30,
-        gpus=tuple(
-            Gpu(
-                d.index,
-                d.model,
-                None if d.mig is None else tuple((s.profile, s.start) for s in d.mig),
-            )
-            for d in node.to_decls()
-        ),
-    )
+    """What the daemon does: discovered GPUs in the policy's shape, through its own view."""
+    return NodeView("n1", 64_000, 512 * 2**30, node).snapshot_node()
 
 
 def test_a_mig_job_is_placed_on_a_free_discovered_slice_and_wired_to_it(fake_node):

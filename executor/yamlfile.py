@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlq.scheduler.errors import InvalidInput
+from mlq.executor.errors import InvalidInput
 
 # libyaml's loader when the wheel has it: several times faster on big files
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -1,20 +1,22 @@
-"""Images prepared off the scheduling thread: one user's 40 GB tarball never delays
+"""Images prepared off the caller's thread: one user's 40 GB tarball never delays
 another user's job.
 
-Hashing and unpacking a layer can take minutes. The loop asks ``check`` for each
-pending job's image once per pass (a few small reads: ``images.is_ready``); an
-image not in the layer cache yet is unpacked by a small pool of worker threads,
-as the job's submitter (the executor opens every file of it with their
-credentials), while the job waits with the reason ``ImagePending``. When a worker
-finishes it asks the loop for a pass; a failure (unreadable, unsafe entry, bad
-layout) is the job's, and it ends FAILED with that reason.
+Hashing and unpacking a layer can take minutes. The control loop asks ``check``
+for each pending job's image once per pass (a few small reads:
+``images.is_ready``); an image not in the layer cache yet is unpacked by a small
+pool of worker threads, as the job's submitter (every file of it is opened with
+their credentials), while the job waits with the reason ``ImagePending``. A worker
+that finishes makes ``fd`` readable, so a loop that waits on the executor's
+descriptors wakes; a failure (unreadable, unsafe entry, bad layout) is the job's,
+and it ends FAILED with that reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -41,9 +43,9 @@ READY = Verdict(True)
 class ImagePrep:
     """Which images are ready, which are being unpacked, which failed."""
 
-    def __init__(self, state_dir: str, on_done: Callable[[str], None]) -> None:
+    def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
-        self.on_done = on_done
+        self._done_r, self._done_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="mlq-image")
         self._lock = threading.Lock()
         self._busy: set[tuple[str, HostUser]] = set()
@@ -52,6 +54,9 @@ class ImagePrep:
     def check(self, image: str, user: HostUser) -> Verdict:
         """Ready to launch, being prepared (started here if need be), or failed."""
         key = (image, user)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._done_r, 4096):
+                pass
         with self._lock:
             if key in self._busy:
                 return Verdict(False)
@@ -77,7 +82,13 @@ class ImagePrep:
         finally:
             with self._lock:
                 self._busy.discard(key)
-            self.on_done("image")
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._done_w, b"x")
+
+    @property
+    def fd(self) -> int:
+        """Readable when an image finished (drained by ``check``)."""
+        return self._done_r
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

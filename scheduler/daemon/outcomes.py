@@ -1,0 +1,89 @@
+"""How a run ended, as the job's next state and the reason a person reads.
+
+The executor reports an ``Outcome`` (COMPLETED, FAILED, OUT_OF_MEMORY, TIMEOUT,
+STOPPED) with its exit code, signal and counters; why mlq stopped it (a
+``StopCause``) is the control loop's. This module turns the two into the store's
+steps; every user-facing sentence about a job's end is written here, once.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from mlq.executor.status import Outcome, Status
+from mlq.executor.units import format_size
+from mlq.scheduler import states
+from mlq.scheduler.spec import JobSpec
+
+Step = tuple[str, str, dict[str, Any]]
+
+
+class StopCause(StrEnum):
+    """Why mlq stopped a running job (the ``stop_cause`` column)."""
+
+    PREEMPT = "preempt"
+    CANCEL = "cancel"
+
+
+def how(status: Status) -> str:
+    """``signal SIGKILL`` or ``exit code 3``."""
+    return f"signal {status.signal}" if status.signal else f"exit code {status.exit_code}"
+
+
+def ended(job: Any, spec: JobSpec, status: Status, now: float) -> list[Step]:
+    """The store steps for a run that ended (PREEMPTED then PENDING for a requeue)."""
+    outcome = Outcome(status.state)
+    oom_kills = int(status.oom_kills or 0)
+    fields: dict[str, Any] = {
+        "ended_at": now,
+        "exit_code": status.exit_code,
+        "signal": status.signal,
+        "max_memory": status.max_memory_bytes or None,
+        "oom_kills": oom_kills,
+    }
+    ending = how(status)
+    # Slurm's rule: a run whose cgroup saw the kernel kill for memory ended
+    # OUT_OF_MEMORY, whatever its exit code (a parent that survived its children's
+    # OOM kills and exited 0 still lost work to them)
+    if oom_kills and outcome in (Outcome.COMPLETED, Outcome.FAILED):
+        outcome = Outcome.OUT_OF_MEMORY
+    if job.stop_cause == StopCause.PREEMPT:
+        steps: list[Step] = [
+            (states.PREEMPTED, f"Preempted for job {job.stop_for} ({ending})", fields)
+        ]
+        if spec.preemption.requeue:
+            requeue = {
+                "restart_count": job.restart_count + 1,
+                "node": None,
+                "devices": None,
+                "cgroup": None,
+                "stop_cause": None,
+                "stop_for": None,
+                "ended_at": None,
+            }
+            why = f"Requeued after preemption (restart {job.restart_count + 1})"
+            steps.append((states.PENDING, why, requeue))
+        return steps
+    if job.stop_cause == StopCause.CANCEL:
+        return [(states.CANCELLED, f"{job.reason} ({ending})", fields)]
+    if outcome == Outcome.OUT_OF_MEMORY:
+        limit = format_size(spec.resources.memory or 0)
+        kills = "1 process" if oom_kills <= 1 else f"{oom_kills} processes"
+        reason = (
+            f"killed by the kernel for memory: it used more than its limit of {limit} "
+            f"(resources.memory; {kills} killed, {ending}); raise resources.memory or use less"
+        )
+        return [(states.OUT_OF_MEMORY, reason, fields)]
+    if outcome == Outcome.TIMEOUT:
+        reason = f"ran past its time limit of {spec.time_limit}s and was stopped ({ending})"
+        return [(states.TIMEOUT, reason, fields)]
+    if outcome == Outcome.COMPLETED:
+        return [(states.COMPLETED, "exit code 0", fields)]
+    if outcome == Outcome.STOPPED:
+        return [(states.CANCELLED, f"stopped outside mlq ({ending})", fields)]
+    return [(states.FAILED, status.error or ending, fields)]
+
+
+def could_not_start(why: str) -> str:
+    return f"could not start: {why}"

@@ -1,0 +1,127 @@
+"""What the policy sees of the store: the daemon's snapshot of one pass.
+
+Active jobs (rows and their specs) become the policy's PendingJob and RunningJob
+through ``scheduler/build.py``, the node through its ``NodeView``. A pending job
+whose image is not unpacked yet is left out (the executor prepares it meanwhile)
+and gets its reason here; one whose image cannot be used is reported to fail.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlq.executor.asuser import HostUser, supplementary_groups
+from mlq.executor.interface import Executor
+from mlq.scheduler import build, states
+from mlq.scheduler.daemon.specs import SpecCache
+from mlq.scheduler.snapshot import Gpu, Node, Reason, ReasonCode, Snapshot, Team, rules_from_classes
+from mlq.scheduler.store import Store
+
+
+@dataclass
+class NodeView:
+    """This node as the loop sees it: capacity from the config, GPUs from the executor."""
+
+    name: str
+    cpus: int
+    memory: int
+    gpus: Any  # mlq.executor.gpus.NodeGpus
+    can_carve: bool = True  # may carve MIG slices now (scheduler/daemon/carving.py)
+    schedulable: bool = True  # false: cordoned, offered nothing new
+
+    def snapshot_node(self) -> Node:
+        return Node(
+            name=self.name,
+            cpus=self.cpus,
+            memory=self.memory,
+            can_carve=self.can_carve,
+            gpus=tuple(Gpu(g.index, g.model, g.mig) for g in self.gpus.shapes()),
+        )
+
+
+@dataclass
+class View:
+    """One pass's snapshot, the rows behind it, and the pending jobs it left out."""
+
+    snapshot: Snapshot
+    jobs: dict[int, Any]
+    waiting: dict[int, str] = field(default_factory=dict)  # job -> reason (its image)
+
+
+def view(
+    store: Store,
+    executor: Executor,
+    specs: SpecCache,
+    node: NodeView,
+    active: list[Any],
+    deps: dict[int, str],
+    now: float,
+    image_failed: Callable[[Any, str], None],
+) -> View:
+    classes = {c.name: c for c in store.classes()}
+    running, pending = [], []
+    waiting: dict[int, str] = {}
+    checked: dict[tuple[str, int, int], Any] = {}
+    for j in active:
+        spec = specs.of(j)
+        defaults = classes[j.priority_class].defaults if j.priority_class in classes else None
+        if j.state == states.PENDING:
+            if spec.image != "host" and not j.held:
+                key = (spec.image, j.uid, j.gid)
+                verdict = checked.get(key)
+                if verdict is None:
+                    user = HostUser(j.uid, j.gid, supplementary_groups(j.uid, j.gid))
+                    verdict = checked[key] = executor.image(spec.image, user)
+                if verdict.error is not None:
+                    image_failed(j, verdict.error)
+                    continue
+                if verdict.waiting:
+                    waiting[j.id] = Reason(ReasonCode.IMAGE_PENDING, spec.image)
+                    continue
+            blocked = j.depends_on != "[]" and any(
+                deps.get(d) != states.COMPLETED for d in json.loads(j.depends_on)
+            )
+            pending.append(
+                build.pending(
+                    j.id,
+                    j.team,
+                    j.priority_class,
+                    spec.resources,
+                    defaults or spec.resources,
+                    time_limit=spec.time_limit,
+                    submitted_at=j.submitted_at,
+                    blocked_by_dependency=blocked,
+                    held=j.held,
+                )
+            )
+        else:
+            held_gpus, slots = build.held_slices(json.loads(j.devices) if j.devices else {})
+            running.append(
+                build.running(
+                    j.id,
+                    j.team,
+                    j.priority_class,
+                    spec.resources,
+                    defaults or spec.resources,
+                    node=j.node or node.name,
+                    gpus=held_gpus,
+                    mig=slots,
+                    time_limit=spec.time_limit,
+                    started_at=j.started_at or now,
+                    checkpoint_at=j.checkpoint_at,
+                    stopping_for=j.stop_for if j.state == states.STOPPING else None,
+                )
+            )
+    snap = Snapshot(
+        now=now,
+        # a cordoned node holds its running jobs but is offered nothing new
+        nodes=(node.snapshot_node(),) if node.schedulable else (),
+        running=tuple(running),
+        pending=tuple(pending),
+        teams=tuple(Team(t.name, t.guarantee, t.limit) for t in store.teams()),
+        classes=rules_from_classes(store.classes()),
+    )
+    return View(snap, {j.id: j for j in active}, waiting)
