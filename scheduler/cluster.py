@@ -87,6 +87,8 @@ class PriorityClass(Strict):
     preempts: list[str] = []
     preemptible: bool = True
     min_run_time: Seconds = 0
+    # the order of the class's queue inside each team: docs/scheduling.md "Order"
+    order: Literal["fifo", "short-first"] = "short-first"
     defaults: ClassDefaults = ClassDefaults()
     # the newest bytes of each of a run's stdout and stderr that are kept (older
     # output is dropped, and mlq logs says how much)

@@ -100,7 +100,15 @@ def _v4(conn: Connection) -> None:
         conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON jobs ({cols})"))
 
 
-STEPS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+def _v5(conn: Connection) -> None:
+    """A queue order per class (docs/scheduling.md "Order"): each class a database
+    already has gets short-first, the default, as a class of the cluster config does
+    that names none (``mlq class set NAME --order fifo`` restores the order of schema
+    4). "order" is an SQL keyword: the column is queue_order."""
+    _add_columns(conn, "priority_classes", {"queue_order": "TEXT NOT NULL DEFAULT 'short-first'"})
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
 SCHEMA_VERSION = max(STEPS)
 
 

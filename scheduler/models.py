@@ -174,6 +174,11 @@ class PriorityClassRow(SQLModel, table=True):
     default_memory: int = int64(nullable=False)
     default_time_limit: int | None = int64()
     log_limit: int | None = int64()  # schema 4: bytes kept per output stream
+    # schema 5: the class's queue order in each team, "fifo" | "short-first" ("order"
+    # is an SQL keyword); the server default is the one the migration gives old rows
+    queue_order: str = Field(
+        "short-first", sa_column=Column(Text, nullable=False, server_default="short-first")
+    )
 
 
 class GrantRow(SQLModel, table=True):

@@ -47,6 +47,28 @@ HELD, DEPENDENCY, PRIORITY, RESOURCES = (
 )
 # A snapshot without classes gets the cluster config's default classes (one home)
 DEFAULT_RULES = rules_from_classes(DEFAULT_CLASSES)
+# The "short-first" order: a job's place in its class's queue is its submission time
+# plus LIMIT_WEIGHT seconds per second of its time limit (NO_LIMIT_S without one), so a
+# shorter job goes before an older, longer one, and every job gains on newer ones as it
+# waits (no starvation: docs/scheduling.md "Order").
+LIMIT_WEIGHT = 8.0
+NO_LIMIT_S = 7 * 86400
+
+
+def _short_first(j: PendingJob) -> float:
+    limit = j.time_limit if j.time_limit is not None else NO_LIMIT_S
+    return j.submitted_at + LIMIT_WEIGHT * limit
+
+
+def queue_key(rule: PriorityRule, j: PendingJob) -> tuple:
+    """Where ``j`` stands in its team's queue (smaller first): what order() sorts by."""
+    return (
+        -rule.value,
+        _short_first(j) if rule.order == "short-first" else j.submitted_at,
+        id_key(j.id),
+    )
+
+
 # Once a victim set of one job is found, look at this many more candidate nodes for a
 # cheaper one before settling (bounds the search on large clusters; see the docs).
 PREEMPT_LOOKAHEAD = 4
@@ -95,9 +117,21 @@ class _Pass:
         # that may still be victims: a cheap bound on what preemption could free there
         self.victim_gpus: list[dict[tuple[str, str, bool], int]] = [{} for _ in self.room.nodes]
         self.uncovered: set[str] = set()  # teams running jobs their guarantee does not cover
+        # (class, team) -> devices of its jobs that may still be victims, all and those
+        # its guarantee covers: built when a search first asks (victim_totals)
+        self.class_victims: dict[tuple[str, str], list[int]] | None = None
+        # team -> its quota reservation [shadow time, usage then, the head's demand], or
+        # None when its head can never fit; set by the team's first job in queue order
+        # that its quota could not take when the pass began (see quota_reservation)
+        self.team_heads: dict[str, list | None] = {}
+        self.team_added: dict[str, list[tuple[float, quota.Demand]]] = {}  # this pass's starts
+        self.team_jobs: dict[str, list[tuple]] = {}  # team -> (running job, its shape)
         self._charge_running(snap.running)
         for t in self.usage:
             self.charge(t, ())
+        self.start_usage = {t: dict(u) for t, u in self.usage.items()}
+        self.team_limits = any(t.limit for t in snap.teams)
+        self.over_at_start: dict[tuple[str, Request], bool] = {}
         self.room.index_all()
 
     # -- step 1: what is held ---------------------------------------------------------
@@ -168,6 +202,7 @@ class _Pass:
         rules = self.rules
         jobs_on = self.jobs_on
         victim_gpus = self.victim_gpus
+        team_jobs = self.team_jobs
         hold = self.room.hold
         for r in running:
             n = by_name.get(r.node)
@@ -189,6 +224,10 @@ class _Pass:
             n.free_cpu -= r.cpus
             n.free_mem -= r.memory
             jobs_on[n.i].append(r)
+            mine = team_jobs.get(r.team)
+            if mine is None:
+                mine = team_jobs[r.team] = []
+            mine.append((r, shape))
             got = totals.get(shape)
             if got is None:
                 cover = self._demand(shape)[1]
@@ -315,7 +354,9 @@ class _Pass:
         A team's key is (-class value, share, submitted, id, team); all but the share are
         the job's own, so each job's part is built once, and the merge only looks up the
         share (cached until the team's usage changes) when the team's head changes."""
-        value = {c: -self.rule(c).value for c in {j.priority_class for j in pending}}
+        classes = {j.priority_class for j in pending}
+        value = {c: -self.rule(c).value for c in classes}
+        short = {c for c in classes if self.rule(c).order == "short-first"}
         # ids of one type compare as they are; a mix of ints and strings needs id_key
         plain = all(isinstance(j.id, int) for j in pending) or all(
             isinstance(j.id, str) for j in pending
@@ -325,8 +366,14 @@ class _Pass:
         # would otherwise cost more than the merge itself
         by_team: dict[str, list[tuple]] = {}
         for k, j in enumerate(pending):  # k: a tie on every field keeps the input order
+            c = j.priority_class
             by_team.setdefault(j.team, []).append(
-                (value[j.priority_class], j.submitted_at, j.id if plain else id_key(j.id), k)
+                (
+                    value[c],
+                    _short_first(j) if c in short else j.submitted_at,
+                    j.id if plain else id_key(j.id),
+                    k,
+                )
             )
         queues: dict[str, list[tuple]] = {}
         for t, recs in by_team.items():
@@ -375,6 +422,8 @@ class _Pass:
                 ):
                     reasons[j.id] = got[0]
                     continue
+            if self.team_limits:
+                self.note_head(j)
             if not j.held and not j.blocked_by_dependency and self.defers(j):
                 later.append(j)
                 later_keys.append(key)
@@ -445,6 +494,16 @@ class _Pass:
             if allowed is None:
                 allowed = cache[req] = self.within_limit(j.team, usage, demands, team.limit)
 
+        # the team's quota reservation (note_head): later jobs must not delay its head
+        if allowed and self.team_heads:
+            held = self.team_heads.get(j.team)
+            if (
+                held is not None
+                and held[3] != j.id
+                and not self.leaves_quota(j, held, allowed, team)
+            ):
+                return PRIORITY
+
         # backfill: after the first job blocked on Resources, a job must not delay it
         avoid = -1
         if self.head is not None:
@@ -458,7 +517,23 @@ class _Pass:
         if not allowed:
             first = next(iter(demands.values()))
             key, used, limit = quota.over_limit(usage, first, team.limit)  # type: ignore[misc]
-            vs = self.preempt(j, rule, req, list(demands), usage, avoid, already, own_team=True)
+            held = self.team_heads.get(j.team) if self.team_heads else None
+            if (
+                held is not None
+                and held[3] != j.id
+                and not self.leaves_quota(j, held, demands, team)
+            ):
+                # it could not take the quota its victims would free: preempting for it
+                # would only let another job of its team take the room back
+                return quota.quota_reason(j.team, key, used, limit)
+            models_all = list(demands)
+            vs = self.preempt(j, rule, req, models_all, usage, avoid, already, own_team=True)
+            if vs is None and self.may_end_within(j, rule, first):
+                # its own lower-class jobs inside the guarantee, if with them gone the
+                # team is within its guarantee (so at its limit when the two are equal)
+                vs = self.preempt(
+                    j, rule, req, models_all, usage, avoid, already, True, within=True
+                )
             if vs is not None:
                 return self.commit_preemption(j, req, vs)
             return quota.quota_reason(j.team, key, used, limit)
@@ -473,9 +548,10 @@ class _Pass:
         if placed is not None:
             self.commit_start(j, req, placed, allowed)
             return None
+        first_allowed = next(iter(allowed.values()))
         if already:
             reclaim = bool(team.guarantee) and quota.within_guarantee(
-                usage, next(iter(allowed.values())), team.guarantee
+                usage, first_allowed, team.guarantee
             )
         else:
             reclaim = not self.would_borrow(j)
@@ -483,6 +559,12 @@ class _Pass:
             vs = self.preempt(
                 j, rule, req, models, usage, avoid, already, own_team=False, reclaim=reclaim
             )
+            if vs is None and not reclaim and self.may_end_within(j, rule, first_allowed):
+                # Kueue's attempt without borrowing: with its own victims gone the team
+                # may be back within its guarantee, and then it reclaims as well
+                vs = self.preempt(
+                    j, rule, req, models, usage, avoid, already, False, reclaim=True, within=True
+                )
             if vs is not None:
                 return self.commit_preemption(j, req, vs)
         if avoid >= 0 and fit_with_freed(self.room.nodes[avoid], req, models, [], [], 0, 0):
@@ -570,10 +652,79 @@ class _Pass:
             gpus = tuple(n.free[model][: req.gpus])
         self.room.hold(n, gpus, slots, req.cpus, req.memory)
         self.room.reindex(n, [s.gpu for s in slots] if slots else ())
-        self.charge(j.team, allowed[model if req.gpus else None])
+        demand = allowed[model if req.gpus else None]
+        self.charge(j.team, demand)
         end = self.now + j.time_limit if j.time_limit is not None else math.inf
         self.added.setdefault(n.i, []).append((end, gpus, slots, req.cpus, req.memory))
+        self.quota_taken(j, end, demand)
         self.starts.append(Start(j.id, n.name, gpus, slots))
+
+    # -- the team's quota reservation ------------------------------------------------------
+
+    def note_head(self, j: PendingJob) -> None:
+        """The first job in a team's queue order that its quota could not take when the
+        pass began holds the team's quota reservation: noted in the first round, where
+        the job stands in the order, even when it waits for the second."""
+        if j.team in self.team_heads or j.held or j.blocked_by_dependency:
+            return
+        team = self.teams.get(j.team) or self.team(j.team)
+        if not team.limit or (self.stopping and j.id in self.stopping):
+            return
+        req = self.requests.get(j.id) or self.request(j)
+        over = self.over_at_start.get((j.team, req))
+        demands = self.demands(j, req)
+        if over is None:
+            start = self.start_usage.get(j.team) or {}
+            over = self.over_at_start[(j.team, req)] = all(
+                quota.over_limit(start, d, team.limit) is not None for d in demands.values()
+            )
+        if over:
+            self.team_heads[j.team] = self.quota_reservation(j, demands, team)
+            self.team_version[j.team] = self.team_version.get(j.team, 0) + 1
+
+    def quota_reservation(self, j: PendingJob, demands: dict, team: Team) -> list | None:
+        """When the team's running jobs, ending by their time limits, leave room in its
+        limit for ``j``: [that time, the team's usage then, j's demand]; None if never."""
+        need = next(iter(demands.values()))
+        if quota.over_limit({}, need, team.limit) is not None:
+            return None  # larger than the limit itself: it must not hold anyone back
+        ends = list(self.team_added.get(j.team, ()))
+        for r, shape in self.team_jobs.get(j.team, ()):
+            if r.id in self.chosen_ids or r.stopping_for is not None:
+                end = self.now  # leaving already
+            elif r.time_limit is not None:
+                end = r.started_at + r.time_limit
+            else:
+                end = math.inf
+            ends.append((end, self._shapes[shape][0]))
+        usage = dict(self.team_usage(j.team))
+        for end, d in sorted(ends, key=lambda e: e[0]):
+            if end == math.inf:
+                break
+            quota.add(usage, d, -1)
+            if quota.over_limit(usage, need, team.limit) is None:
+                return [max(end, self.now), usage, need, j.id]
+        return None
+
+    def leaves_quota(self, j: PendingJob, held: list, allowed: dict, team: Team) -> bool:
+        """Whether ``j`` may take its team's free quota while the team's head waits: it
+        ends by the head's time, or the head still fits in the limit then beside it."""
+        shadow, then, need, _ = held
+        if j.time_limit is not None and self.now + j.time_limit <= shadow:
+            return True
+        usage = dict(then)
+        quota.add(usage, next(iter(allowed.values())))
+        return quota.over_limit(usage, need, team.limit) is None
+
+    def quota_taken(self, j: PendingJob, end: float, demand: quota.Demand) -> None:
+        """``j`` starts (or is promised room) in this pass, ending by ``end``."""
+        team = j.team
+        self.team_added.setdefault(team, []).append((end, demand))
+        held = self.team_heads.get(team) if self.team_heads else None
+        if held is not None and held[3] == j.id:
+            self.team_heads[team] = None  # the head itself got its room
+        elif held is not None and end > held[0]:
+            quota.add(held[1], demand)  # still running when the head's time comes
 
     # -- preemption ---------------------------------------------------------------------
 
@@ -588,8 +739,27 @@ class _Pass:
         already: list[Held],
         own_team: bool,
         reclaim: bool = False,
+        within: bool = False,
     ) -> VictimSet | None:
-        """The cheapest victim set on one node, or None."""
+        """The cheapest victim set on one node, or None.
+
+        Kueue's classical preemption, as if every team could borrow within the cohort.
+        ``own_team``: the job is over its team's limit and takes only its own team's
+        jobs. Else other teams' jobs join by class, or by ``reclaim`` (the job stays
+        within its guarantee: their borrowed jobs of any class); a preemptible job that
+        would borrow takes only other teams' borrowed jobs of classes it preempts.
+
+        Its own team's jobs of classes it preempts are candidates when the job ends
+        within its guarantee (``within``: the set must bring the team back inside it;
+        or it is inside already) or cannot be preempted. A job that still borrows takes
+        only those its team borrows: a job inside the guarantee, requeued, runs in the
+        first round and would take the room back (Order 3 in docs/scheduling.md).
+        Whoever's it is, a job taken because its team borrows must still be borrowed
+        with the victims chosen before it gone (Kueue's candidateIsValid)."""
+        # the job ends within its guarantee whatever it takes, or cannot be preempted
+        free_own = not rule.preemptible or within
+        if not free_own:
+            free_own = not self.would_borrow(j) if own_team else reclaim
         if reclaim and not own_team and not self.borrowers_besides(j.team):
             reclaim = False  # no other team holds a borrowed job: nothing to reclaim
         memo = (
@@ -597,53 +767,107 @@ class _Pass:
             tuple(models),
             avoid,
             rule.name,
-            j.team if (own_team or reclaim) else None,
+            # its own team's jobs are candidates unlike other teams' only when it ends
+            # within its guarantee and the team runs covered jobs it may preempt
+            j.team
+            if (
+                own_team
+                or reclaim
+                or within
+                or (free_own and rule.preemptible and self.own_candidates(j.team, rule))
+            )
+            else None,
             own_team,
+            # the within-guarantee test depends on the team's usage, which changes
+            self.team_version.get(j.team, 0) if within else -1,
         )
         if not already and memo in self.preempt_failed:
             return None
+        if own_team and not already and not self.runs_any(j.team, rule.preempts):
+            self.preempt_failed.add(memo)  # none of its team's jobs is of a class it takes
+            return None
         team = self.team(j.team)
         whole_models = [m for m in models if m is not None]
-        borrowing = own_team and rule.preemptible and self.would_borrow(j)
+        preemptible = rule.preemptible
+        preempts = rule.preempts
 
         def eligible(h: Held) -> bool:
             if h.chosen or h.job.stopping_for is not None or not h.rule.preemptible:
                 return False
             if self.now - h.job.started_at < h.rule.min_run_time:
                 return False
+            if h.job.team == j.team:
+                return h.rule.name in preempts and (free_own or self.borrowed(h))
             if own_team:
-                if h.job.team != j.team or h.rule.name not in rule.preempts:
-                    return False
-                return not rule.preemptible or not borrowing or self.borrowed(h)
-            if h.rule.name in rule.preempts:
+                return False
+            if h.rule.name in preempts:
                 # a preemptible job that would borrow takes only jobs that borrow too: a
                 # job within its team's guarantee would come straight back for the room
-                if rule.preemptible and not reclaim:
+                if preemptible and not reclaim:
                     return self.borrowed(h)
                 return True
-            return reclaim and h.job.team != j.team and self.borrowed(h)
+            return reclaim and self.borrowed(h)
+
+        def lends(h: Held, chosen: list[Held]) -> bool:
+            """Whether a candidate taken because its team borrows still is borrowed with
+            the victims chosen so far (and those already stopping for ``j``) gone."""
+            if h.cover is None:
+                return True
+            t = h.job.team
+            if t == j.team:
+                if free_own:
+                    return True
+            elif h.rule.name in preempts and (reclaim or not preemptible):
+                return True  # taken by class, borrowed or not
+            gone = [c for c in chosen if c.job.team == t]
+            if already:
+                gone += [c for c in already if c.job.team == t]
+            if not gone:
+                return True  # eligible() found it borrowed on the team's usage
+            u = self.usage.get(t) or {}
+            g = self.team(t).guarantee
+            for k in h.cover:
+                left = u.get(k, 0.0)
+                for c in gone:
+                    for key, amount in c.demand:
+                        if key == k:
+                            left -= amount
+                if left > g[k] + 1e-9:
+                    return True
+            return False
 
         def quota_ok(chosen: list[Held], model: str | None) -> bool:
-            if not own_team:
-                return True
+            """With the chosen victims of its team gone, the job keeps its team within
+            its guarantee (``within``) and its limit (``own_team``)."""
             u = dict(usage)
             for h in chosen:
-                quota.add(u, h.demand, -1)
+                if h.job.team == j.team:
+                    quota.add(u, h.demand, -1)
             d = self.demands(j, req)
             demand = d.get(model) if model in d else next(iter(d.values()))
-            return quota.over_limit(u, demand, team.limit) is None
+            if within and not quota.within_guarantee(u, demand, team.guarantee):
+                return False
+            return not own_team or quota.over_limit(u, demand, team.limit) is None
 
         def may_free(key: tuple[str, str, bool]) -> bool:
             """Could jobs counted under this key be victims (an upper bound)?"""
             cls, t, covered = key
             if not self.rule(cls).preemptible:
                 return False
+            if t == j.team:
+                return cls in preempts
             if own_team:
-                return t == j.team and cls in rule.preempts
-            if cls in rule.preempts:
+                return False
+            if cls in preempts and (reclaim or not preemptible):
                 return True
-            return reclaim and t != j.team and (not covered or bool(self.over.get(t)))
+            if cls not in preempts and not reclaim:
+                return False
+            # another team's job, taken only while its team borrows
+            return not covered or bool(self.over.get(t))
 
+        # only a job taken because its team borrows needs lends(); a job that cannot be
+        # preempted and does not reclaim takes every candidate by class
+        valid = lends if (reclaim or preemptible) and not (own_team and free_own) else None
         best: VictimSet | None = None
         since_found = 0
         dead: set[int] = set()
@@ -689,7 +913,15 @@ class _Pass:
                 dead.add(i)
                 continue
             cands = [(self.victim_key(h), h) for h in held]
-            vs = victims_on_node(n, req, whole_models, cands, mine, quota_ok if own_team else None)
+            vs = victims_on_node(
+                n,
+                req,
+                whole_models,
+                cands,
+                mine,
+                quota_ok if (own_team or within) else None,
+                valid,
+            )
             if vs is None:
                 dead.add(i)
             elif best is None or vs.cost() < best.cost():
@@ -725,6 +957,48 @@ class _Pass:
                         if i not in seen:
                             seen.add(i)
                             yield i
+
+    def victim_totals(self) -> dict[tuple[str, str], list[int]]:
+        """(class, team) -> [devices of its jobs that may still be victims, of those the
+        ones its guarantee covers], summed over nodes when a search first asks."""
+        totals = self.class_victims
+        if totals is None:
+            totals = self.class_victims = {}
+            for counts in self.victim_gpus:
+                for (cls, t, covered), v in counts.items():
+                    if v:
+                        got = totals.setdefault((cls, t), [0, 0])
+                        got[0] += v
+                        if covered:
+                            got[1] += v
+        return totals
+
+    def own_candidates(self, team: str, rule: PriorityRule) -> bool:
+        """Whether ``team`` runs jobs of classes ``rule`` preempts that its guarantee
+        covers and that may still be victims (its uncovered jobs are borrowed, and
+        those are candidates whoever's they are)."""
+        if not rule.preempts:
+            return False
+        totals = self.victim_totals()
+        return any(totals.get((c, team), (0, 0))[1] for c in rule.preempts)
+
+    def runs_any(self, team: str, classes: frozenset[str]) -> bool:
+        """Whether ``team`` runs jobs of these classes that may still be victims."""
+        if not classes:
+            return False
+        totals = self.victim_totals()
+        return any(totals.get((c, team), (0, 0))[0] for c in classes)
+
+    def may_end_within(self, j: PendingJob, rule: PriorityRule, demand: quota.Demand) -> bool:
+        """Whether a preemptible job that would borrow could end within its team's
+        guarantee by preempting its own jobs (a cheap test: the team runs covered jobs
+        of classes the job preempts, and the job alone fits the guarantee)."""
+        if not rule.preemptible:
+            return False  # its own jobs are candidates anyway
+        g = (self.teams.get(j.team) or self.team(j.team)).guarantee
+        if not g or not self.own_candidates(j.team, rule):
+            return False
+        return quota.within_guarantee({}, demand, g)
 
     def borrowers_besides(self, team: str) -> bool:
         """Whether a team other than ``team`` may hold borrowed jobs: it is over its
@@ -783,16 +1057,22 @@ class _Pass:
             self.chosen_ids.add(h.id)
             self.charge(h.job.team, h.demand, -1)
             counts = self.victim_gpus[h.node]
-            counts[(h.rule.name, h.job.team, h.cover is not None)] -= max(
-                1, len(h.job.gpus) + len(h.job.mig)
-            )
+            devices = max(1, len(h.job.gpus) + len(h.job.mig))
+            counts[(h.rule.name, h.job.team, h.cover is not None)] -= devices
+            if self.class_victims is not None:
+                got = self.class_victims[(h.rule.name, h.job.team)]
+                got[0] -= devices
+                if h.cover is not None:
+                    got[1] -= devices
             self.preemptions.append(Preemption(h.id, j.id))
         for h in vs.already:
             h.chosen = True
         model = n.models.get(vs.gpus[0]) if vs.gpus else None
         d = self.demands(j, req)
-        self.charge(j.team, d.get(model) or next(iter(d.values())))
+        demand = d.get(model) or next(iter(d.values()))
+        self.charge(j.team, demand)
         end = self.now + j.time_limit if j.time_limit is not None else math.inf
+        self.quota_taken(j, end, demand)
         self.added.setdefault(n.i, []).append(
             (end, tuple(vs.gpus), tuple(vs.mig), req.cpus, req.memory)
         )

@@ -80,13 +80,18 @@ def victims_on_node(
     candidates: list[tuple[tuple, Held]],
     already: list[Held],
     quota_ok: Callable[[list[Held], str | None], bool] | None,
+    valid: Callable[[Held, list[Held]], bool] | None = None,
 ) -> VictimSet | None:
     """Greedy in preference order until the job fits, then drop every victim it does not
     need (trying the least preferred first, as Kueue's minimal preemption does).
 
     ``candidates`` are (preference key, job) pairs already filtered for eligibility;
-    ``quota_ok(victims, model)`` says whether the job's team stays within its limit
-    (None: no limit to check).
+    ``quota_ok(victims, model)`` says whether the job's team ends within its limit (or
+    guarantee) with those victims gone (None: nothing to check); ``valid(job, chosen)``
+    says whether a candidate may still join once ``chosen`` are gone (Kueue's
+    candidateIsValid: a team back within its guarantee no longer lends its other jobs;
+    None: every candidate stays valid). Dropping a victim again only gives its team
+    back usage, so the victims kept stay valid.
     """
 
     def fits(chosen: list[Held]):
@@ -118,6 +123,8 @@ def victims_on_node(
     candidates.sort(key=itemgetter(0))
     chosen: list[Held] = []
     for _, h in candidates:
+        if valid is not None and not valid(h, chosen):
+            continue
         chosen.append(h)
         got = fits(chosen)
         if got is not None:

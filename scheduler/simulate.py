@@ -20,7 +20,6 @@ from __future__ import annotations
 import gc
 import heapq
 import math
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ from mlq.scheduler.errors import InvalidInput
 from mlq.scheduler.placement import Room, take_slices
 from mlq.scheduler.policy import PRIORITY, RESOURCES, decide
 from mlq.scheduler.quota import mig_share
+from mlq.scheduler.simqueue import SimQueue
 from mlq.scheduler.snapshot import (
     Decisions,
     MigRequest,
@@ -198,7 +198,14 @@ def fifo_decide(snap: Snapshot) -> Decisions:
     return Decisions(tuple(starts), (), reasons)
 
 
-POLICIES: dict[str, Policy] = {"default": decide, "fifo": fifo_decide}
+# name -> (the decision, the queue order forced on every class, or None for the cluster
+# file's own): mlq's policy under each order it offers, and the strict FIFO baseline
+POLICIES: dict[str, tuple[Policy, str | None]] = {
+    "default": (decide, None),
+    "short-first": (decide, "short-first"),
+    "fifo-order": (decide, "fifo"),
+    "fifo": (fifo_decide, None),
+}
 
 
 # -- the simulation ---------------------------------------------------------------------------
@@ -217,6 +224,28 @@ class _JobState:
     finish: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """The cluster at one simulated time: for the plot (``mlq simulate --plot``)."""
+
+    t: float
+    queued: int  # pending jobs
+    gpus_busy: float  # gpu-equivalents held by running jobs
+    team_use: dict[str, float]  # gpu-equivalents each team's running jobs hold
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a replay has got: handed to ``simulate(progress=...)`` now and then."""
+
+    policy: str
+    sim_time: float  # seconds since the first submission
+    sim_end: float  # the last submission (the replay runs past it until the queue drains)
+    finished: int
+    jobs: int
+    wall_s: float
+
+
 @dataclass
 class SimResult:
     policy: str
@@ -225,6 +254,8 @@ class SimResult:
     capacity_gpus: int = 0
     busy_gpu_s: float = 0.0
     wall_s: float = 0.0
+    timeline: list[Sample] = field(default_factory=list)
+    guarantees: dict[str, float] = field(default_factory=dict)  # team -> gpu-equivalents
 
 
 def _guarantees(cluster: SimCluster, jobs: list[TraceJob]) -> tuple[Team, ...]:
@@ -243,8 +274,24 @@ def _guarantees(cluster: SimCluster, jobs: list[TraceJob]) -> tuple[Team, ...]:
     return tuple(teams.values())
 
 
-def simulate(jobs: list[TraceJob], cluster: SimCluster, policy: str = "default") -> SimResult:
+def simulate(
+    jobs: list[TraceJob],
+    cluster: SimCluster,
+    policy: str = "default",
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    samples: int = 0,
+    inert_out: bool = True,
+    log: list | None = None,
+) -> SimResult:
     """Run one policy over the trace until every job has finished.
+
+    ``progress`` is called now and then (about every half second of wall time) and at
+    the end; ``samples``: how many evenly spaced Samples of the cluster to keep for a
+    plot; ``inert_out``: leave out of each snapshot the pending jobs that cannot matter
+    to the decision (scheduler/simqueue.py; the same decisions, much faster); ``log``:
+    append every decision's (time, starts, preemptions) to it (for the test that
+    compares both ways).
 
     The cyclic garbage collector is paused meanwhile (speed only): a month of Philly
     is ~57k decisions, each allocating thousands of short-lived, acyclic objects that
@@ -253,26 +300,38 @@ def simulate(jobs: list[TraceJob], cluster: SimCluster, policy: str = "default")
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _simulate(jobs, cluster, policy)
+        return _simulate(jobs, cluster, policy, progress, samples, inert_out, log)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _simulate(jobs: list[TraceJob], cluster: SimCluster, policy: str) -> SimResult:
+def _simulate(
+    jobs: list[TraceJob],
+    cluster: SimCluster,
+    policy: str,
+    progress: Callable[[Progress], None] | None,
+    samples: int,
+    inert_out: bool,
+    log: list | None,
+) -> SimResult:
     import time
 
     t_wall = time.perf_counter()
     cfg = cluster.config
-    decide_fn = POLICIES[policy]
+    decide_fn, order = POLICIES[policy]
     classes = {c.name: c for c in cfg.priority_classes}
     rules = rules_from_classes(cfg.priority_classes)
+    if order is not None:
+        rules = tuple(replace(r, order=order) for r in rules)
     teams = _guarantees(cluster, jobs)
+    if policy == "fifo":  # the baseline knows no quotas: nothing waits at a limit
+        inert_out = False
     nodes = list(cluster.nodes)
     node_at = {n.name: i for i, n in enumerate(nodes)}
     declared = {(n.name, g.index): set(g.mig or ()) for n in nodes for g in n.gpus}
     state: dict[int, _JobState] = {}
-    pending: dict[int, PendingJob] = {}
+    pending = SimQueue(nodes, teams, rules)
     running: dict[int, RunningJob] = {}
     events: list[tuple[float, int, int, int]] = []  # (time, 0 completion / 1 arrival, id, epoch)
     for j in jobs:
@@ -280,6 +339,20 @@ def _simulate(jobs: list[TraceJob], cluster: SimCluster, policy: str) -> SimResu
         state[j.id] = _JobState(j, j.duration, eq)
         heapq.heappush(events, (j.submit_time, 1, j.id, 0))
     result = SimResult(policy, capacity_gpus=cluster.gpus)
+    for t in teams:
+        eq = t.guarantee.get("gpu-equivalent", t.guarantee.get("gpu"))
+        if eq:
+            result.guarantees[t.name] = float(eq)
+    first = min((j.submit_time for j in jobs), default=0.0)
+    last = max((j.submit_time for j in jobs), default=0.0)
+    step = (last - first) / samples if samples and last > first else 0.0
+    next_sample = first
+    team_use: dict[str, float] = {}
+    busy = 0.0
+    finished = 0
+    next_report = t_wall + 0.5
+    version = 0  # bumped whenever running jobs or the nodes change
+    quiet: tuple | None = None  # (version, pending ids) of the last decision that did nothing
 
     def pending_job(s: _JobState) -> PendingJob:
         j = s.job
@@ -317,8 +390,12 @@ def _simulate(jobs: list[TraceJob], cluster: SimCluster, policy: str) -> SimResu
         nodes[i] = replace(n, gpus=tuple(gpus))
 
     def stop(jid: int, now: float, finished: bool) -> None:
+        nonlocal busy
         r = running.pop(jid)
+        pending.running(r, -1)
         s = state[jid]
+        busy -= s.gpu_eq
+        team_use[r.team] -= s.gpu_eq
         ran = now - s.started
         result.busy_gpu_s += ran * s.gpu_eq
         if r.mig:
@@ -333,32 +410,67 @@ def _simulate(jobs: list[TraceJob], cluster: SimCluster, policy: str) -> SimResu
         s.remaining -= saved
         s.preempted += 1
         s.epoch += 1
-        pending[jid] = pending_job(s)
+        pending.add(pending_job(s))
+
+    def report(now: float) -> None:
+        assert progress is not None
+        progress(
+            Progress(
+                policy,
+                now - first,
+                last - first,
+                finished,
+                len(jobs),
+                time.perf_counter() - t_wall,
+            )
+        )
 
     while events:
         now = events[0][0]
+        while step and next_sample <= now:
+            result.timeline.append(Sample(next_sample, len(pending), busy, dict(team_use)))
+            next_sample += step
         while events and events[0][0] == now:
             _, kind, jid, epoch = heapq.heappop(events)
             s = state[jid]
             if kind == 1:
-                pending[jid] = pending_job(s)
+                pending.add(pending_job(s))
             elif epoch == s.epoch and jid in running:
                 stop(jid, now, finished=True)
+                finished += 1
+                version += 1
         for _ in range(4):  # preempted victims are gone at once: decide again this second
-            if not pending:
+            if not len(pending):
                 break
-            snap = Snapshot(
-                now, tuple(nodes), tuple(running.values()), tuple(pending.values()), teams, rules
-            )
+            todo = tuple(pending.relevant() if inert_out else pending.all())
+            if not todo:
+                break  # every pending job is inert: the decision would change nothing
+            if inert_out:
+                seen = (version, frozenset(j.id for j in todo))
+                if seen == quiet and not pending.time_sensitive():
+                    # the same jobs on the same cluster decided nothing a moment ago, and
+                    # waiting makes no start or preemption easier (docs/scheduling.md)
+                    break
+            snap = Snapshot(now, tuple(nodes), tuple(running.values()), todo, teams, rules)
             d = decide_fn(snap)
             result.decisions += 1
+            if log is not None:
+                log.append((now, d.starts, d.preemptions))
+            if d.starts or d.preemptions:
+                version += 1
+                quiet = None
+            elif inert_out:
+                quiet = seen
             for st in d.starts:
                 p = pending.pop(st.job)
                 s = state[st.job]
                 if s.first_start is None:
                     s.first_start = now
                 s.started = now
-                running[st.job] = build.started(p, st, now)
+                r = running[st.job] = build.started(p, st, now)
+                pending.running(r, 1)
+                busy += s.gpu_eq
+                team_use[r.team] = team_use.get(r.team, 0.0) + s.gpu_eq
                 if st.mig:
                     set_slices(st.node, st.mig, add=True)
                 heapq.heappush(events, (now + max(1.0, s.remaining), 0, st.job, s.epoch))
@@ -367,122 +479,11 @@ def _simulate(jobs: list[TraceJob], cluster: SimCluster, policy: str) -> SimResu
                     stop(pr.victim, now, finished=False)
             if not d.preemptions:
                 break
+        if progress is not None and time.perf_counter() >= next_report:
+            report(now)
+            next_report = time.perf_counter() + 0.5
     result.jobs = list(state.values())
     result.wall_s = time.perf_counter() - t_wall
+    if progress is not None:
+        report(last)
     return result
-
-
-# -- the report ---------------------------------------------------------------------------------
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"mean": 0.0, "p50": 0.0, "p95": 0.0}
-    v = sorted(values)
-    return {
-        "mean": statistics.fmean(v),
-        "p50": v[len(v) // 2],
-        "p95": v[min(len(v) - 1, int(math.ceil(len(v) * 0.95)) - 1)],
-    }
-
-
-def summarize(r: SimResult) -> dict[str, Any]:
-    done = [s for s in r.jobs if s.finish is not None]
-    first = min((s.job.submit_time for s in r.jobs), default=0.0)
-    last = max((s.finish for s in done), default=first)
-    makespan = last - first
-
-    def figures(group: list[_JobState]) -> dict[str, Any]:
-        return {
-            "jobs": len(group),
-            "jct_s": _stats([s.finish - s.job.submit_time for s in group if s.finish is not None]),
-            "queue_s": _stats(
-                [s.first_start - s.job.submit_time for s in group if s.first_start is not None]
-            ),
-        }
-
-    by_class: dict[str, list[_JobState]] = {}
-    by_team: dict[str, list[_JobState]] = {}
-    for s in done:
-        by_class.setdefault(s.job.kind, []).append(s)
-        by_team.setdefault(s.job.team, []).append(s)
-    return {
-        "policy": r.policy,
-        "jobs_finished": len(done),
-        **figures(done),
-        "gpu_utilization": r.busy_gpu_s / (r.capacity_gpus * makespan) if makespan else 0.0,
-        "preemptions": sum(s.preempted for s in r.jobs),
-        "gpu_hours_lost": sum(s.lost_gpu_s for s in r.jobs) / 3600,
-        "makespan_s": makespan,
-        "decisions": r.decisions,
-        "wall_s": r.wall_s,
-        "by_class": {k: figures(v) for k, v in sorted(by_class.items())},
-        "by_team": {k: figures(v) for k, v in sorted(by_team.items())},
-    }
-
-
-def compare(jobs: list[TraceJob], cluster: SimCluster, baseline: str = "fifo") -> dict[str, Any]:
-    """Simulate mlq's default policy and the baseline on the same trace."""
-    folded = sum(1 for j in jobs if j.folded_from)
-    default = summarize(simulate(jobs, cluster, "default"))
-    base = summarize(simulate(jobs, cluster, baseline))
-    return {
-        "trace": {"jobs": len(jobs), "folded_to_one_node": folded},
-        "cluster": {"nodes": len(cluster.nodes), "gpus": cluster.gpus},
-        "default": default,
-        baseline if baseline != "default" else "baseline": base,
-    }
-
-
-def _ratio(a: float, b: float) -> str:
-    if b == 0:
-        return "-" if a == 0 else "inf"
-    return f"{a / b:.2f}"
-
-
-def _fmt_s(v: float) -> str:
-    if v >= 86400:
-        return f"{v / 86400:.1f}d"
-    if v >= 3600:
-        return f"{v / 3600:.1f}h"
-    if v >= 60:
-        return f"{v / 60:.1f}m"
-    return f"{v:.0f}s"
-
-
-def format_comparison(result: dict[str, Any]) -> str:
-    names = [k for k in result if k not in ("trace", "cluster")]
-    a, b = result[names[0]], result[names[1]]
-    lines = [
-        f"trace: {result['trace']['jobs']} jobs ({result['trace']['folded_to_one_node']} wider than a node, "
-        f"folded onto one); cluster: {result['cluster']['nodes']} nodes, {result['cluster']['gpus']} GPUs",
-        f"{'':28} {names[0]:>10} {names[1]:>10} {'ratio':>7}",
-    ]
-
-    def row(label: str, x: float, y: float, fmt: Callable[[float], str]) -> None:
-        lines.append(f"{label:28} {fmt(x):>10} {fmt(y):>10} {_ratio(x, y):>7}")
-
-    num = lambda v: f"{v:.0f}"  # noqa: E731
-    row("jobs finished", a["jobs_finished"], b["jobs_finished"], num)
-    for key, label in (("jct_s", "completion time"), ("queue_s", "queueing delay")):
-        for stat in ("mean", "p50", "p95"):
-            row(f"{label} {stat}", a[key][stat], b[key][stat], _fmt_s)
-    row("GPU utilization", a["gpu_utilization"], b["gpu_utilization"], lambda v: f"{v:.1%}")
-    row("preemptions", a["preemptions"], b["preemptions"], num)
-    row(
-        "GPU-hours lost to preemption",
-        a["gpu_hours_lost"],
-        b["gpu_hours_lost"],
-        lambda v: f"{v:.1f}",
-    )
-    row("makespan", a["makespan_s"], b["makespan_s"], _fmt_s)
-    row("decisions", a["decisions"], b["decisions"], num)
-    row("simulation wall time (s)", a["wall_s"], b["wall_s"], lambda v: f"{v:.1f}")
-    for group in ("by_class", "by_team"):
-        for name in sorted(set(a[group]) | set(b[group])):
-            ga, gb = a[group].get(name), b[group].get(name)
-            if not ga or not gb:
-                continue
-            row(f"{name}: mean queueing", ga["queue_s"]["mean"], gb["queue_s"]["mean"], _fmt_s)
-            row(f"{name}: p95 completion", ga["jct_s"]["p95"], gb["jct_s"]["p95"], _fmt_s)
-    return "\n".join(lines)

@@ -117,6 +117,7 @@ class PriorityRule:
     preempts: frozenset[str] = frozenset()
     preemptible: bool = True
     min_run_time: int = 0
+    order: str = "short-first"  # its queue order in each team: fifo or short-first (policy.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +233,8 @@ class ClassLike(Protocol):
     def preemptible(self) -> bool: ...
     @property
     def min_run_time(self) -> int: ...
+    @property
+    def order(self) -> str: ...
 
 
 def rules_from_classes(classes: Iterable[ClassLike]) -> tuple[PriorityRule, ...]:
@@ -243,6 +246,7 @@ def rules_from_classes(classes: Iterable[ClassLike]) -> tuple[PriorityRule, ...]
             preempts=frozenset(c.preempts),
             preemptible=c.preemptible,
             min_run_time=c.min_run_time,
+            order=c.order,
         )
         for c in classes
     )

@@ -678,6 +678,7 @@ def _class_row(c: PriorityClass) -> PriorityClassRow:
         preempts=json.dumps(c.preempts),
         preemptible=c.preemptible,
         min_run_time=c.min_run_time,
+        queue_order=c.order,
         default_cpus=c.defaults.cpus,
         default_memory=c.defaults.memory,
         default_time_limit=c.defaults.time_limit,
@@ -692,6 +693,7 @@ def _class_model(r: PriorityClassRow) -> PriorityClass:
         preempts=json.loads(r.preempts),
         preemptible=r.preemptible,
         min_run_time=r.min_run_time,
+        order=r.queue_order,
         defaults=ClassDefaults(
             cpus=f"{r.default_cpus}m", memory=r.default_memory, time_limit=r.default_time_limit
         ),

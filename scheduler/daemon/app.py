@@ -285,6 +285,7 @@ def build_app(daemon: Daemon) -> FastAPI:
             preempts=c.preempts,
             preemptible=c.preemptible,
             min_run_time=c.min_run_time,
+            order=c.order,
             default_cpus=format_cpus(d.cpus),
             default_memory=format_size(d.memory),
             default_time_limit=format_duration(d.time_limit) if d.time_limit else None,
@@ -309,7 +310,7 @@ def build_app(daemon: Daemon) -> FastAPI:
                 defaults[key] = v
         updates = {
             k: getattr(body, k)
-            for k in ("value", "preempts", "preemptible", "min_run_time", "log_limit")
+            for k in ("value", "preempts", "preemptible", "min_run_time", "order", "log_limit")
             if getattr(body, k) is not None
         }
         from mlq.scheduler.spec import validation_problems

@@ -283,6 +283,7 @@ class ClassOut(BaseModel):
     preempts: list[str]
     preemptible: bool
     min_run_time: int
+    order: str = Field(description="The class's queue order in each team: fifo or short-first")
     default_cpus: str
     default_memory: str
     default_time_limit: str | None
@@ -298,6 +299,7 @@ class ClassSet(Checked):
     preempts: list[Name] | None = Field(None, max_length=100)
     preemptible: bool | None = None
     min_run_time: Any = None
+    order: Any = None  # checked as PriorityClass.order: fifo or short-first
     default_cpus: Any = None
     default_memory: Any = None
     default_time_limit: Any = None

@@ -128,8 +128,13 @@ def test_every_integer_column_is_64_bit_and_every_float_is_double(store):
     assert narrow_columns(store) == []
 
 
+# the columns schema 5 added: a database from before it lacks them
+ADDED_BY_5 = {("priority_classes", "queue_order")}
+
+
 def test_a_database_from_before_schema_4_is_upgraded_to_64_bit_columns(url):
-    """Schema 3 had 32-bit INTEGER columns on PostgreSQL (models.Int64 came with 4)."""
+    """Schema 3 had 32-bit INTEGER columns on PostgreSQL (models.Int64 came with 4);
+    it is brought through 4 and 5 in one start."""
     store = Store(url)
     old = add(store, spec='{"name": "old"}', spec_bytes=0)
     with store.engine.begin() as conn:
@@ -140,7 +145,7 @@ def test_a_database_from_before_schema_4_is_upgraded_to_64_bit_columns(url):
             ("jobs", "spec_bytes"),
             ("priority_classes", "log_limit"),
         }
-        for table, column in sorted(added_by_4):
+        for table, column in sorted(added_by_4 | ADDED_BY_5):
             conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         if backend(url) == "postgresql":
             for table in SQLModel.metadata.sorted_tables:
@@ -166,6 +171,38 @@ def test_a_database_from_before_schema_4_is_upgraded_to_64_bit_columns(url):
             with store.engine.begin() as conn:
                 conn.execute(text("SELECT setval('jobs_id_seq', 3000000000)"))
             assert add(store) == 3_000_000_001
+    finally:
+        store.close()
+
+
+def test_a_database_from_schema_4_keeps_its_classes_and_orders_them_short_first(url):
+    """Schema 4 had no queue order per class: each class it had is short-first after
+    the upgrade (the default), with the rest of it unchanged, and can be set to fifo."""
+    store = Store(url)
+    store.seed(ClusterConfig())
+    store.set_class(PriorityClass(name="urgent", value=800, preempts=["batch"], log_limit=GiB))
+    before = store.classes()
+    with store.engine.begin() as conn:
+        for table, column in sorted(ADDED_BY_5):
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        conn.execute(text("UPDATE meta SET value = '4' WHERE key = 'schema_version'"))
+    store.close()
+
+    store = Store(url)
+    try:
+        with store.engine.connect() as conn:
+            assert migrations.current_version(conn) == migrations.SCHEMA_VERSION
+        after = store.classes()
+        assert [c.name for c in after] == ["inference", "urgent", "training", "batch"]
+        assert after == before
+        assert {c.order for c in after} == {"short-first"}
+        urgent = next(c for c in after if c.name == "urgent")
+        store.set_class(urgent.model_copy(update={"order": "fifo"}))
+    finally:
+        store.close()
+    store = Store(url)
+    try:
+        assert {c.name: c.order for c in store.classes()}["urgent"] == "fifo"
     finally:
         store.close()
 
@@ -263,6 +300,31 @@ def test_a_class_default_memory_change_is_stored(store):
         assert now.defaults.memory == 8 * GiB
         assert now.defaults.time_limit == 7 * 86400  # untouched
         assert now.preempts == ["batch"]
+    finally:
+        fresh.close()
+
+
+def test_a_class_queue_order_round_trips(store):
+    """What `mlq class set batch --order fifo` does to the store."""
+    store.seed(ClusterConfig())
+    batch = next(c for c in store.classes() if c.name == "batch")
+    assert batch.order == "short-first"
+    store.set_class(batch.model_copy(update={"order": "fifo"}))
+    store.set_class(PriorityClass(name="serve", value=900, order="fifo"))
+    fresh = Store(store.url)
+    try:
+        orders = {c.name: c.order for c in fresh.classes()}
+        assert orders == {
+            "inference": "short-first",
+            "serve": "fifo",
+            "training": "short-first",
+            "batch": "fifo",
+        }
+        with fresh.engine.connect() as conn:
+            stored = conn.execute(
+                text("SELECT queue_order FROM priority_classes WHERE name = 'batch'")
+            ).scalar()
+        assert stored == "fifo"
     finally:
         fresh.close()
 

@@ -303,6 +303,24 @@ def test_an_admin_changes_a_class_and_new_jobs_get_its_defaults(daemon, unix_use
     assert "urgent" in {c["name"] for c in daemon.cli("class", "list", "--json").json()["classes"]}
 
 
+def test_an_admin_sets_a_class_queue_order_and_a_bad_one_names_the_allowed_values(daemon):
+    r = daemon.cli("class", "set", "batch", "--order", "fifo")
+    assert r.code == 0, r.err
+    classes = {c["name"]: c for c in daemon.cli("class", "list", "--json").json()["classes"]}
+    assert classes["batch"]["order"] == "fifo"
+    assert classes["training"]["order"] == "short-first"  # the default, untouched
+    assert classes["batch"]["default_time_limit"] == "1d"  # the rest of batch too
+    listing = daemon.cli("class", "list").out.splitlines()
+    assert "ORDER" in listing[0]
+    rows = {line.split()[0]: line.split() for line in listing[2:]}
+    assert "fifo" in rows["batch"] and "short-first" in rows["training"]
+    r = daemon.cli("class", "set", "batch", "--order", "random")
+    assert r.code == 2
+    assert "order: \"random\" is not allowed; input should be 'fifo' or 'short-first'" in r.err
+    classes = {c["name"]: c for c in daemon.cli("class", "list", "--json").json()["classes"]}
+    assert classes["batch"]["order"] == "fifo"  # nothing stored
+
+
 def test_the_fast_listing_shape_is_exactly_jobouts():
     """Listings build rows' JSON directly (job_dict); it must stay JobOut's shape."""
     from types import SimpleNamespace

@@ -163,6 +163,30 @@ CASES = [
         id="a preemptible job that would borrow never takes a job inside its team's guarantee",
     ),
     pytest.param(
+        "preempt-own-at-guarantee-limit.yaml",
+        [],
+        [{"job": "cv-batch", "for": "cv-more"}],
+        pend(("cv-more", "PreemptionPending cv-batch")),
+        id="a team whose guarantee is its limit preempts its own lower-class MIG slice",
+    ),
+    pytest.param(
+        "own-victims-then-reclaim.yaml",
+        [],
+        [{"job": "cv-b", "for": "nlp-big"}, {"job": "nlp-batch", "for": "nlp-big"}],
+        pend(("nlp-big", "PreemptionPending cv-b,nlp-batch")),
+        id="a job back within its guarantee once its own victims go reclaims from a borrower",
+    ),
+    pytest.param(
+        "borrowed-rechecked-per-victim.yaml",
+        [],
+        [
+            {"job": "cv-batch-new", "for": "search-train"},
+            {"job": "search-batch", "for": "search-train"},
+        ],
+        pend(("search-train", "PreemptionPending cv-batch-new,search-batch")),
+        id="a team back within its guarantee after one victim lends no more jobs",
+    ),
+    pytest.param(
         "guaranteed-before-borrowing.yaml",
         [{"job": "nlp-batch", "node": "n1", "gpus": [0]}],
         [],
@@ -206,6 +230,20 @@ CASES = [
         [],
         pend(("head", "Resources"), ("long", "Priority"), ("unlimited", "Priority")),
         id="backfill that would delay the head job or has no time limit is refused",
+    ),
+    pytest.param(
+        "short-first.yaml",
+        [{"job": "old", "node": "n1", "gpus": [1]}, {"job": "short", "node": "n1", "gpus": [2]}],
+        [],
+        pend(("long", "Resources")),
+        id="short-first: a shorter time limit goes first, and a long wait beats both",
+    ),
+    pytest.param(
+        "quota-reservation.yaml",
+        [{"job": "short", "node": "n1", "gpus": [6]}],
+        [],
+        pend(("head", "QuotaLimit nlp gpu 7/8"), ("long", "Priority")),
+        id="a team's head job holds its quota: only jobs ending before it may take it",
     ),
     pytest.param(
         "held-and-dependency.yaml",

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from mlq.cli.main import app
 from mlq.scheduler.errors import InvalidInput
-from mlq.scheduler.simulate import parse_sim_cluster, simulate, summarize
+from mlq.scheduler.simreport import summarize
+from mlq.scheduler.simulate import parse_sim_cluster, simulate
 from mlq.scheduler.traces import TraceJob, read_trace, write_trace
 from typer.testing import CliRunner
 

@@ -141,5 +141,5 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
         cols = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
     assert {"stop_cause", "stop_for", "max_memory"} <= cols
-    assert version == str(SCHEMA_VERSION) == "4"
+    assert version == str(SCHEMA_VERSION) == "5"
     assert [(g.subject, g.volume_paths) for g in grants] == [("*", DEFAULT_VOLUME_PATHS)]
