@@ -125,13 +125,13 @@ class _Pass:
         # that its quota could not take when the pass began (see quota_reservation)
         self.team_heads: dict[str, list | None] = {}
         self.team_added: dict[str, list[tuple[float, quota.Demand]]] = {}  # this pass's starts
-        self.team_jobs: dict[str, list[tuple]] = {}  # team -> (running job, its shape)
+        self._team_jobs: dict[str, list[tuple]] | None = None  # see team_jobs()
         self._charge_running(snap.running)
         for t in self.usage:
             self.charge(t, ())
         self.start_usage = {t: dict(u) for t, u in self.usage.items()}
         self.team_limits = any(t.limit for t in snap.teams)
-        self.over_at_start: dict[tuple[str, Request], bool] = {}
+        self.over_at_start: dict[str, dict[Request, bool]] = {}  # team -> request -> over
         self.room.index_all()
 
     # -- step 1: what is held ---------------------------------------------------------
@@ -202,7 +202,6 @@ class _Pass:
         rules = self.rules
         jobs_on = self.jobs_on
         victim_gpus = self.victim_gpus
-        team_jobs = self.team_jobs
         hold = self.room.hold
         for r in running:
             n = by_name.get(r.node)
@@ -224,10 +223,6 @@ class _Pass:
             n.free_cpu -= r.cpus
             n.free_mem -= r.memory
             jobs_on[n.i].append(r)
-            mine = team_jobs.get(r.team)
-            if mine is None:
-                mine = team_jobs[r.team] = []
-            mine.append((r, shape))
             got = totals.get(shape)
             if got is None:
                 cover = self._demand(shape)[1]
@@ -367,10 +362,14 @@ class _Pass:
         by_team: dict[str, list[tuple]] = {}
         for k, j in enumerate(pending):  # k: a tie on every field keeps the input order
             c = j.priority_class
+            limit = j.time_limit
             by_team.setdefault(j.team, []).append(
                 (
                     value[c],
-                    _short_first(j) if c in short else j.submitted_at,
+                    # _short_first(j), inline: this runs for every queued job
+                    j.submitted_at + LIMIT_WEIGHT * (limit if limit is not None else NO_LIMIT_S)
+                    if c in short
+                    else j.submitted_at,
                     j.id if plain else id_key(j.id),
                     k,
                 )
@@ -671,14 +670,18 @@ class _Pass:
         if not team.limit or (self.stopping and j.id in self.stopping):
             return
         req = self.requests.get(j.id) or self.request(j)
-        over = self.over_at_start.get((j.team, req))
-        demands = self.demands(j, req)
+        known = self.over_at_start.get(j.team)
+        if known is None:
+            known = self.over_at_start[j.team] = {}
+        over = known.get(req)
         if over is None:
             start = self.start_usage.get(j.team) or {}
-            over = self.over_at_start[(j.team, req)] = all(
-                quota.over_limit(start, d, team.limit) is not None for d in demands.values()
+            over = known[req] = all(
+                quota.over_limit(start, d, team.limit) is not None
+                for d in self.demands(j, req).values()
             )
         if over:
+            demands = self.demands(j, req)
             self.team_heads[j.team] = self.quota_reservation(j, demands, team)
             self.team_version[j.team] = self.team_version.get(j.team, 0) + 1
 
@@ -689,7 +692,7 @@ class _Pass:
         if quota.over_limit({}, need, team.limit) is not None:
             return None  # larger than the limit itself: it must not hold anyone back
         ends = list(self.team_added.get(j.team, ()))
-        for r, shape in self.team_jobs.get(j.team, ()):
+        for r, shape in self.team_jobs(j.team):
             if r.id in self.chosen_ids or r.stopping_for is not None:
                 end = self.now  # leaving already
             elif r.time_limit is not None:
@@ -698,13 +701,28 @@ class _Pass:
                 end = math.inf
             ends.append((end, self._shapes[shape][0]))
         usage = dict(self.team_usage(j.team))
-        for end, d in sorted(ends, key=lambda e: e[0]):
+        ends.sort(key=lambda e: e[0])
+        for k, (end, d) in enumerate(ends):
             if end == math.inf:
                 break
             quota.add(usage, d, -1)
+            if k + 1 < len(ends) and ends[k + 1][0] == end:
+                continue  # jobs that end together free their quota together
             if quota.over_limit(usage, need, team.limit) is None:
                 return [max(end, self.now), usage, need, j.id]
         return None
+
+    def team_jobs(self, team: str) -> list[tuple]:
+        """The team's running jobs with their shapes (_shape), grouped on first ask: only
+        a pass with a team's quota reservation needs them."""
+        got = self._team_jobs
+        if got is None:
+            got = self._team_jobs = {}
+            for i, jobs in enumerate(self.jobs_on):
+                n = self.room.nodes[i]
+                for r in jobs:
+                    got.setdefault(r.team, []).append((r, self._shape(r, n)))
+        return got.get(team, [])
 
     def leaves_quota(self, j: PendingJob, held: list, allowed: dict, team: Team) -> bool:
         """Whether ``j`` may take its team's free quota while the team's head waits: it
