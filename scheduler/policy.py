@@ -120,9 +120,9 @@ class _Pass:
         # (class, team) -> devices of its jobs that may still be victims, all and those
         # its guarantee covers: built when a search first asks (victim_totals)
         self.class_victims: dict[tuple[str, str], list[int]] | None = None
-        # team -> its quota reservation [shadow time, usage then, the head's demand], or
-        # None when its head can never fit; set by the team's first job in queue order
-        # that its quota could not take when the pass began (see quota_reservation)
+        # team -> its quota reservation [shadow time, usage then, the head's demand, the
+        # head's id], or None when its head can never fit; set by the team's first job in
+        # queue order that its quota could not take when the pass began (note_head)
         self.team_heads: dict[str, list | None] = {}
         self.team_added: dict[str, list[tuple[float, quota.Demand]]] = {}  # this pass's starts
         self._team_jobs: dict[str, list[tuple]] | None = None  # see team_jobs()
@@ -693,7 +693,9 @@ class _Pass:
             return None  # larger than the limit itself: it must not hold anyone back
         ends = list(self.team_added.get(j.team, ()))
         for r, shape in self.team_jobs(j.team):
-            if r.id in self.chosen_ids or r.stopping_for is not None:
+            if r.id in self.chosen_ids:
+                continue  # a victim of this pass: its team is no longer charged for it
+            if r.stopping_for is not None:
                 end = self.now  # leaving already
             elif r.time_limit is not None:
                 end = r.started_at + r.time_limit
