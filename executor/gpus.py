@@ -27,9 +27,12 @@ import uuid as uuidlib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from mlq.executor.errors import Conflict, NotFound
+
+if TYPE_CHECKING:
+    from mlq.executor.mig import MigProfile
 
 log = logging.getLogger("mlq.gpus")
 
@@ -348,9 +351,17 @@ def _carve_declared(node: NodeGpus, g: GpuInfo, profile: str, start: int) -> Nod
         raise CarveFailed(g.index, profile, start, why)
     p = catalogue.profile(g.model or g.name, profile)
     assert p is not None  # fits() said the model has it
-    m = MigDeviceInfo(
-        gpu_index=g.index,
-        uuid="MIG-" + _stable_uuid(g.uuid, f"carved/{start}/{profile}/{next(_CARVED)}"),
+    uuid = "MIG-" + _stable_uuid(g.uuid, f"carved/{start}/{profile}/{next(_CARVED)}")
+    m = _declared_slice(g.index, uuid, start, p)
+    return _with_gpu(node, replace(g, mig=tuple(sorted((*g.mig, m), key=lambda x: x.start))))
+
+
+def _declared_slice(gpu: int, uuid: str, start: int, p: MigProfile) -> MigDeviceInfo:
+    """A whole-GPU-instance slice of catalogue profile ``p`` (no NVML to ask): the GI
+    id follows its start slot, one compute instance spans it."""
+    return MigDeviceInfo(
+        gpu_index=gpu,
+        uuid=uuid,
         gi_id=start + 1,
         ci_id=0,
         profile=p.name,
@@ -361,7 +372,6 @@ def _carve_declared(node: NodeGpus, g: GpuInfo, profile: str, start: int) -> Nod
         start=start,
         size=p.memory_slices,
     )
-    return _with_gpu(node, replace(g, mig=tuple(sorted((*g.mig, m), key=lambda x: x.start))))
 
 
 def _with_gpu(node: NodeGpus, g: GpuInfo) -> NodeGpus:
@@ -443,21 +453,8 @@ def from_declared(decls: Iterable[GpuDeclaration], node_name: str = "node") -> N
             if p is None:
                 problems.append(f"GPU {d.index}: {d.model} has no MIG profile {s.profile}")
                 continue
-            slices.append(
-                MigDeviceInfo(
-                    gpu_index=d.index,
-                    uuid="MIG-" + _stable_uuid(node_name, f"{d.index}/{s.start}"),
-                    gi_id=s.start + 1,
-                    ci_id=0,
-                    profile=p.name,
-                    profile_id=p.profile_id,
-                    memory_mb=p.memory_gb * 1024,
-                    gi_slices=p.compute_slices,
-                    ci_slices=p.compute_slices,
-                    start=s.start,
-                    size=p.memory_slices,
-                )
-            )
+            uuid = "MIG-" + _stable_uuid(node_name, f"{d.index}/{s.start}")
+            slices.append(_declared_slice(d.index, uuid, s.start, p))
         gpus.append(
             GpuInfo(
                 index=d.index,

@@ -93,6 +93,21 @@ def too_large(limit: int = MAX_BODY) -> dict[str, Any]:
     )
 
 
+# errors a hostile body can raise deep inside parsing: each a 422 naming what was wrong
+_BAD_INPUT: dict[type[Exception], str] = {
+    OverflowError: "a number is out of range: integers must be between -2^63 and 2^63-1",
+    UnicodeError: "the request holds text that is not valid Unicode (a lone surrogate?)",
+    RecursionError: "the request is nested too deeply",
+}
+
+
+def _bad_input(msg: str) -> Any:
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(_error(422, "InvalidInput", msg), status_code=422)
+
+    return handler
+
+
 def install_handlers(app: FastAPI) -> None:
     """JSON answers for what the models cannot catch; never a plain-text 500."""
 
@@ -102,20 +117,8 @@ def install_handlers(app: FastAPI) -> None:
             return JSONResponse(too_large(), status_code=413)
         return await http_exception_handler(request, exc)
 
-    @app.exception_handler(OverflowError)
-    async def _overflow(_: Request, exc: OverflowError) -> JSONResponse:
-        msg = "a number is out of range: integers must be between -2^63 and 2^63-1"
-        return JSONResponse(_error(422, "InvalidInput", msg), status_code=422)
-
-    @app.exception_handler(UnicodeError)
-    async def _unicode(_: Request, exc: UnicodeError) -> JSONResponse:
-        msg = "the request holds text that is not valid Unicode (a lone surrogate?)"
-        return JSONResponse(_error(422, "InvalidInput", msg), status_code=422)
-
-    @app.exception_handler(RecursionError)
-    async def _deep(_: Request, exc: RecursionError) -> JSONResponse:
-        msg = "the request is nested too deeply"
-        return JSONResponse(_error(422, "InvalidInput", msg), status_code=422)
+    for kind, msg in _BAD_INPUT.items():
+        app.add_exception_handler(kind, _bad_input(msg))
 
     @app.exception_handler(Exception)
     async def _any(request: Request, exc: Exception) -> JSONResponse:
