@@ -1,5 +1,6 @@
-"""``mlq nodes`` and ``mlq top``: this node, its GPUs and slices, who holds them,
-and each team's use of its quota; ``top`` refreshes in place."""
+"""``mlq nodes`` and ``mlq top``: each node (an agent's with its state and last
+heartbeat), its GPUs and slices, who holds them, and each team's use of its quota
+across the cluster; ``top`` refreshes in place."""
 
 import time
 from typing import Annotated, Any
@@ -23,12 +24,22 @@ def _quota_cell(used: float, limit: float | None, key: str) -> str:
     return fmt(used) + ("" if limit is None else f"/{fmt(limit)}")
 
 
-def node_renderables(node: dict[str, Any]) -> list[Any]:
+def node_renderables(node: dict[str, Any], with_teams: bool = True) -> list[Any]:
     out: list[Any] = []
     head = (
         f"[bold]{node['name']}[/bold]  CPUs {node['cpus_used']}/{node['cpus']}  "
         f"memory {node['memory_used']}/{node['memory']}  GPUs from {node['gpu_source']}"
     )
+    state = node.get("state", "up")
+    if node.get("last_heartbeat"):  # an agent's node (docs/cluster.md)
+        age = max(0.0, time.time() - node["last_heartbeat"])
+        head += f"  {state}, heartbeat {age:.0f}s ago"
+        if node.get("address"):
+            head += f" from {node['address']}"
+    elif state != "up":
+        head += f"  {state}"
+    if node.get("reason"):
+        head += f" [red]({node['reason']})[/red]"
     out.append(head + (f"  ({node['gpu_problem']})" if node.get("gpu_problem") else ""))
     rows = []
     for g in node["gpus"]:
@@ -49,7 +60,7 @@ def node_renderables(node: dict[str, Any]) -> list[Any]:
     if rows:
         out.append(table(["GPU", "MODEL", "SLICE", "UUID", "JOB"], rows))
     trows = []
-    for t in node["teams"]:
+    for t in node["teams"] if with_teams else []:
         keys = sorted(set(t["used"]) | set(t["guarantee"]) | set(t["limit"]))
         for k in keys:
             g = t["guarantee"].get(k)
@@ -80,8 +91,8 @@ def nodes(
         print_json(resp)
         return
     out = console()
-    for n in resp["nodes"]:
-        for r in node_renderables(n):
+    for i, n in enumerate(resp["nodes"]):  # team use is the cluster's: printed once, last
+        for r in node_renderables(n, with_teams=i == len(resp["nodes"]) - 1):
             out.print(r)
 
 
@@ -90,8 +101,8 @@ def _top_view(data: dict[str, Any]) -> Any:
     from rich.console import Group
 
     parts: list[Any] = []
-    for n in data["nodes"]:
-        parts += node_renderables(n)
+    for i, n in enumerate(data["nodes"]):
+        parts += node_renderables(n, with_teams=i == len(data["nodes"]) - 1)
 
     def mem(j: dict[str, Any]) -> str:
         cur = j.get("memory_current")

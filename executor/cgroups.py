@@ -23,6 +23,16 @@ from mlq.executor.errors import ExecutorError
 from mlq.executor.request import Resources
 
 PARENT = "mlq"
+
+
+def parent_name() -> str:
+    """The parent cgroup of mlq's runs: ``mlq``, or ``MLQ_CGROUP_PARENT`` (each node
+    agent's own, so several agents on one test machine keep their runs apart). Read
+    when used: the agent sets it after its modules are imported."""
+    name = os.environ.get("MLQ_CGROUP_PARENT", PARENT)
+    return name if name.replace("-", "").replace("_", "").isalnum() else PARENT  # a name
+
+
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio", "devices")
 V2_CONTROLLERS = ("memory", "cpu", "pids", "io")
 
@@ -235,7 +245,7 @@ class V2Driver:
 
     def __init__(self, root: str) -> None:
         self.root = root
-        self.parent = os.path.join(root, PARENT)
+        self.parent = os.path.join(root, parent_name())
 
     def _ensure_parent(self) -> None:
         if os.path.isdir(self.parent) and "memory" in (
@@ -323,7 +333,7 @@ class V1Driver:
             for c, m in self.mounts.items()
             if c != "blkio" or (resources.io_weight and os.path.exists(f"{m}/blkio.weight"))
         }
-        paths = {c: os.path.join(m, PARENT, name) for c, m in wanted.items()}
+        paths = {c: os.path.join(m, parent_name(), name) for c, m in wanted.items()}
         cg = JobCgroup(1, name, {})
         try:
             for c, path in paths.items():
@@ -450,11 +460,11 @@ def detect(root: str = "/sys/fs/cgroup") -> CgroupDriver:
 def parents(root: str = "/sys/fs/cgroup") -> list[str]:
     """mlq's parent cgroups that exist now."""
     return [
-        os.path.join(mount, PARENT)
+        os.path.join(mount, parent_name())
         for mount, fstype, _ in _mounts()
         if fstype in ("cgroup", "cgroup2")
         and mount.startswith(root)
-        and os.path.isdir(os.path.join(mount, PARENT))
+        and os.path.isdir(os.path.join(mount, parent_name()))
     ]
 
 

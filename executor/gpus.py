@@ -25,7 +25,7 @@ import logging
 import re
 import uuid as uuidlib
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -186,11 +186,36 @@ class NodeGpus:
             "reason": self.reason,
             "problems": list(self.problems),
             "driver_version": self.driver_version,
+            "dev_root": self.dev_root,
             "gpus": [
                 {**{k: v for k, v in asdict(g).items() if k != "mig"}, "mig": _mig_json(g)}
                 for g in self.gpus
             ],
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NodeGpus:
+        """The inverse of :meth:`to_json`: a node's GPUs as its agent reported them."""
+        mig_fields = {f.name for f in fields(MigDeviceInfo)}
+        gpu_fields = {f.name for f in fields(GpuInfo)} - {"mig"}
+        gpus = tuple(
+            GpuInfo(
+                **{k: g[k] for k in gpu_fields if k in g},
+                mig=tuple(
+                    MigDeviceInfo(**{k: m[k] for k in mig_fields if k in m})
+                    for m in g.get("mig", ())
+                ),
+            )
+            for g in data.get("gpus", ())
+        )
+        return cls(
+            source=data.get("source", "declared"),
+            gpus=gpus,
+            reason=data.get("reason", ""),
+            problems=tuple(data.get("problems", ())),
+            driver_version=data.get("driver_version", ""),
+            dev_root=data.get("dev_root", "/dev"),
+        )
 
     def summary(self) -> str:
         """One line for the daemon's log: what was found, or why nothing was."""

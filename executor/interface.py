@@ -28,11 +28,13 @@ from mlq.executor.status import Status
 
 @dataclass(frozen=True)
 class Started:
-    """A run that is running: where its limits are (for the record) and its address."""
+    """A run that is running: where its limits are (for the record) and its address.
+    ``confirmed`` false: the order went to a node that reports later that it runs."""
 
     run_id: str
     cgroup: str
     address: str | None = None
+    confirmed: bool = True
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Found:
     started: bool
     status: Status | None = None
     stop_asked: bool = False
+    confirmed: bool = True  # false: a remote node has the order and has not said it runs
 
 
 class Executor(Protocol):

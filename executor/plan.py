@@ -124,6 +124,8 @@ def build(
         ("grace_ms", str(int(req.grace_period_s * 1000))),
         ("time_limit_ms", str(int((req.time_limit_s or 0) * 1000))),
     ]
+    if req.alive is not None:
+        lines.append(("alive", req.alive.path, str(max(1, int(req.alive.stale_s * 1000)))))
     lines += _host_path_rules(req, layers)
     if os.environ.get("MLQ_TRACE"):
         lines.append(("trace", os.environ["MLQ_TRACE"]))

@@ -166,6 +166,16 @@ class HostPaths:
 
 
 @dataclass
+class Alive:
+    """A dead man's switch: the run is killed once ``path`` was not touched for
+    ``stale_s`` seconds (a node agent touches it while its control plane answers;
+    docs/cluster.md "Fencing"). The supervisor checks it, so it holds with no agent."""
+
+    path: str
+    stale_s: float
+
+
+@dataclass
 class LaunchRequest:
     """One run of one job on this node."""
 
@@ -190,6 +200,7 @@ class LaunchRequest:
     time_limit_s: float | None = None
     # the newest bytes kept of each of stdout and stderr (None: all of it)
     log_limit: int | None = None
+    alive: Alive | None = None  # set by a node agent (its heartbeat file)
 
     @property
     def run_dir(self) -> str:

@@ -128,6 +128,7 @@ def running(
     started_at: float,
     checkpoint_at: float | None = None,
     stopping_for: JobId | None = None,
+    grace_s: float = 30.0,
 ) -> RunningJob:
     """A running job on ``node`` holding these whole GPUs or MIG slices."""
     return RunningJob(
@@ -143,6 +144,7 @@ def running(
         checkpoint_at=checkpoint_at,
         time_limit=time_limit if time_limit is not None else defaults.time_limit,
         stopping_for=stopping_for,
+        grace_s=grace_s,
     )
 
 

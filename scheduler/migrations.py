@@ -108,7 +108,20 @@ def _v5(conn: Connection) -> None:
     _add_columns(conn, "priority_classes", {"queue_order": "TEXT NOT NULL DEFAULT 'short-first'"})
 
 
-STEPS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
+def _v6(conn: Connection) -> None:
+    """Many machines (docs/cluster.md): each run's allocation number (its fencing
+    token), the launch request a remote node runs, a kill-now stop, and the nodes."""
+    _add_columns(
+        conn, "jobs", {"epoch": "BIGINT", "launch": "TEXT", "stop_now": "BOOLEAN DEFAULT FALSE"}
+    )
+    conn.execute(text("UPDATE jobs SET stop_now = FALSE WHERE stop_now IS NULL"))
+    SQLModel.metadata.create_all(conn, tables=[models.NodeRow.__table__])
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_node_state ON jobs (node, state)"))
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6,
+}  # fmt: skip
 SCHEMA_VERSION = max(STEPS)
 
 

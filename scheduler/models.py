@@ -1,5 +1,5 @@
 """The store's tables (SQLModel): jobs, their events, teams, members, quotas,
-priority classes, and a key-value table that holds the schema version.
+priority classes, grants, the cluster's nodes, and a key-value table that holds the schema version.
 
 Times are UTC seconds since the epoch (float). Resolved job specs are stored as
 JSON so a job runs exactly as it was accepted, even if class defaults change later.
@@ -36,6 +36,7 @@ class Job(SQLModel, table=True):
         # schema 4: per-user caps at submit, and history read newest first
         Index("ix_jobs_user_state", "user", "state", "spec_bytes"),
         Index("ix_jobs_ended_at", "ended_at"),
+        Index("ix_jobs_node_state", "node", "state"),  # schema 6: a node's runs
         {"sqlite_autoincrement": True},  # Slurm-like IDs: increasing, never reused
     )
 
@@ -73,6 +74,11 @@ class Job(SQLModel, table=True):
     # schema 4: the kernel's OOM kills in the last run; the stored spec's size
     oom_kills: int | None = int64()
     spec_bytes: int = int64(0, nullable=False)
+    # schema 6: the run's allocation number (the fencing token of every order to its
+    # node), the launch request a remote node runs it from, and a kill-now stop
+    epoch: int | None = int64()
+    launch: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    stop_now: bool = False
 
 
 class JobRow(Protocol):
@@ -123,6 +129,8 @@ class JobRow(Protocol):
     def stop_cause(self) -> str | None: ...
     @property
     def stop_for(self) -> int | None: ...
+    @property
+    def epoch(self) -> int | None: ...
 
 
 class JobEvent(SQLModel, table=True):
@@ -190,6 +198,24 @@ class GrantRow(SQLModel, table=True):
     capabilities: str = "[]"
     volume_paths: str = "[]"
     devices: str = "[]"
+
+
+class NodeRow(SQLModel, table=True):
+    """schema 6: a node an agent registered (cluster mode): what it has, how it is."""
+
+    __tablename__ = "nodes"
+
+    name: str = Field(primary_key=True)
+    state: str = "up"  # "up" | "down"
+    reason: str = ""  # why it is down
+    address: str = ""  # where its agent connected from
+    cpus: int = int64(0, nullable=False)  # millicores
+    memory: int = int64(0, nullable=False)  # bytes
+    gpus: str = Field("{}", sa_column=Column(Text, nullable=False, server_default="{}"))
+    state_dir: str = ""  # the agent's state dir (run dirs and checkpoints live there)
+    socket: str = ""  # the agent's user socket (never mounted into a job)
+    registered_at: float = 0.0
+    last_heartbeat: float = 0.0  # as the active control plane last recorded it
 
 
 class Meta(SQLModel, table=True):

@@ -53,11 +53,15 @@ class VictimSet:
     _cost: tuple | None = None
 
     def cost(self) -> tuple:
-        """Fewer victims, then less work lost, then the fuller node. Kept once computed:
-        the search compares sets while the room stands still."""
+        """Fewer victims, then the room that frees soonest (the victims' longest grace
+        period: the job starts once the last one has stopped), then less work lost, then
+        the fuller node. Kept once computed: the search compares sets while the room
+        stands still."""
         if self._cost is None:
             free = sum(len(v) for v in self.node.free.values())
-            self._cost = (len(self.victims), sum(v.lost for v in self.victims), free, self.node.i)
+            grace = max((v.job.grace_s for v in self.victims), default=0.0)
+            lost = sum(v.lost for v in self.victims)
+            self._cost = (len(self.victims), grace, lost, free, self.node.i)
         return self._cost
 
 

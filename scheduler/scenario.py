@@ -62,6 +62,7 @@ class ScenarioRunning(Strict):
     checkpoint_at: float | None = None
     time_limit: Seconds | None = None
     stopping_for: JobIdField | None = None
+    grace_period: Seconds = 30  # preemption.grace_period: how long it may take to stop
 
 
 class ScenarioPending(Strict):
@@ -234,6 +235,7 @@ def to_snapshot(sc: Scenario) -> Snapshot:
                 started_at=r.started_at,
                 checkpoint_at=r.checkpoint_at,
                 stopping_for=r.stopping_for,
+                grace_s=r.grace_period,
             )
         )
     pending = []

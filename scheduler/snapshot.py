@@ -143,6 +143,7 @@ class RunningJob:
     checkpoint_at: float | None = None
     time_limit: int | None = None  # seconds; lets backfill estimate when it ends
     stopping_for: JobId | None = None  # already chosen as a victim for this pending job
+    grace_s: float = 30.0  # the longest it may take to stop (its grace period)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from mlq.scheduler.models import (
     JobRow,
     Member,
     Meta,
+    NodeRow,
     PriorityClassRow,
     Quota,
     Team,
@@ -133,6 +134,7 @@ class Store:
         self._classes: list[PriorityClass] | None = None
         self._grants: list[Grant] | None = None
         self._caps: UserCaps | None = None
+        self._epoch: int | None = None  # the last allocation number given (next_epoch)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -635,6 +637,46 @@ class Store:
             for k, v in fields.items():
                 setattr(job, k, v)
             s.add(job)
+
+    def next_epoch(self) -> int:
+        """A new allocation number, above every one given before: the fencing token of
+        a run's orders. Read once from the jobs, then counted here: only the one active
+        control plane starts runs (a standby that takes over reads it afresh)."""
+        with self._write_lock:
+            if self._epoch is None:
+                with self.engine.connect() as conn:
+                    top = conn.execute(select(func.max(Job.__table__.c.epoch))).scalar()
+                self._epoch = int(top or 0)
+            self._epoch += 1
+            return self._epoch
+
+    # -- the cluster's nodes (schema 6) -------------------------------------------------
+
+    def node_rows(self) -> list[NodeRow]:
+        with self.session() as s:
+            return list(s.scalars(select(NodeRow).order_by(col(NodeRow.name))))
+
+    def save_node(self, name: str, **fields: object) -> None:
+        """Create the node's row, or change its fields."""
+        with self.write() as s:
+            row = s.get(NodeRow, name, with_for_update=True) or NodeRow(
+                name=name, registered_at=time.time()
+            )
+            for k, v in fields.items():
+                setattr(row, k, v)
+            s.add(row)
+
+    def node_runs(self, node: str) -> list[JobRow]:
+        """What the node should run now: its STARTING, RUNNING and STOPPING jobs, with
+        their epochs and launch requests (no spec text)."""
+        t = Job.__table__.c
+        q = (
+            select(t.id, t.restart_count, t.epoch, t.launch, t.state, t.stop_now, t.node)
+            .where(t.node == node, t.state.in_((states.STARTING, states.RUNNING, states.STOPPING)))
+            .order_by(t.id)
+        )
+        with self.engine.connect() as conn:
+            return cast(list[JobRow], list(conn.execute(q).all()))
 
     def set_reasons(self, reasons: dict[int, str]) -> None:
         """Write pending reasons (not events: a reason is not a state change). Callers

@@ -23,7 +23,7 @@ enum step_id {
     S_CGROUP, S_CGROUP_PROCS, S_CGROUP_KILL, S_SELF_JOIN, S_OOM, S_PEAK, S_STAT, S_V1_HIGH,
     S_ARG, S_ENV, S_CWD, S_USER, S_GROUP, S_CAPS, S_NO_NEW_PRIVS, S_SECCOMP,
     S_OPENER, S_PATHRULE,
-    S_STOP_SIGNAL, S_GRACE_MS, S_TIME_LIMIT_MS,
+    S_STOP_SIGNAL, S_GRACE_MS, S_TIME_LIMIT_MS, S_ALIVE,
     S_RMTREE, S_UNLINK,
     S_COUNT
 };
@@ -85,6 +85,7 @@ static const struct step_def {
     [S_STOP_SIGNAL] = {"stop_signal", "N", {"SIGNUM"}, 0, 0},
     [S_GRACE_MS] = {"grace_ms", "N", {"MS"}, 0, 0},
     [S_TIME_LIMIT_MS] = {"time_limit_ms", "N", {"MS"}, 0, 0},
+    [S_ALIVE] = {"alive", "PN", {"PATH", "MS"}, 0, 0},
     /* the end */
     [S_RMTREE] = {"rmtree", "P", {"DIR"}, 1, 0},
     [S_UNLINK] = {"unlink", "P", {"PATH"}, 1, 0},
@@ -323,6 +324,12 @@ static int take(struct plan *p, enum step_id id, char **f, const long long *n, s
         break;
     case S_GRACE_MS: p->grace_ms = (long)n[0]; break;
     case S_TIME_LIMIT_MS: p->time_limit_ms = (long)n[0]; break;
+    case S_ALIVE:
+        if (n[1] < 1)
+            return bad(at, "\"alive\" MS: %lld is not a duration (1 ms or more)", n[1]);
+        p->alive = f[0];
+        p->alive_ms = (long)n[1];
+        break;
     case S_RMTREE: ADD(p->rmtrees, f[0]); break;
     case S_UNLINK: ADD(p->unlinks, f[0]); break;
     case S_COUNT: break;

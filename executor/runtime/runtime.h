@@ -169,6 +169,10 @@ struct plan {
     /* stopping */
     int stop_sig;
     long grace_ms, time_limit_ms;
+    /* "alive PATH MS": a dead man's switch; the job is killed once PATH's mtime is
+     * older than MS (a node agent touches it on every answer from its control plane) */
+    char *alive;
+    long alive_ms;
     /* what the supervisor removes at the end */
     LIST(char *) rmtrees;
     LIST(char *) unlinks;

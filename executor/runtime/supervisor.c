@@ -17,6 +17,7 @@
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <linux/sched.h>
 
 /* The supervisor's state, passed explicitly to its steps. */
@@ -216,6 +217,26 @@ static int start_job(struct supervisor *s, char **argv, int argc, struct rt_err 
 
 /* ---------- supervision ---------- */
 
+/* The dead man's switch ("alive PATH MS"): true once PATH is older than MS, or gone. */
+static int alive_stale(const struct plan *p, struct logbook *lb)
+{
+    struct stat st;
+    struct timespec now;
+    if (clock_gettime(CLOCK_REALTIME, &now) < 0)
+        return 0;
+    long long age = -1;
+    if (stat(p->alive, &st) == 0)
+        age = (now.tv_sec - st.st_mtim.tv_sec) * 1000LL + (now.tv_nsec - st.st_mtim.tv_nsec) / 1000000;
+    if (age >= 0 && age <= p->alive_ms)
+        return 0;
+    if (age < 0)
+        note(lb, "`%s` is gone: killing the job (its node agent stopped answering)", p->alive);
+    else
+        note(lb, "`%s` is %lld ms old, more than %ld: killing the job (its node agent stopped answering)",
+             p->alive, age, p->alive_ms);
+    return 1;
+}
+
 /* From "ok" to init's end: output, stop requests, grace period, time limit. Returns
  * init's wait status; *REASON says whether it was stopped. */
 static int supervise(struct supervisor *s, enum end_reason *reason)
@@ -233,6 +254,8 @@ static int supervise(struct supervisor *s, enum end_reason *reason)
             next = limit_end;
         int timeout = next < 0 ? -1 : (int)(next > now ? next - now : 0);
         if (s->logs.cut_dirty && (timeout < 0 || timeout > 100))
+            timeout = 100;
+        if (p->alive && !killed && (timeout < 0 || timeout > 100))
             timeout = 100;
         struct pollfd pf[5] = {{s->sfd, POLLIN, 0},
                                {s->hm.efd, POLLIN, 0},
@@ -253,6 +276,13 @@ static int supervise(struct supervisor *s, enum end_reason *reason)
             stopping = 1;
             signal_init(s, p->stop_sig);
             grace_end = now + p->grace_ms;
+        }
+        if (p->alive && !killed && alive_stale(p, &s->lb)) {
+            *reason = END_STOPPED;
+            stopping = 1;
+            cgroup_kill(p, pid, &s->lb);
+            killed = 1;
+            grace_end = -1;
         }
         if (grace_end >= 0 && now >= grace_end && !killed) {
             cgroup_kill(p, pid, &s->lb);

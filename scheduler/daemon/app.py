@@ -9,6 +9,7 @@ loop thread owns all writes, which keeps SQLite single-writer and cheap.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -17,14 +18,14 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from mlq.executor.units import format_cpus, format_duration, format_size
-from mlq.scheduler import grants, states
+from mlq.scheduler import grants, states, wire
 from mlq.scheduler.cluster import PriorityClass, parse_quota_value
 from mlq.scheduler.daemon import schemas as S
 from mlq.scheduler.daemon.auth import Caller, may_see_private, require_admin, require_owner
 from mlq.scheduler.daemon.batcher import SubmitBatcher
 from mlq.scheduler.daemon.limits import BodyLimit, install_handlers
 from mlq.scheduler.daemon.logs import read_log
-from mlq.scheduler.daemon.nodes import node_view
+from mlq.scheduler.daemon.nodes import node_views
 from mlq.scheduler.daemon.peer import Peer
 from mlq.scheduler.daemon.submit import as_jobs, cgroup_limits, check_caps, job_rows, prepare
 from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, Refused, status_of
@@ -52,19 +53,49 @@ class Daemon:
         # Cancelling a running job needs the executor; the loop installs this.
         self.stop_running: Callable[[int, bool, str], str] | None = None
         self.loop: Any = None  # the scheduling loop, when the daemon runs one
-        self.executor: Any = None  # the node's executor (runs' output, live figures)
         self.forbidden: tuple[str, ...] = grants.FORBIDDEN_PATHS  # never mounted into a job
         # the cluster's nodes as the policy sees them (for what no node could hold)
         self.nodes: Callable[[], list[Any]] = lambda: []
+        self.fleet: Any = None  # the agents' nodes, when this is a control plane
+        self.admin_nodes: frozenset[str] = frozenset()  # nodes whose root and admins count
 
 
 async def caller(request: Request) -> Caller:
-    """The caller, from the socket's peer credentials (set by ``PeerCredProtocol``).
-    ``async``: a plain function would be run in a worker thread, a hop per request."""
+    """The caller, from the socket's peer credentials (set by ``PeerCredProtocol``), or
+    the user a node's agent vouches for (``agentproxy.py``). ``async``: a plain
+    function would be run in a worker thread, a hop per request."""
+    daemon = request.app.state.daemon
     peer: Peer | None = request.scope.get("mlq.peer")
-    if peer is None:
-        raise Refused("the caller could not be identified; connect over mlq's Unix socket")
-    return Caller.of(peer, request.app.state.daemon.admin_group)
+    if peer is not None:
+        return Caller.of(peer, daemon.admin_group)
+    return vouched(request, daemon)
+
+
+def vouched(request: Request, daemon: Daemon) -> Caller:
+    """A user as a node vouches for them. Only an enrolled node's connection may vouch;
+    root on a node is not root of the cluster, and admin rights come only from the
+    nodes the cluster config trusts with them (``docs/security.md``)."""
+    node = request.scope.get("mlq.node")
+    if node is None or node.role != "node":
+        raise Refused(
+            "the caller could not be identified: connect over mlq's Unix socket, "
+            "on a node, through its agent"
+        )
+    h = request.headers
+    try:
+        uid, gid, pid = int(h["x-mlq-uid"]), int(h["x-mlq-gid"]), int(h.get("x-mlq-pid", "0"))
+    except (KeyError, ValueError):
+        raise Refused(
+            f"node {node.name} did not say who is asking (X-Mlq-Uid, X-Mlq-Gid)"
+        ) from None
+    trusted = node.name in daemon.admin_nodes
+    from mlq.scheduler.daemon.peer import identify
+
+    peer = identify(pid, uid, gid)
+    caller = Caller.of(peer, daemon.admin_group)
+    if caller.is_admin and not trusted:
+        caller = Caller(peer=peer, is_admin=False, squashed_on=node.name if uid == 0 else None)
+    return caller
 
 
 Who = Annotated[Caller, Depends(caller)]
@@ -410,7 +441,7 @@ def build_app(daemon: Daemon) -> FastAPI:
         if refresh:
             require_admin(who, "rediscover this node's GPUs", daemon.admin_group)
             loop.refresh_gpus()
-        return S.NodeList(nodes=[node_view(store, loop)])
+        return S.NodeList(nodes=node_views(store, loop))
 
     @app.get("/v1/status", response_model=S.StatusOut, tags=["meta"])
     async def status() -> S.StatusOut:
@@ -454,7 +485,7 @@ def build_app(daemon: Daemon) -> FastAPI:
             for j in store.jobs(states_in=(states.PENDING,), limit=200, with_spec=False)
         ]
         return S.TopOut(
-            nodes=[node_view(store, loop)],
+            nodes=node_views(store, loop),
             running=running,
             pending=pending,
             passes=loop.stats.passes,
@@ -474,9 +505,26 @@ def build_app(daemon: Daemon) -> FastAPI:
             raise InvalidInput(f'stream: "{stream}" is not allowed; use stdout or stderr')
         job = store.job(job_id)
         require_owner(who, job, store, action="read the logs of")
-        if daemon.executor is None:
-            raise Conflict("this daemon has no executor to read job output from")
-        return read_log(job, daemon.executor, stream, run, offset, limit)
+        executor = daemon.loop.executor_of(job) if daemon.loop is not None else None
+        if executor is None:
+            where = f"node {job.node}" if job.node else "no node"
+            raise Conflict(f"job {job_id}'s output is on {where}, which this server cannot reach")
+        if daemon.fleet is None:
+            return read_log(job, executor, stream, run, offset, limit)
+        # a remote node's output comes through its agent's next sync: wait off the loop
+        return await asyncio.to_thread(read_log, job, executor, stream, run, offset, limit)
+
+    # -- agents (a node's certificate, on the control plane's TCP port) -----------------
+
+    @app.post("/v1/agent/sync", response_model=wire.SyncReply, tags=["cluster"])
+    async def agent_sync(body: wire.SyncRequest, request: Request) -> Response:
+        node = request.scope.get("mlq.node")
+        if node is None or node.role != "node":
+            raise Refused("only an enrolled node's agent may sync (a node certificate)")
+        if daemon.fleet is None:
+            raise Conflict("this server runs no cluster (start it with --listen)")
+        reply = await daemon.fleet.sync(node.name, body, request.scope.get("mlq.address", ""))
+        return typed(reply)
 
     @app.get("/v1/whoami", response_model=S.WhoAmI, tags=["meta"])
     async def whoami(who: Who) -> S.WhoAmI:

@@ -23,6 +23,9 @@ from mlq.scheduler.store import Store
 class Caller:
     peer: Peer
     is_admin: bool
+    # root on a node the cluster does not trust as root (its agent vouched for uid 0):
+    # may read what any user may, and nothing more (docs/security.md, many machines)
+    squashed_on: str | None = None
 
     @property
     def user(self) -> str:
@@ -33,7 +36,16 @@ class Caller:
         return cls(peer=peer, is_admin=peer.uid == 0 or admin_group in peer.groups)
 
 
+def squashed(caller: Caller, action: str) -> Refused:
+    return Refused(
+        f"root on node {caller.squashed_on} is not root of the cluster: it may not {action}; "
+        "act as a user there, or as root on the control plane (--admin-node trusts a node)"
+    )
+
+
 def require_admin(caller: Caller, action: str, admin_group: str) -> None:
+    if caller.squashed_on:
+        raise squashed(caller, action)
     if not caller.is_admin:
         raise Refused(
             f"{caller.user} may not {action}: only root or members of the "
@@ -42,6 +54,8 @@ def require_admin(caller: Caller, action: str, admin_group: str) -> None:
 
 
 def require_submit(caller: Caller, team: str, store: Store) -> None:
+    if caller.squashed_on:
+        raise squashed(caller, f'submit to team "{team}"')
     if caller.is_admin:
         return
     member, _ = store.teams_of(caller.user, caller.peer.groups)
@@ -56,6 +70,8 @@ def require_submit(caller: Caller, team: str, store: Store) -> None:
 def may_see_private(caller: Caller, job: Job, store: Store) -> bool:
     """The job's owner, its team's admins and mlq admins: who may cancel it, read its
     logs and see its environment and command line."""
+    if caller.squashed_on:
+        return False
     if caller.is_admin or job.user == caller.user:
         return True
     _, admin = store.teams_of(caller.user, caller.peer.groups)

@@ -4,7 +4,10 @@ A start is recorded STARTING (only from PENDING: a job cancelled since the snaps
 is never started) before the executor is asked, so a daemon that dies mid-launch
 finds the run; RUNNING follows once the command runs. Grants are checked again
 at the start (one may have been taken back since the submit). A stop is recorded
-STOPPING with its cause before the signal goes out.
+STOPPING with its cause before the signal goes out. Each start and stop goes to the
+node it names (``loop.nodes``); a remote node's start is recorded with its launch
+request and a new epoch (the fencing token) in the same transaction as STARTING,
+and becomes RUNNING when the node's agent reports it runs (``fleet.py``).
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ from typing import Any
 
 from mlq.executor.asuser import supplementary_groups
 from mlq.executor.gpus import wiring
-from mlq.executor.interface import Executor
 from mlq.executor.rundir import CHECKPOINT_MARK
 from mlq.scheduler import grants, states
 from mlq.scheduler.clock import Clock
 from mlq.scheduler.cluster import DEFAULT_LOG_LIMIT
 from mlq.scheduler.daemon.logs import run_id
+from mlq.scheduler.daemon.nodeset import NodeSet
 from mlq.scheduler.daemon.outcomes import StopCause, could_not_start
 from mlq.scheduler.daemon.specs import SpecCache
 from mlq.scheduler.errors import Conflict, NotFound
@@ -33,35 +36,26 @@ log = logging.getLogger("mlq.loop")
 
 
 class Launcher:
-    def __init__(
-        self,
-        store: Store,
-        executor: Executor,
-        clock: Clock,
-        specs: SpecCache,
-        node: Any,
-        carver: Any,
-        state_dir: str,
-        forbidden: tuple[str, ...] = grants.FORBIDDEN_PATHS,
-    ) -> None:
+    def __init__(self, store: Store, clock: Clock, specs: SpecCache, nodes: NodeSet) -> None:
         self.store = store
-        self.executor = executor
         self.clock = clock
         self.specs = specs
-        self.node = node  # NodeView: the node's GPUs to wire from
-        self.carver = carver
-        self.state_dir = state_dir
-        self.forbidden = forbidden
+        self.nodes = nodes
 
     def start(self, job: Any, start: Start) -> None:
         spec = self.specs.of(job)
-        carved = self.carver.carve_for(job, start)  # the slices that do not exist yet
+        slot = self.nodes.get(start.node)
+        if slot is None:
+            log.info("job %s: node %s is gone; not started", job.id, start.node)
+            return
+        executor = slot.executor
+        carved = slot.carver.carve_for(job, start)  # the slices that do not exist yet
         if carved is None:  # the driver refused: the job waits, with the reason
             return
         devices: list[tuple[str, str]] = []
         visible = None
         if start.gpus or start.mig:
-            w = wiring(self.node.gpus, gpus=list(start.gpus), mig=list(start.mig))
+            w = wiring(slot.view.gpus, gpus=list(start.gpus), mig=list(start.mig))
             devices = [(d.host_path, d.path) for d in w.devices]
             visible = w.visible
         extra = {}
@@ -71,11 +65,11 @@ class Launcher:
         if spec.checkpoint is not None:
             extra["MLQ_CHECKPOINT_MARK"] = f"{spec.checkpoint.target.rstrip('/')}/{CHECKPOINT_MARK}"
         run = run_id(job)
-        if self.executor.has_run(run):  # left by a start the daemon never finished
-            self.executor.discard(run)
+        if executor.has_run(run):  # left by a start the daemon never finished
+            executor.discard(run)
         all_grants = self.store.grants()
         beyond = grants.check(
-            spec, job.team, job.priority_class, all_grants, self.forbidden, is_root=job.uid == 0
+            spec, job.team, job.priority_class, all_grants, slot.forbidden, is_root=job.uid == 0
         )
         if beyond:
             self.failed(job, "; ".join(beyond))
@@ -88,14 +82,14 @@ class Launcher:
             run_id=run,
             uid=job.uid,
             gid=job.gid,
-            state_dir=self.state_dir,
+            state_dir=slot.state_dir,
             devices=devices,
             visible_devices=visible,
             extra_env=extra,
             checkpoint_key=job.id,
             additional_gids=supplementary_groups(job.uid, job.gid),
             volume_paths=() if job.uid == 0 else allowed.volume_paths,
-            denied_paths=self.forbidden,
+            denied_paths=slot.forbidden,
             log_limit=self.log_limit(job.priority_class),
         )
         held = {
@@ -103,6 +97,7 @@ class Launcher:
             "mig": [{"gpu": m.gpu, "profile": m.profile, "start": m.start} for m in start.mig],
             **({"carved": carved} if carved else {}),
         }
+        remote = {"launch": request.to_json(), "stop_now": False} if slot.remote else {}
         try:
             self.store.transition(
                 job.id,
@@ -111,18 +106,22 @@ class Launcher:
                 expect=(states.PENDING,),
                 node=start.node,
                 devices=json.dumps(held),
-                run_dir=self.executor.locate(run),
+                run_dir=executor.locate(run),
                 started_at=self.clock.time(),
+                epoch=self.store.next_epoch(),
+                **remote,
             )
         except Conflict:
             log.info("job %s left PENDING before its start: not started", job.id)
             return
         try:
-            started = self.executor.start(request)
+            started = executor.start(request)
         except Exception as exc:  # BadRequest / LaunchError: the executor undid its steps
             log.warning("job %s failed to start: %s", job.id, exc)
             self.failed(job, str(exc))
             return
+        if not started.confirmed:
+            return  # its agent reports it RUNNING (or how it failed)
         self.store.transition(
             job.id,
             states.RUNNING,
@@ -163,10 +162,12 @@ class Launcher:
             expect=(states.RUNNING, states.STARTING),
             stop_cause=cause.value,
             stop_for=stop_for,
+            stop_now=now,  # a remote node reads the stop from the row
         )
-        if not job.run_dir:
+        slot = self.nodes.of(job)
+        if not job.run_dir or slot is None:
             return
         try:
-            self.executor.stop(run_id(job), now=now)
+            slot.executor.stop(run_id(job), now=now)
         except Exception as exc:  # already ended: the next pass collects it
             log.info("stop job %s: %s", job.id, exc)

@@ -24,7 +24,11 @@ def runs_of(job: Job, executor: Any) -> list[int]:
     """The run numbers of the job that have output, oldest first."""
     if not job.run_dir:
         return []
-    return [n for n in range(job.restart_count + 1) if executor.has_run(run_id(job, n))]
+    names = [run_id(job, n) for n in range(job.restart_count + 1)]
+    if hasattr(executor, "has_runs"):  # a remote node: one question to its agent
+        have = executor.has_runs(names)
+        return [n for n, name in enumerate(names) if name in have]
+    return [n for n, name in enumerate(names) if executor.has_run(name)]
 
 
 def read_log(

@@ -1,5 +1,7 @@
 """The scheduling loop: the daemon's one place where the policy's decisions meet the
-store and the executor, each given to it as a part (``Loop(store, executor, clock)``).
+store and the executors, each given to it as a part (``Loop(store, executor, clock)``).
+Each node is a ``Slot`` of ``loop.nodes`` (``nodeset.py``): this machine's, and in
+cluster mode one per agent (``fleet.py`` adds them).
 
 One worker thread runs passes, so passes never overlap. Anything that may change a
 decision (a submit, a cancel, a quota change, a run that ends) only *asks* for a
@@ -18,6 +20,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mlq.executor.cgroups import Stats
@@ -31,6 +34,7 @@ from mlq.scheduler.daemon.carving import Carver
 from mlq.scheduler.daemon.dependencies import dependency_states, settle
 from mlq.scheduler.daemon.launcher import Launcher
 from mlq.scheduler.daemon.logs import run_id
+from mlq.scheduler.daemon.nodeset import NodeSet, Slot
 from mlq.scheduler.daemon.outcomes import StopCause
 from mlq.scheduler.daemon.specs import SpecCache
 from mlq.scheduler.daemon.view import NodeView, view
@@ -55,25 +59,28 @@ class LoopStats:
 
 @dataclass
 class Loop:
-    """Runs scheduling passes in one thread; the executor holds the runs."""
+    """Runs scheduling passes in one thread; the executors hold the runs. ``executor``
+    and ``node``: this machine's node (None for a control plane that runs none)."""
 
     store: Store
-    executor: Executor
+    executor: Executor | None
     clock: Clock
     cluster: ClusterConfig
-    node: NodeView
+    node: NodeView | None
     state_dir: str
     forbidden: tuple[str, ...] = grants.FORBIDDEN_PATHS  # never mounted into a job
     safety_interval: float = 5.0
     stats: LoopStats = field(default_factory=LoopStats)
+    # called at the start of every pass, under the loop's lock (the fleet's leases)
+    before_pass: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.specs = SpecCache(self.store)
-        self.carver = Carver(self.node, self.store, self.cluster.node, self.executor)
-        self.launcher = Launcher(
-            self.store, self.executor, self.clock, self.specs, self.node, self.carver,
-            self.state_dir, self.forbidden,
-        )  # fmt: skip
+        self.nodes = NodeSet()
+        if self.node is not None and self.executor is not None:
+            carver = Carver(self.node, self.store, self.cluster.node, self.executor)
+            self.nodes.add(Slot(self.node, self.executor, carver, self.state_dir, self.forbidden))
+        self.launcher = Launcher(self.store, self.clock, self.specs, self.nodes)
         self.stats.started = self.clock.time()
         self._lock = threading.Lock()  # one pass at a time
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -106,7 +113,7 @@ class Loop:
     def _run(self) -> None:
         while not self._stopping.is_set():
             with self._lock:
-                fds = [self._wake_r, *self.executor.wait_fds()]
+                fds = [self._wake_r, *self.nodes.wait_fds()]
             with contextlib.suppress(OSError, ValueError):  # an fd a pass closed meanwhile
                 select.select(fds, [], [], self.safety_interval)
             # Under a burst, leave four times the CPU a pass used between passes, so the
@@ -134,6 +141,8 @@ class Loop:
         t0, cpu0 = self.clock.monotonic(), time.thread_time()
         with self._lock:
             recovery.reap_orphans()
+            for hook in self.before_pass:
+                hook()
             # 1. the runs that ended: their states and requeues
             active = self.active_jobs()
             if self.collect_ended([j for j in active if j.state != states.PENDING]):
@@ -147,12 +156,15 @@ class Loop:
                 active = self.active_jobs()
             # 4. the snapshot and the policy's decisions
             now = self.clock.time()
-            v = view(self.store, self.executor, self.specs, self.node, active, deps, now,
-                     self.launcher.failed)  # fmt: skip
+            local = self.nodes.local
+            v = view(self.store, local.executor if local else None, self.specs,
+                     self.nodes.offered(), active, deps, now, self.launcher.failed)  # fmt: skip
             decisions = decide(v.snapshot)
             # 5. reasons with their numbers; carry out the decisions, each on its own
             reasons = explain(v.snapshot, decisions) | v.waiting
-            decisions = self.carver.explain(dataclasses.replace(decisions, reasons=reasons))
+            decisions = dataclasses.replace(decisions, reasons=reasons)
+            for slot in self.nodes.all():
+                decisions = slot.carver.explain(decisions)
             self.apply(decisions, v.jobs)
         self.stats.passes += 1
         self.stats.last_pass_ms = (self.clock.monotonic() - t0) * 1000
@@ -170,9 +182,10 @@ class Loop:
         """Record every run that ended; returns how many did."""
         ended = 0
         for job in running:
-            if not job.run_dir:
-                continue  # being started by this very pass
-            status = self.executor.poll(run_id(job))
+            slot = self.nodes.of(job)
+            if not job.run_dir or slot is None:
+                continue  # being started by this very pass; or on a node not known yet
+            status = slot.executor.poll(run_id(job))
             if status is not None:
                 self.finish(job, status)
                 ended += 1
@@ -180,14 +193,17 @@ class Loop:
 
     def finish(self, job: JobRow, status: Status) -> None:
         """Record how a run ended; requeue a preempted job that asks for it."""
-        self.carver.release(job)  # the MIG slices carved for this run
+        slot = self.nodes.of(job)
+        if slot is not None:
+            slot.carver.release(job)  # the MIG slices carved for this run
         steps = outcomes.ended(job, self.specs.of(job), status, self.clock.time())
         self.store.transitions(job.id, steps)
 
     def read_checkpoint_marks(self, running: list[JobRow]) -> None:
         """A job reports a checkpoint by touching its mark (``mlq checkpoint-done``)."""
         for job in running:
-            mtime = self.executor.checkpoint_mark(job.id)
+            slot = self.nodes.of(job)
+            mtime = slot.executor.checkpoint_mark(job.id) if slot else None
             if mtime and job.started_at and mtime >= job.started_at and mtime != job.checkpoint_at:
                 self.store.update_fields(job.id, checkpoint_at=mtime)
 
@@ -212,7 +228,8 @@ class Loop:
                 except Exception as exc:
                     log.exception("starting job %s failed", s.job)
                     self.launcher.failed(job, f"{type(exc).__name__}: {exc}")
-                self.carver.settle(job)  # slices carved for a job that did not start go
+                if (slot := self.nodes.get(s.node)) is not None:
+                    slot.carver.settle(job)  # slices carved for a job not started go
         changed = {}
         for k, reason in decisions.reasons.items():
             job = jobs.get(int(k))
@@ -229,10 +246,16 @@ class Loop:
                 return job.state
             if job.state == states.STOPPING:
                 # already stopping (e.g. preempted): the cancel wins, and --now kills
-                self.store.update_fields(job_id, stop_cause=StopCause.CANCEL.value, reason=reason)
-                if now and job.run_dir:
+                self.store.update_fields(
+                    job_id,
+                    stop_cause=StopCause.CANCEL.value,
+                    reason=reason,
+                    stop_now=now or job.stop_now,
+                )
+                slot = self.nodes.of(job)
+                if now and job.run_dir and slot is not None:
                     with contextlib.suppress(Exception):
-                        self.executor.stop(run_id(job), now=True)
+                        slot.executor.stop(run_id(job), now=True)
                 return states.STOPPING
             self.launcher.stop(job, StopCause.CANCEL, reason, now=now)
         self.ask("stop")
@@ -240,12 +263,20 @@ class Loop:
 
     def live_stats(self, job: JobRow) -> Stats | None:
         """The executor's live figures for a running job (None if not available)."""
-        return self.executor.stats(run_id(job)) if job.run_dir else None
+        slot = self.nodes.of(job)
+        return slot.executor.stats(run_id(job)) if job.run_dir and slot else None
 
     def refresh_gpus(self) -> None:
         """Rediscover this node's GPUs (``mlq nodes --refresh``)."""
         with self._lock:
-            self.node.gpus = self.executor.inventory(refresh=True)
-            self.carver.reset()  # a node that stopped carving may carve again
-            log.info("node %s: %s", self.node.name, self.node.gpus.summary())
+            slot = self.nodes.local
+            if slot is not None:
+                slot.view.gpus = slot.executor.inventory(refresh=True)
+                slot.carver.reset()  # a node that stopped carving may carve again
+                log.info("node %s: %s", slot.name, slot.view.gpus.summary())
         self.ask("refresh")
+
+    def executor_of(self, job: JobRow) -> Executor | None:
+        """The executor of the node a job ran or runs on (its output is there)."""
+        slot = self.nodes.of(job)
+        return slot.executor if slot is not None else None

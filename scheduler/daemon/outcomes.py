@@ -26,6 +26,13 @@ class StopCause(StrEnum):
     CANCEL = "cancel"
 
 
+# what a requeued job forgets of its last run
+REQUEUE_FIELDS: dict[str, Any] = {
+    "node": None, "devices": None, "cgroup": None, "stop_cause": None, "stop_for": None,
+    "ended_at": None, "launch": None, "stop_now": False,
+}  # fmt: skip
+
+
 def how(status: Status) -> str:
     """``signal SIGKILL`` or ``exit code 3``."""
     return f"signal {status.signal}" if status.signal else f"exit code {status.exit_code}"
@@ -37,6 +44,7 @@ def ended(job: Any, spec: JobSpec, status: Status, now: float) -> list[Step]:
     oom_kills = int(status.oom_kills or 0)
     fields: dict[str, Any] = {
         "ended_at": now,
+        "launch": None,
         "exit_code": status.exit_code,
         "signal": status.signal,
         "max_memory": status.max_memory_bytes or None,
@@ -53,15 +61,7 @@ def ended(job: Any, spec: JobSpec, status: Status, now: float) -> list[Step]:
             (states.PREEMPTED, f"Preempted for job {job.stop_for} ({ending})", fields)
         ]
         if spec.preemption.requeue:
-            requeue = {
-                "restart_count": job.restart_count + 1,
-                "node": None,
-                "devices": None,
-                "cgroup": None,
-                "stop_cause": None,
-                "stop_for": None,
-                "ended_at": None,
-            }
+            requeue = {**REQUEUE_FIELDS, "restart_count": job.restart_count + 1}
             why = f"Requeued after preemption (restart {job.restart_count + 1})"
             steps.append((states.PENDING, why, requeue))
         return steps
@@ -83,6 +83,18 @@ def ended(job: Any, spec: JobSpec, status: Status, now: float) -> list[Step]:
     if outcome == Outcome.STOPPED:
         return [(states.CANCELLED, f"stopped outside mlq ({ending})", fields)]
     return [(states.FAILED, status.error or ending, fields)]
+
+
+def node_failed(job: Any, spec: JobSpec, why: str, now: float) -> list[Step]:
+    """The store steps for a run whose node was declared down (NODE_FAIL, then PENDING
+    on another node when ``preemption.requeue`` allows it, as after a preemption)."""
+    reason = f"node {job.node} failed: {why}"
+    steps: list[Step] = [(states.NODE_FAIL, reason, {"ended_at": now, "launch": None})]
+    if spec.preemption.requeue:
+        restart = job.restart_count + 1
+        why_requeued = f"Requeued after its node {job.node} failed (restart {restart})"
+        steps.append((states.PENDING, why_requeued, {**REQUEUE_FIELDS, "restart_count": restart}))
+    return steps
 
 
 def could_not_start(why: str) -> str:

@@ -1,7 +1,8 @@
-"""Who is calling: the Unix socket's peer credentials (SO_PEERCRED).
+"""Who is calling: the Unix socket's peer credentials (SO_PEERCRED), or the node a
+mutual-TLS client certificate names (the control plane's port).
 
-The caller's identity comes from the kernel, never from anything the client
-says. A uvicorn protocol subclass reads the credentials once per connection and
+The caller's identity comes from the kernel or the TLS handshake, never from
+anything the client says. A uvicorn protocol subclass reads the credentials once per connection and
 puts them in each request's ASGI scope under ``mlq.peer``.
 """
 
@@ -51,16 +52,34 @@ def identify(pid: int, uid: int, gid: int) -> Peer:
 
 
 class PeerCredProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, plus the peer's credentials in every scope."""
+    """uvicorn's httptools protocol, plus the caller in every scope: the peer's
+    credentials on a Unix socket (``mlq.peer``), or on a mutual-TLS connection the
+    node its certificate names (``mlq.node``, an ``mlq.scheduler.pki.Identity``)."""
 
     _peer: Peer | None = None
+    _node: object | None = None
+    _address: str = ""
 
     def connection_made(self, transport) -> None:  # type: ignore[override, no-untyped-def]
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family == socket.AF_UNIX:
             self._peer = peer_of(sock)
+            return
+        tls = transport.get_extra_info("ssl_object")
+        if tls is not None:
+            from mlq.scheduler.pki import PkiError, identity_from_peercert
+
+            cert = tls.getpeercert()
+            try:
+                self._node = identity_from_peercert(cert) if cert else None
+            except PkiError:
+                self._node = None
+            peer = transport.get_extra_info("peername")
+            self._address = str(peer[0]) if peer else ""
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["mlq.peer"] = self._peer  # type: ignore[typeddict-unknown-key]
+        self.scope["mlq.node"] = self._node  # type: ignore[typeddict-unknown-key]
+        self.scope["mlq.address"] = self._address  # type: ignore[typeddict-unknown-key]

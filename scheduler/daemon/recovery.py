@@ -19,15 +19,21 @@ log = logging.getLogger("mlq.loop")
 
 
 def recover(loop: Any) -> None:
-    """``loop``: the daemon's Loop (its store, executor, carver and ``finish``)."""
-    store, executor = loop.store, loop.executor
+    """``loop``: the daemon's Loop (its store, nodes and ``finish``). A job on a node
+    the loop does not know yet (an agent that has not registered since) is left as it
+    is: its agent re-adopts it, or its node's lease decides (``fleet.py``)."""
+    store = loop.store
     for job in store.jobs(states_in=(states.STARTING, states.RUNNING, states.STOPPING)):
         run = run_id(job)
+        slot = loop.nodes.of(job)
+        if slot is None:
+            continue
+        executor = slot.executor
         found = executor.adopt(run) if job.run_dir else None
         if found is None or (not found.started and found.status is None):
             requeue_unstarted(loop, job)
         elif found.running:
-            if job.state == states.STARTING:
+            if job.state == states.STARTING and found.confirmed:
                 store.transition(job.id, states.RUNNING, "re-adopted after a daemon restart")
             elif job.state == states.STOPPING and not found.stop_asked:
                 # STOPPING was recorded, but the daemon died before it asked: ask now
@@ -41,10 +47,12 @@ def recover(loop: Any) -> None:
 
 
 def requeue_unstarted(loop: Any, job: Any) -> None:
-    loop.carver.release(job)  # slices carved for a start that never ran
-    if job.run_dir:
+    slot = loop.nodes.of(job)
+    if slot is not None:
+        slot.carver.release(job)  # slices carved for a start that never ran
+    if job.run_dir and slot is not None:
         # a launch cut short may have made cgroups before it was recorded anywhere
-        left = loop.executor.discard(run_id(job))
+        left = slot.executor.discard(run_id(job))
         if left:
             log.info("job %s: removed what its cut-short launch left: %s", job.id, left)
     loop.store.transition(
@@ -55,6 +63,7 @@ def requeue_unstarted(loop: Any, job: Any) -> None:
         devices=None,
         run_dir=None,
         started_at=None,
+        launch=None,
     )
 
 

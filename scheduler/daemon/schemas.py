@@ -357,6 +357,10 @@ class TeamUsage(BaseModel):
 
 class NodeOut(BaseModel):
     name: str
+    state: str = "up"  # "up" | "down" (no heartbeat within its lease) | "drained"
+    reason: str = ""  # why it is down
+    last_heartbeat: float | None = None  # a remote node's last heartbeat (UTC seconds)
+    address: str = ""  # where its agent connects from
     cpus: str
     memory: str
     cpus_used: str

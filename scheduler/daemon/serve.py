@@ -115,7 +115,21 @@ def open_store(paths: ServerPaths) -> tuple[Store, ClusterConfig]:
     return store, cluster
 
 
-def serve(paths: ServerPaths, log_level: str = "warning") -> None:
+@dataclass
+class ClusterOptions:
+    """``mlq server --listen``: a control plane for agents (docs/cluster.md)."""
+
+    listen: str  # host:port of the mutual-TLS port agents connect to
+    pki: Path  # ca.crt, and this control plane's control-plane.crt/.key
+    run_node: bool = False  # also run jobs on this machine (its own node)
+    lease_s: float = 30.0
+    heartbeat_s: float = 2.0
+    admin_nodes: frozenset[str] = frozenset()
+
+
+def serve(
+    paths: ServerPaths, log_level: str = "warning", cluster_opts: ClusterOptions | None = None
+) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     import uvicorn
     from mlq.scheduler.daemon.app import Daemon, build_app
@@ -124,49 +138,132 @@ def serve(paths: ServerPaths, log_level: str = "warning") -> None:
 
     lock_fd = _lock_state_dir(paths.state_dir)
     _become_subreaper()
+    leadership = None
+    if cluster_opts is not None and not paths.database_url.startswith("sqlite"):
+        from mlq.scheduler.daemon.leader import Leadership
+        from mlq.scheduler.store import Store
+
+        Store(paths.database_url).close()  # the schema, before the term is kept in it
+        leadership = Leadership(paths.database_url)
+        leadership.acquire()  # a standby waits here, serving nothing
     store, cluster = open_store(paths)
     _clear_stale_socket(paths.socket)
-    executor = LocalExecutor(paths.state_dir, cluster.node)
+    run_node = cluster_opts is None or cluster_opts.run_node
+    executor = LocalExecutor(paths.state_dir, cluster.node) if run_node else None
+    forbidden = forbidden_paths(str(paths.state_dir), str(paths.socket))
+    interval = float(os.environ.get("MLQ_SCHEDULE_INTERVAL", "5"))
+    if cluster_opts is not None:
+        interval = min(interval, cluster_opts.heartbeat_s)  # leases are checked in passes
     loop = Loop(
         store,
         executor,
         SystemClock(),
         cluster,
-        node_view(cluster, executor),
+        node_view(cluster, executor) if executor is not None else None,
         str(paths.state_dir),
-        forbidden=forbidden_paths(str(paths.state_dir), str(paths.socket)),
-        safety_interval=float(os.environ.get("MLQ_SCHEDULE_INTERVAL", "5")),
+        forbidden=forbidden,
+        safety_interval=interval,
     )
     daemon = Daemon(store, cluster.admin_group)
     daemon.forbidden = loop.forbidden
-    daemon.nodes = lambda: [loop.node.snapshot_node()]
+    daemon.nodes = lambda: [s.view.snapshot_node() for s in loop.nodes.all()]
     daemon.loop = loop
-    daemon.executor = executor
     daemon.on_change = loop.ask
     daemon.stop_running = loop.cancel_running
+    if cluster_opts is not None:
+        from mlq.scheduler.daemon.fleet import Fleet
+
+        daemon.fleet = Fleet(
+            loop,
+            lease_s=cluster_opts.lease_s,
+            heartbeat_s=cluster_opts.heartbeat_s,
+            term=leadership.term if leadership else 1,
+        )
+        daemon.admin_nodes = cluster_opts.admin_nodes
+    if leadership is not None:
+        loop.before_pass.insert(0, lambda: _still_leader(leadership))
     app = build_app(daemon)
     loop.start()
-    config = uvicorn.Config(
-        app,
-        uds=str(paths.socket),
-        http=PeerCredProtocol,
-        loop="uvloop",
-        log_level=log_level,
-        access_log=False,
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
+    servers = [
+        uvicorn.Server(
+            uvicorn.Config(
+                app, uds=str(paths.socket), http=PeerCredProtocol, loop="uvloop",
+                log_level=log_level, access_log=False, lifespan="off",
+            )
+        )
+    ]  # fmt: skip
+    if cluster_opts is not None:
+        servers.append(_tls_server(app, cluster_opts, log_level))
     # uvicorn re-raises the signal that stopped it once it has shut down; with the
     # default handlers that would end the process before the clean-up below runs.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     try:
-        server.run()
+        run_servers(servers)
     finally:
         loop.stop()  # running jobs keep running under their supervisors
-        executor.close()  # and mlq's idle parent cgroups go
+        if executor is not None:
+            executor.close()  # and mlq's idle parent cgroups go
         store.close()
+        if leadership is not None:
+            leadership.close()
         os.close(lock_fd)
+
+
+def _still_leader(leadership: object) -> None:
+    """Before every pass: a control plane whose lock is gone stops at once (a standby
+    has it, or will): it must not start or stop anything more."""
+    if not leadership.holds():  # type: ignore[attr-defined]
+        log.critical("this control plane lost its leader lock; exiting")
+        os._exit(3)
+
+
+def _tls_server(app: object, opts: ClusterOptions, log_level: str) -> object:
+    import uvicorn
+    from mlq.scheduler import pki
+    from mlq.scheduler.daemon.peer import PeerCredProtocol
+
+    host, _, port = opts.listen.rpartition(":")
+    cert, key, ca = (opts.pki / n for n in ("control-plane.crt", "control-plane.key", "ca.crt"))
+    for f in (cert, key, ca):
+        if not f.exists():
+            raise ServerError(f"{f} is missing: run mlq cluster init --pki {opts.pki} first")
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=host or "0.0.0.0",
+        port=int(port),
+        http=PeerCredProtocol,
+        loop="uvloop",
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+        ssl_certfile=str(cert),  # uvicorn wants one to know it is TLS; the factory decides
+        ssl_context_factory=lambda _config, _default: pki.server_context(cert, key, ca),
+    )
+    return uvicorn.Server(config)
+
+
+def run_servers(servers: list[object]) -> None:
+    """Serve every server on one event loop until SIGTERM/SIGINT."""
+    import asyncio
+    import contextlib
+
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            for s in servers:
+                s.should_exit = True  # type: ignore[attr-defined]
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop)
+        for s in servers:
+            s.capture_signals = contextlib.nullcontext  # type: ignore[attr-defined]
+        await asyncio.gather(*(s.serve() for s in servers))  # type: ignore[attr-defined]
+
+    uvloop.run(main())
 
 
 def node_view(cluster: ClusterConfig, executor: LocalExecutor) -> NodeView:
@@ -181,3 +278,62 @@ def node_view(cluster: ClusterConfig, executor: LocalExecutor) -> NodeView:
         gpus=gpus,
         schedulable=cluster.node.schedulable,
     )
+
+
+def serve_agent(
+    name: str,
+    servers: list[str],
+    pki_dir: Path,
+    state_dir: Path,
+    socket_path: Path,
+    config: Path | None,
+    log_level: str = "warning",
+) -> None:
+    """``mlq agent``: this node of a cluster, until SIGTERM/SIGINT (its runs go on)."""
+    import threading
+
+    import uvicorn
+    from mlq.scheduler import pki
+    from mlq.scheduler.daemon.agent import Agent, AgentConfig
+    from mlq.scheduler.daemon.agentproxy import Proxy
+    from mlq.scheduler.daemon.peer import PeerCredProtocol
+
+    cert, key, ca = pki_dir / f"{name}.crt", pki_dir / f"{name}.key", pki_dir / "ca.crt"
+    for f in (cert, key, ca):
+        if not f.exists():
+            raise ServerError(
+                f"{f} is missing: on the control plane, mlq cluster add-node {name} "
+                f"--out DIR, then copy DIR to {pki_dir} here"
+            )
+    got = pki.identity_of(cert.read_bytes())
+    if got.name != name or got.role != "node":
+        raise ServerError(f"{cert} is {got.role} {got.name!r}'s certificate, not node {name!r}'s")
+    lock_fd = _lock_state_dir(state_dir)
+    _become_subreaper()
+    cluster = load_cluster(config) if config else ClusterConfig()
+    node = cluster.node.model_copy(update={"name": name})
+    executor = LocalExecutor(state_dir, node)
+    cfg = AgentConfig(
+        name=name, servers=servers, ca=ca, cert=cert, key=key, state_dir=state_dir,
+        socket=socket_path, cpus=node.cpu_millicores(), memory=node.memory_bytes(),
+    )  # fmt: skip
+    agent = Agent(cfg, executor)
+    log.info("node %s: %s", name, executor.inventory().summary())
+    worker = threading.Thread(target=agent.run, name="mlq-agent", daemon=True)
+    worker.start()
+    _clear_stale_socket(socket_path)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Proxy(agent.link), uds=str(socket_path), http=PeerCredProtocol, loop="uvloop",
+            log_level=log_level, access_log=False, lifespan="off",
+        )
+    )  # fmt: skip
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    try:
+        os.umask(0o022)
+        run_servers([server])
+    finally:
+        agent.stop()
+        executor.close()
+        os.close(lock_fd)

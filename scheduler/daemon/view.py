@@ -53,9 +53,9 @@ class View:
 
 def view(
     store: Store,
-    executor: Executor,
+    executor: Executor | None,
     specs: SpecCache,
-    node: NodeView,
+    nodes: tuple[Node, ...],
     active: list[Any],
     deps: dict[int, str],
     now: float,
@@ -69,7 +69,9 @@ def view(
         spec = specs.of(j)
         defaults = classes[j.priority_class].defaults if j.priority_class in classes else None
         if j.state == states.PENDING:
-            if spec.image != "host" and not j.held:
+            # images are checked on this machine's node; an agent prepares its own
+            # before it launches (the job stays STARTING meanwhile)
+            if spec.image != "host" and not j.held and executor is not None:
                 key = (spec.image, j.uid, j.gid)
                 verdict = checked.get(key)
                 if verdict is None:
@@ -106,19 +108,20 @@ def view(
                     j.priority_class,
                     spec.resources,
                     defaults or spec.resources,
-                    node=j.node or node.name,
+                    node=j.node or "",
                     gpus=held_gpus,
                     mig=slots,
                     time_limit=spec.time_limit,
                     started_at=j.started_at or now,
                     checkpoint_at=j.checkpoint_at,
                     stopping_for=j.stop_for if j.state == states.STOPPING else None,
+                    grace_s=spec.preemption.grace_period,
                 )
             )
     snap = Snapshot(
         now=now,
-        # a cordoned node holds its running jobs but is offered nothing new
-        nodes=(node.snapshot_node(),) if node.schedulable else (),
+        # a cordoned or down node holds its running jobs but is offered nothing new
+        nodes=nodes,
         running=tuple(running),
         pending=tuple(pending),
         teams=tuple(Team(t.name, t.guarantee, t.limit) for t in store.teams()),

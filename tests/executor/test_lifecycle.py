@@ -238,3 +238,32 @@ def test_a_user_namespace_maps_the_jobs_root_to_an_unprivileged_host_uid(state_d
     assert st.state == Outcome.COMPLETED
     assert lines[0] == "0"
     assert lines[1:] == ["0", "100000", "65536"]
+
+
+def test_a_run_whose_alive_file_goes_stale_is_killed_by_its_supervisor(state_dir, tmp_path):
+    """The dead man's switch a node agent sets (docs/cluster.md "Fencing"): while the
+    file is touched the run goes on; once it is older than its limit the supervisor
+    itself kills the run, with no launcher around, and says why."""
+    from mlq.executor.request import Alive
+
+    alive = tmp_path / "alive"
+    alive.touch()
+    h = start(request(state_dir, ["/bin/sleep", "60"], alive=Alive(str(alive), 0.6)))
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:  # kept fresh: it runs on
+        alive.touch()
+        assert poll(h) is None
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    st = finish(h, timeout=10)
+    assert st.state == Outcome.STOPPED
+    assert time.monotonic() - t0 < 3
+    log = (Path(h.run_dir) / "supervisor.log").read_text()
+    assert "its node agent stopped answering" in log, log
+
+
+def test_a_run_whose_alive_file_is_gone_is_killed(state_dir, tmp_path):
+    from mlq.executor.request import Alive
+
+    h = start(request(state_dir, ["/bin/sleep", "60"], alive=Alive(str(tmp_path / "none"), 30)))
+    assert finish(h, timeout=10).state == Outcome.STOPPED

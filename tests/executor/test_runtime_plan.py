@@ -64,6 +64,11 @@ def mount_data_past_the_kernels_page(steps: list[str]) -> tuple[list[str], int]:
     return [VERSION, *steps], i + 2
 
 
+def an_alive_switch_of_no_time(steps: list[str]) -> tuple[list[str], int]:
+    i = _index(steps, "hostname")
+    return [VERSION, *steps[:i], "alive\t/run/x\t0", *steps[i:]], i + 2
+
+
 @pytest.mark.parametrize(
     "mutate,why",
     [
@@ -72,6 +77,7 @@ def mount_data_past_the_kernels_page(steps: list[str]) -> tuple[list[str], int]:
         pytest.param(unknown_step, "frobnicate", id="a step the helper does not know"),
         pytest.param(a_field_too_many, "hostname", id="a known step with a field too many"),
         pytest.param(mount_data_past_the_kernels_page, "4095", id="mount options past a page"),
+        pytest.param(an_alive_switch_of_no_time, "alive", id="a dead man's switch of 0 ms"),
     ],
 )
 def test_a_plan_the_helper_cannot_follow_exactly_is_refused_at_its_line_and_nothing_is_made(

@@ -34,6 +34,13 @@ CASES = [
         id="inference preempts training and waits for it; a 1g slice has no room between two 3g slices",
     ),
     pytest.param(
+        "preempt-frees-soonest.yaml",
+        [],
+        [{"job": "quick-stop", "for": "serve"}],
+        pend(("serve", "PreemptionPending quick-stop")),
+        id="on a full cluster the victim is on the node whose room frees soonest",
+    ),
+    pytest.param(
         "class-order.yaml",
         [{"job": "i1", "node": "n1", "gpus": [0]}, {"job": "t1", "node": "n1", "gpus": [1]}],
         [],

@@ -129,9 +129,11 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     db = tmp_path / "mlq.db"
     Store(sqlite_url(tmp_path)).close()
     with sqlite3.connect(db) as conn:  # make it look like a seeded schema 1
-        for col in ("stop_cause", "stop_for", "max_memory"):
+        for col in ("stop_cause", "stop_for", "max_memory", "epoch", "launch", "stop_now"):
             conn.execute(f"ALTER TABLE jobs DROP COLUMN {col}")
         conn.execute("DROP TABLE grants")
+        conn.execute("DROP TABLE nodes")
+        conn.execute("DROP INDEX ix_jobs_node_state")
         conn.execute("INSERT INTO meta (key, value) VALUES ('seeded', '1')")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     store = Store(sqlite_url(tmp_path))
@@ -140,6 +142,8 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     with sqlite3.connect(db) as conn:
         cols = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-    assert {"stop_cause", "stop_for", "max_memory"} <= cols
-    assert version == str(SCHEMA_VERSION) == "5"
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"stop_cause", "stop_for", "max_memory", "epoch", "launch", "stop_now"} <= cols
+    assert {"nodes", "ix_jobs_node_state"} <= tables  # step 6: many machines
+    assert version == str(SCHEMA_VERSION) == "6"
     assert [(g.subject, g.volume_paths) for g in grants] == [("*", DEFAULT_VOLUME_PATHS)]
