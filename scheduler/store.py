@@ -135,6 +135,9 @@ class Store:
         self._grants: list[Grant] | None = None
         self._caps: UserCaps | None = None
         self._epoch: int | None = None  # the last allocation number given (next_epoch)
+        # jobs written since the loop last asked (``changed_jobs``): None until a loop
+        # keeps its active jobs between passes (``watch_jobs``)
+        self._changed: set[int] | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -433,6 +436,7 @@ class Store:
                 ]
                 out.append(ids)
             conn.execute(JobEvent.__table__.insert(), events)
+        self._mark(i for ids in out for i in ids)
         return out
 
     def specs(self, ids: list[int]) -> list[tuple[int, str]]:
@@ -593,7 +597,8 @@ class Store:
                     setattr(job, k, v)
                 s.add(JobEvent(job_id=job_id, at=time.time(), state=state, reason=reason))
             s.add(job)
-            return job
+        self._mark((job_id,))  # after the commit: a reader then sees the new row
+        return job
 
     def cancel_pending(self, ids: Iterable[int], reason: str) -> list[int]:
         """Cancel every one of ``ids`` that is PENDING now, all in one transaction, so
@@ -621,6 +626,7 @@ class Store:
                         for i in found
                     ],
                 )
+        self._mark(found)
         return found
 
     def count_by_state(self) -> dict[str, int]:
@@ -637,6 +643,28 @@ class Store:
             for k, v in fields.items():
                 setattr(job, k, v)
             s.add(job)
+        self._mark((job_id,))
+
+    # -- what changed, for a loop that keeps its jobs between passes --------------------
+
+    def watch_jobs(self) -> None:
+        """From now on remember which jobs each write changes (``changed_jobs``). Every
+        write of a job goes through this store in its one process (one daemon, or the
+        one active control plane), except ``set_reasons``: a reason is the loop's own
+        write, and it keeps its own copy."""
+        with self._write_lock:
+            self._changed = set()
+
+    def changed_jobs(self) -> set[int]:
+        """The jobs written since the last call (then forgotten)."""
+        with self._write_lock:
+            out, self._changed = self._changed or set(), set()
+        return out
+
+    def _mark(self, ids: Iterable[int]) -> None:
+        if self._changed is not None:
+            with self._write_lock:
+                self._changed.update(ids)
 
     def next_epoch(self) -> int:
         """A new allocation number, above every one given before: the fencing token of

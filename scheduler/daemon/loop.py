@@ -36,6 +36,7 @@ from mlq.scheduler.daemon.launcher import Launcher
 from mlq.scheduler.daemon.logs import run_id
 from mlq.scheduler.daemon.nodeset import NodeSet, Slot
 from mlq.scheduler.daemon.outcomes import StopCause
+from mlq.scheduler.daemon.remote import RemoteNode
 from mlq.scheduler.daemon.specs import SpecCache
 from mlq.scheduler.daemon.view import NodeView, view
 from mlq.scheduler.models import JobRow
@@ -46,6 +47,9 @@ from mlq.scheduler.store import Store
 
 log = logging.getLogger("mlq.loop")
 MIN_GAP_S = 0.002  # the shortest wait between two passes
+# the active jobs are kept between passes and only what changed is read again (the
+# store says which); all of them are read afresh this often anyway
+FULL_READ_S = 30.0
 
 
 @dataclass
@@ -87,6 +91,11 @@ class Loop:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_end = 0.0  # monotonic time the last pass ended
+        self._active: dict[int, JobRow] | None = None  # kept between passes
+        self._read_all_at = 0.0
+        self._reasons: dict[int, str] = {}  # reasons this loop wrote since it read the row
+        self._built: dict[int, tuple[object, object]] = {}  # view.py's cache
+        self.store.watch_jobs()
 
     # -- outside world -------------------------------------------------------------
 
@@ -158,7 +167,8 @@ class Loop:
             now = self.clock.time()
             local = self.nodes.local
             v = view(self.store, local.executor if local else None, self.specs,
-                     self.nodes.offered(), active, deps, now, self.launcher.failed)  # fmt: skip
+                     self.nodes.offered(), active, deps, now, self.launcher.failed,
+                     self._built)  # fmt: skip
             decisions = decide(v.snapshot)
             # 5. reasons with their numbers; carry out the decisions, each on its own
             reasons = explain(v.snapshot, decisions) | v.waiting
@@ -173,15 +183,38 @@ class Loop:
         return decisions
 
     def active_jobs(self) -> list[JobRow]:
-        """Every active job, without the spec text (specs parsed once, kept by id)."""
-        active = self.store.jobs(states_in=states.ACTIVE, with_spec=False)
+        """Every active job, without the spec text (specs parsed once, kept by id). Kept
+        between passes: only the jobs the store says were written since are read again
+        (all of them every ``FULL_READ_S``, and after a start)."""
+        now = self.clock.monotonic()
+        if self._active is None or now - self._read_all_at > FULL_READ_S:
+            self.store.changed_jobs()  # before the read: a write after it is seen next
+            rows = self.store.jobs(states_in=states.ACTIVE, with_spec=False)
+            self._active = {r.id: r for r in rows if r.id is not None}
+            self._reasons.clear()
+            self._read_all_at = now
+        else:
+            changed = self.store.changed_jobs()
+            if changed:
+                for i in changed:
+                    self._active.pop(i, None)
+                    self._reasons.pop(i, None)
+                for r in self.store.jobs(ids=sorted(changed), with_spec=False):
+                    if r.state in states.ACTIVE and r.id is not None:
+                        self._active[r.id] = r
+        active = sorted(self._active.values(), key=lambda r: r.id or 0)
         self.specs.load(active)
         return active
 
     def collect_ended(self, running: list[JobRow]) -> int:
         """Record every run that ended; returns how many did."""
         ended = 0
+        # an agent's node says which of its runs ended: skip the nodes where none did
+        quiet = {s.name for s in self.nodes.all() if isinstance(s.executor, RemoteNode)
+                 and not s.executor.ended}  # fmt: skip
         for job in running:
+            if job.node in quiet:
+                continue
             slot = self.nodes.of(job)
             if not job.run_dir or slot is None:
                 continue  # being started by this very pass; or on a node not known yet
@@ -201,7 +234,11 @@ class Loop:
 
     def read_checkpoint_marks(self, running: list[JobRow]) -> None:
         """A job reports a checkpoint by touching its mark (``mlq checkpoint-done``)."""
+        quiet = {s.name for s in self.nodes.all() if isinstance(s.executor, RemoteNode)
+                 and not s.executor.marks}  # fmt: skip
         for job in running:
+            if job.node in quiet:
+                continue
             slot = self.nodes.of(job)
             mtime = slot.executor.checkpoint_mark(job.id) if slot else None
             if mtime and job.started_at and mtime >= job.started_at and mtime != job.checkpoint_at:
@@ -233,9 +270,12 @@ class Loop:
         changed = {}
         for k, reason in decisions.reasons.items():
             job = jobs.get(int(k))
-            if job is not None and job.state == states.PENDING and job.reason != reason:
+            if job is None or job.state != states.PENDING:
+                continue
+            if self._reasons.get(int(k), job.reason) != reason:
                 changed[int(k)] = reason
         self.store.set_reasons(changed)
+        self._reasons.update(changed)  # the kept rows still hold the reasons they were read with
 
     # -- asked by the API (another thread) ----------------------------------------------
 

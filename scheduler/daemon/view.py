@@ -31,15 +31,23 @@ class NodeView:
     gpus: Any  # mlq.executor.gpus.NodeGpus
     can_carve: bool = True  # may carve MIG slices now (scheduler/daemon/carving.py)
     schedulable: bool = True  # false: cordoned, offered nothing new
+    _node: tuple[Any, Node, Any] | None = field(default=None, repr=False, compare=False)
 
     def snapshot_node(self) -> Node:
-        return Node(
+        """The same ``Node`` object while nothing of it changed: the placement keeps
+        what it derives from a node's GPU layout by the object (placement.py)."""
+        key = (self.name, self.cpus, self.memory, self.can_carve, id(self.gpus))
+        if self._node is not None and self._node[0] == key and self._node[2] is self.gpus:
+            return self._node[1]
+        node = Node(
             name=self.name,
             cpus=self.cpus,
             memory=self.memory,
             can_carve=self.can_carve,
             gpus=tuple(Gpu(g.index, g.model, g.mig) for g in self.gpus.shapes()),
         )
+        self._node = (key, node, self.gpus)
+        return node
 
 
 @dataclass
@@ -60,8 +68,19 @@ def view(
     deps: dict[int, str],
     now: float,
     image_failed: Callable[[Any, str], None],
+    built: dict[int, tuple[object, object]] | None = None,
 ) -> View:
-    classes = {c.name: c for c in store.classes()}
+    """``built``: the loop's cache of what each row became, by job id: a row it kept
+    since the last pass (the same object) becomes the same PendingJob or RunningJob
+    again without being built (a pass over 10,000 waiting jobs reads and builds only
+    what changed). Dropped whenever the classes change."""
+    listed = store.classes()
+    classes = {c.name: c for c in listed}
+    cache: dict[int, tuple[object, object]] = {} if built is None else built
+    if cache.get(-1, (None,))[0] != listed:  # a class changed (store.classes() is a copy)
+        cache.clear()
+        cache[-1] = (listed, None)
+    seen: set[int] = {-1}
     running, pending = [], []
     waiting: dict[int, str] = {}
     checked: dict[tuple[str, int, int], Any] = {}
@@ -86,6 +105,11 @@ def view(
             blocked = j.depends_on != "[]" and any(
                 deps.get(d) != states.COMPLETED for d in json.loads(j.depends_on)
             )
+            seen.add(j.id)
+            got = cache.get(j.id)
+            if got is not None and got[0] is j and got[1].blocked_by_dependency == blocked:
+                pending.append(got[1])
+                continue
             pending.append(
                 build.pending(
                     j.id,
@@ -99,7 +123,13 @@ def view(
                     held=j.held,
                 )
             )
+            cache[j.id] = (j, pending[-1])
         else:
+            seen.add(j.id)
+            got = cache.get(j.id)
+            if got is not None and got[0] is j and j.started_at:
+                running.append(got[1])
+                continue
             held_gpus, slots = build.held_slices(json.loads(j.devices) if j.devices else {})
             running.append(
                 build.running(
@@ -118,6 +148,9 @@ def view(
                     grace_s=spec.preemption.grace_period,
                 )
             )
+            cache[j.id] = (j, running[-1])
+    for k in [k for k in cache if k not in seen]:
+        del cache[k]
     snap = Snapshot(
         now=now,
         # a cordoned or down node holds its running jobs but is offered nothing new
