@@ -79,6 +79,8 @@ class Bench:
             "--database-url", self.url, "--config", str(self.home / "cluster.yaml"),
             "--lease", str(self.lease), "--heartbeat", str(self.heartbeat),
         ]  # fmt: skip
+        for k in range(self.n):  # the bench submits as root through its agents
+            cmd += ["--admin-node", f"n{k:03d}"]
         log = open(self.home / f"cp{i}.log", "ab")  # noqa: SIM115
         self.procs[f"cp{i}"] = subprocess.Popen(cmd, stdout=log, stderr=log)
 
