@@ -220,11 +220,15 @@ class ClusterLab:
             with contextlib.suppress(Exception):
                 info = json.loads((d / "supervisor.json").read_text())
                 os.killpg(int(info["pid"]), signal.SIGKILL)
-        from mlq.executor.cgroups import kill_and_remove, parents
+        import glob
+
+        from mlq.executor.cgroups import kill_and_remove
 
         for name in self.nodes:
-            for mount in ("/sys/fs/cgroup", *[os.path.dirname(p) for p in parents()]):
-                base = os.path.join(mount, f"mlq-{name}")
+            # each agent's own parent, on v2 and under every v1 controller
+            for base in glob.glob(f"/sys/fs/cgroup/mlq-{name}") + glob.glob(
+                f"/sys/fs/cgroup/*/mlq-{name}"
+            ):
                 if os.path.isdir(base):
                     for child in os.listdir(base):
                         if os.path.isdir(os.path.join(base, child)):
