@@ -7,8 +7,10 @@ dir, socket and cgroup parent. Prints:
 
 (a) submissions per second over one connection, through a node's agent (the user's
     path: vouched and forwarded over mutual TLS) and on the control plane's own
-    socket, beside Slurm's published 500 jobs/s; submit-to-running latency (p50,
-    p99) of jobs submitted one after another through agents;
+    socket; then from CLIENTS users at once, each on its own node's socket (how a
+    cluster's users submit: concurrent submissions share a commit), beside Slurm's
+    published 500 jobs/s; submit-to-running latency (p50, p99) of jobs submitted one
+    after another through agents;
 (b) the control plane's takeover time after ``kill -9`` of the active one (until the
     standby answers, and until a job submitted then runs);
 (c) node failure: ``kill -9`` of an agent with a job running, to that job NODE_FAIL
@@ -25,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -147,6 +150,33 @@ class Bench:
         pg_helpers.remove_cluster(self.pg)
 
 
+def concurrent_rate(sockets: list[str], each: int, job: dict, blocker: int) -> float:
+    """Jobs per second when every socket's user submits ``each`` jobs at once."""
+    go = threading.Barrier(len(sockets) + 1)
+    errors: list[Exception] = []
+
+    def user(path: str) -> None:
+        client = Client(path)
+        client.get("/v1/whoami")  # connected before the clock starts
+        go.wait()
+        try:
+            for _ in range(each):
+                client.post("/v1/jobs", {"spec": job, "after": [blocker]})
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=user, args=(p,)) for p in sockets]
+    for t in threads:
+        t.start()
+    go.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} users failed: {errors[0]}")
+    return len(sockets) * each / (time.perf_counter() - t0)
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
@@ -190,6 +220,13 @@ def main(agents: int = 100, lease: float = 10.0) -> None:
                 client.post("/v1/jobs", {"spec": spec("true"), "after": [blocker]})
             rate = n / (time.perf_counter() - t)
             print(f"(a) {n} submissions over one connection {label}: {rate:,.0f} jobs/s "
+                  f"= {rate / SLURM_PUBLISHED:.1f}x Slurm's published {SLURM_PUBLISHED:.0f}")  # fmt: skip
+        for clients in (16, 64):
+            rate = concurrent_rate(
+                [str(b.home / f"{names[i % agents]}.sock") for i in range(clients)],
+                2000 // clients, spec("true"), blocker,
+            )  # fmt: skip
+            print(f"(a) {clients} users at once, each through its node's agent: {rate:,.0f} jobs/s "
                   f"= {rate / SLURM_PUBLISHED:.1f}x Slurm's published {SLURM_PUBLISHED:.0f}")  # fmt: skip
         direct.post("/v1/jobs/cancel", {"ids": [blocker]})
 

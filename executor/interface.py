@@ -50,6 +50,17 @@ class Found:
     confirmed: bool = True  # false: a remote node has the order and has not said it runs
 
 
+@dataclass(frozen=True)
+class News:
+    """What may have changed on a node since the loop last looked: a run that ended
+    (``ended``), a checkpoint mark that moved (``marks``). A node that cannot tell
+    says both, and the loop asks about each run; one that knows (an agent's node,
+    from its reports) lets the loop skip a quiet node's runs."""
+
+    ended: bool = True
+    marks: bool = True
+
+
 class Executor(Protocol):
     def start(self, request: LaunchRequest) -> Started:
         """Launch a run; returns once its command runs, or raises (nothing is left)."""
@@ -73,6 +84,14 @@ class Executor(Protocol):
 
     def has_run(self, run_id: str) -> bool:
         """Whether the node has (or had: its output is kept) this run."""
+        ...
+
+    def has_runs(self, run_ids: list[str]) -> set[str]:
+        """Which of these runs the node has or had, in one question."""
+        ...
+
+    def news(self) -> News:
+        """Whether a run may have ended or a checkpoint mark moved (``News``)."""
         ...
 
     def locate(self, run_id: str) -> str:
@@ -172,6 +191,12 @@ class LocalExecutor:
 
     def has_run(self, run_id: str) -> bool:
         return os.path.isdir(self._dir(run_id))
+
+    def has_runs(self, run_ids: list[str]) -> set[str]:
+        return {r for r in run_ids if self.has_run(r)}
+
+    def news(self) -> News:
+        return News()  # supervisors say nothing until asked: poll each run
 
     def locate(self, run_id: str) -> str:
         return self._dir(run_id)

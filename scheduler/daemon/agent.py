@@ -38,7 +38,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from mlq.executor.interface import LocalExecutor
@@ -444,7 +443,3 @@ class Agent:
         self._stop.set()
         self.nudge()
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def describe(cfg: AgentConfig) -> dict[str, Any]:
-    return {"name": cfg.name, "servers": cfg.servers, "state_dir": str(cfg.state_dir)}

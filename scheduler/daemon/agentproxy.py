@@ -16,8 +16,8 @@ import json
 from typing import Any
 
 from mlq.scheduler.daemon.agent import Link
+from mlq.scheduler.daemon.limits import BodyLimit
 
-MAX_BODY = 64 * 2**20
 VOUCHED = ("x-mlq-uid", "x-mlq-gid", "x-mlq-pid")
 HOP = ("host", "connection", "keep-alive", "transfer-encoding", "content-length")
 
@@ -28,7 +28,11 @@ def _error(status: int, kind: str, message: str) -> tuple[int, list[tuple[str, s
 
 
 class Proxy:
-    """A plain ASGI app: every request goes to the control plane, vouched."""
+    """A plain ASGI app: every request goes to the control plane, vouched.
+
+    Wrap it in ``limits.BodyLimit`` (``proxy_app``): the control plane refuses the
+    same bodies, and the agent must not buffer more than it would accept.
+    """
 
     def __init__(self, link: Link) -> None:
         self.link = link
@@ -37,14 +41,10 @@ class Proxy:
         if scope["type"] != "http":
             return
         peer = scope.get("mlq.peer")
-        chunks, size, more = [], 0, True
+        chunks, more = [], True
         while more:
             msg = await receive()
-            data = msg.get("body", b"")
-            size += len(data)
-            if size > MAX_BODY:
-                return await self._send(send, *_error(413, "InvalidInput", "request too large"))
-            chunks.append(data)
+            chunks.append(msg.get("body", b""))
             more = msg.get("more_body", False)
         if peer is None:
             return await self._send(
@@ -82,3 +82,8 @@ class Proxy:
         out.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body})
+
+
+def proxy_app(link: Link) -> Any:
+    """The socket's app: the proxy behind the control plane's own body limit."""
+    return BodyLimit(Proxy(link))

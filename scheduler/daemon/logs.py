@@ -25,10 +25,8 @@ def runs_of(job: Job, executor: Any) -> list[int]:
     if not job.run_dir:
         return []
     names = [run_id(job, n) for n in range(job.restart_count + 1)]
-    if hasattr(executor, "has_runs"):  # a remote node: one question to its agent
-        have = executor.has_runs(names)
-        return [n for n, name in enumerate(names) if name in have]
-    return [n for n, name in enumerate(names) if executor.has_run(name)]
+    have = executor.has_runs(names)  # a remote node: one question to its agent
+    return [n for n, name in enumerate(names) if name in have]
 
 
 def read_log(

@@ -36,7 +36,6 @@ from mlq.scheduler.daemon.launcher import Launcher
 from mlq.scheduler.daemon.logs import run_id
 from mlq.scheduler.daemon.nodeset import NodeSet, Slot
 from mlq.scheduler.daemon.outcomes import StopCause
-from mlq.scheduler.daemon.remote import RemoteNode
 from mlq.scheduler.daemon.specs import SpecCache
 from mlq.scheduler.daemon.view import NodeView, view
 from mlq.scheduler.models import JobRow
@@ -209,9 +208,8 @@ class Loop:
     def collect_ended(self, running: list[JobRow]) -> int:
         """Record every run that ended; returns how many did."""
         ended = 0
-        # an agent's node says which of its runs ended: skip the nodes where none did
-        quiet = {s.name for s in self.nodes.all() if isinstance(s.executor, RemoteNode)
-                 and not s.executor.ended}  # fmt: skip
+        # a node that knows none of its runs ended (an agent's) is skipped
+        quiet = {s.name for s in self.nodes.all() if not s.executor.news().ended}
         for job in running:
             if job.node in quiet:
                 continue
@@ -234,8 +232,7 @@ class Loop:
 
     def read_checkpoint_marks(self, running: list[JobRow]) -> None:
         """A job reports a checkpoint by touching its mark (``mlq checkpoint-done``)."""
-        quiet = {s.name for s in self.nodes.all() if isinstance(s.executor, RemoteNode)
-                 and not s.executor.marks}  # fmt: skip
+        quiet = {s.name for s in self.nodes.all() if not s.executor.news().marks}
         for job in running:
             if job.node in quiet:
                 continue

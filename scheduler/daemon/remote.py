@@ -26,7 +26,7 @@ from mlq.executor.cgroups import Stats
 from mlq.executor.errors import ExecutorError
 from mlq.executor.gpus import MigChangeFailed, NodeGpus
 from mlq.executor.imageprep import Verdict
-from mlq.executor.interface import Executor, Found, Started
+from mlq.executor.interface import Executor, Found, News, Started
 from mlq.executor.request import LaunchRequest
 from mlq.executor.status import Status
 from mlq.scheduler import wire
@@ -148,6 +148,10 @@ class RemoteNode:
         """Which of these runs the node keeps output of (asked of the agent)."""
         got = self._ask(wire.Fetch(id=f"f{next(_ids)}", kind="has", runs=run_ids))
         return set(got.runs)
+
+    def news(self) -> News:
+        with self._lock:
+            return News(ended=bool(self.ended), marks=bool(self.marks))
 
     def locate(self, run_id: str) -> str:
         return f"{self.name}:{run_id}"

@@ -295,7 +295,7 @@ def serve_agent(
     import uvicorn
     from mlq.scheduler import pki
     from mlq.scheduler.daemon.agent import Agent, AgentConfig
-    from mlq.scheduler.daemon.agentproxy import Proxy
+    from mlq.scheduler.daemon.agentproxy import proxy_app
     from mlq.scheduler.daemon.peer import PeerCredProtocol
 
     cert, key, ca = pki_dir / f"{name}.crt", pki_dir / f"{name}.key", pki_dir / "ca.crt"
@@ -324,7 +324,7 @@ def serve_agent(
     _clear_stale_socket(socket_path)
     server = uvicorn.Server(
         uvicorn.Config(
-            Proxy(agent.link), uds=str(socket_path), http=PeerCredProtocol, loop="uvloop",
+            proxy_app(agent.link), uds=str(socket_path), http=PeerCredProtocol, loop="uvloop",
             log_level=log_level, access_log=False, lifespan="off",
         )
     )  # fmt: skip

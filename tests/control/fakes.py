@@ -13,7 +13,7 @@ from mlq.executor.asuser import HostUser
 from mlq.executor.cgroups import Stats
 from mlq.executor.gpus import NodeGpus, from_declared
 from mlq.executor.imageprep import READY, Verdict
-from mlq.executor.interface import Found, Started
+from mlq.executor.interface import Found, News, Started
 from mlq.executor.request import LaunchRequest
 from mlq.executor.status import Outcome, Status
 
@@ -71,6 +71,12 @@ class FakeExecutor:
 
     def has_run(self, run_id: str) -> bool:
         return run_id in self.started or run_id in self.found
+
+    def has_runs(self, run_ids: list[str]) -> set[str]:
+        return {r for r in run_ids if self.has_run(r)}
+
+    def news(self) -> News:
+        return News()
 
     def locate(self, run_id: str) -> str:
         return f"fake:{run_id}"
