@@ -21,6 +21,7 @@ One scheduling pass at 1,000 nodes and 10,000 pending jobs: bench/cluster_pass.p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import statistics
@@ -131,6 +132,23 @@ class Bench:
             time.sleep(0.01)
         raise RuntimeError(f"job {job} never became {state}")
 
+    def wait_settled(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while self.sql("SELECT count(*) FROM jobs WHERE state IN ('PENDING', 'STARTING')")[0][0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the queue never settled")
+            time.sleep(0.2)
+
+    def wait_restarted(self, job: int, state: str, timeout: float = 60) -> float:
+        """When ``job``, restarted at least once, is in ``state``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.sql("SELECT state, restart_count FROM jobs WHERE id = :i", i=job)
+            if rows and rows[0][1] > 0 and rows[0][0] in state.split("|"):
+                return time.monotonic()
+            time.sleep(0.01)
+        raise RuntimeError(f"job {job} was never restarted into {state}")
+
     def close(self) -> None:
         for p in self.procs.values():
             if p.poll() is None:
@@ -156,19 +174,21 @@ def concurrent_rate(sockets: list[str], each: int, job: dict, blocker: int) -> f
     errors: list[Exception] = []
 
     def user(path: str) -> None:
-        client = Client(path)
-        client.get("/v1/whoami")  # connected before the clock starts
-        go.wait()
         try:
+            client = Client(path)
+            client.get("/v1/whoami")  # connected before the clock starts
+            go.wait()
             for _ in range(each):
                 client.post("/v1/jobs", {"spec": job, "after": [blocker]})
         except Exception as exc:
             errors.append(exc)
+            go.abort()  # the others (and the clock) do not wait for this one
 
     threads = [threading.Thread(target=user, args=(p,)) for p in sockets]
     for t in threads:
         t.start()
-    go.wait()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        go.wait()
     t0 = time.perf_counter()
     for t in threads:
         t.join()
@@ -229,6 +249,7 @@ def main(agents: int = 100, lease: float = 10.0) -> None:
             print(f"(a) {clients} users at once, each through its node's agent: {rate:,.0f} jobs/s "
                   f"= {rate / SLURM_PUBLISHED:.1f}x Slurm's published {SLURM_PUBLISHED:.0f}")  # fmt: skip
         direct.post("/v1/jobs/cancel", {"ids": [blocker]})
+        b.wait_settled()  # its dependents end DependencyNeverSatisfied before (a) latency
 
         lat = []
         for i in range(200):
@@ -260,8 +281,9 @@ def main(agents: int = 100, lease: float = 10.0) -> None:
         node = b.sql("SELECT node FROM jobs WHERE id = :i", i=job)[0][0]
         t = time.monotonic()
         b.procs[node].kill()
-        failed = b.wait_state(job, "PENDING", timeout=lease * 3) - t
-        again = b.wait_state(job, "RUNNING", timeout=60) - t
+        # requeued: its restart count rises (it may be running again by the next poll)
+        failed = b.wait_restarted(job, "PENDING|STARTING|RUNNING", timeout=lease * 3) - t
+        again = b.wait_restarted(job, "RUNNING", timeout=60) - t
         other = b.sql("SELECT node FROM jobs WHERE id = :i", i=job)[0][0]
         print(f"(c) kill -9 of node {node}'s agent: its job NODE_FAIL and requeued after "
               f"{failed:.2f}s (lease {lease:g}s), running again on {other} after {again:.2f}s")  # fmt: skip

@@ -229,6 +229,12 @@ class Store:
         with self.write(config=True) as s:
             s.merge(Meta(key="user_caps", value=caps.model_dump_json()))
 
+    def existing(self, ids: Iterable[int]) -> set[int]:
+        """Which of these job ids exist: one index-only read."""
+        t = Job.__table__.c
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(t.id).where(t.id.in_(list(ids)))).scalars())
+
     def user_load(self, user: str) -> tuple[int, int]:
         """(active jobs, bytes of their stored specs) of one user: an index-only read."""
         t = Job.__table__.c

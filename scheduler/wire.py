@@ -25,6 +25,9 @@ RunState = Literal["starting", "running", "ended"]
 # An agent stops its runs after this share of the lease without an answer; the
 # control plane declares the node down only after the whole lease (docs/cluster.md).
 SELF_FENCE = 0.5
+# the control plane closes an agent's connection idle this long; an agent opens a new
+# one instead of reusing one idle half of that (the server may be closing it)
+KEEP_ALIVE_S = 30.0
 
 
 class Strict(BaseModel):

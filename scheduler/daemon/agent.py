@@ -72,17 +72,45 @@ class AgentConfig:
     memory: int  # bytes
 
 
+_CLOSED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+def _maybe_closed(conn: http.client.HTTPSConnection, used: float) -> bool:
+    """Whether an idle kept-alive connection may be closed by the server: idle long,
+    or readable (nothing is owed on an idle connection: that is the server's close)."""
+    if conn.sock is None:
+        return False
+    if time.monotonic() - used > wire.KEEP_ALIVE_S / 2:
+        return True
+    readable, _, _ = select.select([conn.sock], [], [], 0)
+    return bool(readable)
+
+
 class Link:
-    """HTTPS to the control planes, trying each in turn (standbys do not listen)."""
+    """HTTPS to the control planes, trying each in turn (standbys do not listen).
+
+    Each thread keeps its own kept-alive connection. One the server may have closed
+    (idle for half of ``wire.KEEP_ALIVE_S``, or readable while idle: the server's
+    close) is opened again before use, and a request that finds its reused connection
+    closed anyway is sent once more on a new one to the same server when it is safe to
+    repeat: counting that as the server's failure would send the request to a standby,
+    which does not listen, and tell the user that no control plane answered.
+    """
 
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.ctx = pki.client_context(cfg.ca, cfg.cert, cfg.key)
         self.index = 0
+        self._index_lock = threading.Lock()
         self._local = threading.local()
 
-    def _conn(self, timeout: float) -> http.client.HTTPSConnection:
+    def _conn(self, timeout: float) -> tuple[http.client.HTTPSConnection, bool]:
+        """This thread's connection, and whether it was used before."""
         conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
+        if conn is not None and _maybe_closed(conn, getattr(self._local, "used", 0.0)):
+            self.drop()
+            conn = None
+        reused = conn is not None
         if conn is None:
             u = urlsplit(self.cfg.servers[self.index % len(self.cfg.servers)])
             conn = http.client.HTTPSConnection(
@@ -92,13 +120,19 @@ class Link:
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
-        return conn
+        return conn, reused
 
     def drop(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
         self._local.conn = None
+
+    def _next_server(self, seen: int) -> None:
+        """Move on from server ``seen`` (once, however many threads saw it fail)."""
+        with self._index_lock:
+            if self.index == seen:
+                self.index += 1
 
     def request(
         self,
@@ -107,21 +141,31 @@ class Link:
         body: bytes | None,
         headers: dict[str, str],
         timeout: float,
+        repeatable: bool | None = None,
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         """One request to the active control plane; on a connection failure the next
-        server is tried (each once)."""
+        server is tried (each once). ``repeatable``: whether sending it twice is
+        harmless (by default, for GET and HEAD)."""
+        if repeatable is None:
+            repeatable = method in ("GET", "HEAD")
         last: Exception | None = None
-        for _ in range(len(self.cfg.servers)):
+        tries = len(self.cfg.servers)
+        while tries > 0:
+            seen = self.index
+            conn, reused = self._conn(timeout)
             try:
-                conn = self._conn(timeout)
                 conn.request(method, path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                self._local.used = time.monotonic()
                 return resp.status, resp.getheaders(), data
             except (OSError, http.client.HTTPException) as exc:
                 last = exc
                 self.drop()
-                self.index += 1
+                if reused and repeatable and isinstance(exc, _CLOSED):
+                    continue  # the server closed it as we sent: once more, new connection
+                self._next_server(seen)
+                tries -= 1
         raise ConnectionError(f"no control plane answered ({', '.join(self.cfg.servers)}): {last}")
 
 
@@ -249,6 +293,7 @@ class Agent:
             status, _, data = self.link.request(
                 "POST", "/v1/agent/sync", body,
                 {"Content-Type": "application/json"}, timeout=self.heartbeat_s + 5,
+                repeatable=True,  # the node's whole state: the same answer twice
             )  # fmt: skip
         except ConnectionError as exc:
             log.warning("%s", exc)

@@ -1,20 +1,24 @@
-"""Group commit for submissions: those that arrive together share one transaction.
+"""Group commit for submissions: those that arrive during a write share the next one.
 
-Twenty clients submitting at once each wait for their own answer; on the daemon's
-one event loop their requests are parsed one after another, and each used to pay a
-whole transaction. Here a submit hands its rows to the batcher and awaits; the
-batcher writes every submission queued in the same turn of the event loop in one
-transaction (``Store.add_job_groups``) and only then answers each of them, so an
-acknowledged job is committed, as before. A group that fails is retried on its own,
-so one bad submission never fails another's. Per-user caps count what is queued in
-the batch too, so concurrent submits of one user cannot pass a cap together.
+Twenty clients submitting at once each wait for their own answer. A submit hands
+its rows to the batcher and awaits; the batcher writes on a worker thread, one
+transaction at a time (``Store.add_job_groups``), and everything queued while a
+write is in flight goes into the next one, so the event loop goes on parsing
+requests while the database works and the rate grows with the number of clients.
+Each submission is answered only once its transaction committed, so an
+acknowledged job is committed, as before. A group that fails is retried on its
+own, so one bad submission never fails another's. Per-user caps count what is
+queued or being written too (``queued_jobs``/``queued_bytes``, until the commit),
+so concurrent submits of one user cannot pass a cap together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 from mlq.scheduler.store import Store
@@ -26,50 +30,78 @@ class SubmitBatcher:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._queue: list[tuple[list[dict[str, Any]], bool, asyncio.Future]] = []
-        self._scheduled = False
-        # what the queued submissions add per user: (jobs, spec bytes)
+        self._writer: asyncio.Task | None = None
+        # what the queued and in-flight submissions add per user: (jobs, spec bytes)
         self.queued_jobs: Counter[str] = Counter()
         self.queued_bytes: Counter[str] = Counter()
+        self._turns: dict[str, list[Any]] = {}  # user -> [lock, holders and waiters]
 
-    async def add(self, rows: list[dict[str, Any]], as_array: bool) -> None:
-        """Store ``rows`` (their ``id`` and ``array_id`` are filled in) once committed."""
+    @contextlib.asynccontextmanager
+    async def one_at_a_time(self, user: str) -> AsyncIterator[None]:
+        """Hold ``user``'s turn: their cap checks and enqueues do not interleave."""
+        held = self._turns.setdefault(user, [asyncio.Lock(), 0])
+        held[1] += 1
+        try:
+            async with held[0]:
+                yield
+        finally:
+            held[1] -= 1
+            if held[1] == 0:
+                del self._turns[user]
+
+    def enqueue(self, rows: list[dict[str, Any]], as_array: bool) -> asyncio.Future:
+        """Queue ``rows`` for the next write (counted against the user's caps from
+        now on); the future is done once they are committed (their ``id`` and
+        ``array_id`` filled in), or holds the error that refused them."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         self._queue.append((rows, as_array, fut))
         user = rows[0]["user"]
         self.queued_jobs[user] += len(rows)
         self.queued_bytes[user] += sum(r["spec_bytes"] for r in rows)
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        await fut
+        if self._writer is None:
+            self._writer = loop.create_task(self._write_all())
+        return fut
 
-    def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        self._scheduled = False
-        self.queued_jobs.clear()
-        self.queued_bytes.clear()
+    async def add(self, rows: list[dict[str, Any]], as_array: bool) -> None:
+        """Store ``rows``; returns once they are committed."""
+        await self.enqueue(rows, as_array)
+
+    async def _write_all(self) -> None:
         try:
-            self.store.add_job_groups([(rows, arr) for rows, arr, _ in batch])
-        except Exception:
-            if len(batch) == 1:
-                batch[0][2].set_exception(_current())
-                return
-            for rows, arr, fut in batch:  # isolate the one that fails
-                try:
-                    self.store.add_job_groups([(rows, arr)])
-                except Exception as exc:
-                    fut.set_exception(exc)
-                else:
-                    fut.set_result(None)
-            return
-        for _, _, fut in batch:
-            fut.set_result(None)
+            while self._queue:
+                batch, self._queue = self._queue, []
+                errors = await asyncio.to_thread(self._write, [(r, a) for r, a, _ in batch])
+                for rows, _, _ in batch:  # committed (or refused): the store counts them now
+                    user = rows[0]["user"]
+                    self.queued_jobs[user] -= len(rows)
+                    self.queued_bytes[user] -= sum(r["spec_bytes"] for r in rows)
+                    if self.queued_jobs[user] <= 0:
+                        del self.queued_jobs[user], self.queued_bytes[user]
+                for (_, _, fut), err in zip(batch, errors, strict=True):
+                    if fut.done():
+                        continue  # its client went away
+                    if err is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(err)
+        finally:
+            self._writer = None
 
-
-def _current() -> BaseException:
-    import sys
-
-    exc = sys.exc_info()[1]
-    assert exc is not None
-    return exc
+    def _write(self, groups: list[tuple[list[dict[str, Any]], bool]]) -> list[Exception | None]:
+        """On a worker thread: every group in one transaction, or, if that fails, each
+        on its own; what each group's write raised (None: committed)."""
+        try:
+            self.store.add_job_groups(groups)
+            return [None] * len(groups)
+        except Exception as exc:
+            if len(groups) == 1:
+                return [exc]
+        out: list[Exception | None] = []
+        for group in groups:  # isolate the one that fails
+            try:
+                self.store.add_job_groups([group])
+                out.append(None)
+            except Exception as exc:
+                out.append(exc)
+        return out

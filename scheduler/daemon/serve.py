@@ -220,7 +220,7 @@ def _still_leader(leadership: object) -> None:
 
 def _tls_server(app: object, opts: ClusterOptions, log_level: str) -> object:
     import uvicorn
-    from mlq.scheduler import pki
+    from mlq.scheduler import pki, wire
     from mlq.scheduler.daemon.peer import PeerCredProtocol
 
     host, _, port = opts.listen.rpartition(":")
@@ -237,6 +237,7 @@ def _tls_server(app: object, opts: ClusterOptions, log_level: str) -> object:
         log_level=log_level,
         access_log=False,
         lifespan="off",
+        timeout_keep_alive=int(wire.KEEP_ALIVE_S),  # agents reuse connections below it
         ssl_certfile=str(cert),  # uvicorn wants one to know it is TLS; the factory decides
         ssl_context_factory=lambda _config, _default: pki.server_context(cert, key, ca),
     )

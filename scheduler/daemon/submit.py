@@ -113,7 +113,7 @@ def prepare(
     if missing_paths:
         raise InvalidInput(missing_paths, source)
     if spec.depends_on:
-        found = {j.id for j in store.jobs(ids=spec.depends_on)}
+        found = store.existing(spec.depends_on)
         missing = [str(i) for i in spec.depends_on if i not in found]
         if missing:
             raise InvalidInput(f"depends_on: job {', '.join(missing)} does not exist", source)
@@ -121,12 +121,18 @@ def prepare(
 
 
 def check_caps(
-    store: Store, user: str, jobs: int, spec_bytes: int, queued: tuple[int, int] = (0, 0)
+    store: Store,
+    user: str,
+    jobs: int,
+    spec_bytes: int,
+    queued: tuple[int, int] = (0, 0),
+    load: tuple[int, int] | None = None,
 ) -> None:
     """Refuse a submission that would take ``user`` past the per-user caps.
-    ``queued``: what the user's submissions waiting for the same commit add."""
+    ``queued``: what the user's submissions not committed yet add; ``load``: the
+    user's committed (active jobs, spec bytes), read here when not given."""
     caps = store.user_caps()
-    active, size = store.user_load(user)
+    active, size = load if load is not None else store.user_load(user)
     active, size = active + queued[0], size + queued[1]
     if active + jobs > caps.max_active_jobs:
         raise Refused(

@@ -5,6 +5,7 @@ it down). Tried through the real CLI and raw HTTP on its socket, as users would.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -206,6 +207,47 @@ def test_per_user_caps_refuse_with_the_cap_and_admins_change_it(daemon, unix_use
     shown = daemon.cli("user-caps", "show", "--json").json()
     assert shown == {"max_active_jobs": 3, "max_spec_bytes": 1024}
     assert daemon.rows("jobs") == 3
+
+
+CONCURRENT_SUBMITS = """
+import json, socket, sys
+path, body, n = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3])
+head = ("POST /v1/jobs HTTP/1.1\\r\\nHost: mlq\\r\\nContent-Type: application/json\\r\\n"
+        f"Content-Length: {len(body)}\\r\\nConnection: close\\r\\n\\r\\n").encode()
+socks = []
+for _ in range(n):  # every request is sent before any answer is read
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.sendall(head + body)
+    socks.append(s)
+for s in socks:
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    print(data.split(b" ", 2)[1].decode())
+"""
+
+
+def test_concurrent_submissions_of_one_user_cannot_pass_the_cap_together(daemon, unix_users):
+    import subprocess
+    import sys
+
+    import yaml
+
+    alice = unix_users["alice"]
+    assert (
+        daemon.cli("user-caps", "set", "--max-active-jobs", "5", user=unix_users["dave"]).code == 0
+    )
+    body = json.dumps({"spec": yaml.safe_load(JOB)})
+    p = subprocess.run(
+        [sys.executable, "-c", CONCURRENT_SUBMITS, str(daemon.socket), body, "12"],
+        user=alice.pw_uid, group=alice.pw_gid,
+        extra_groups=os.getgrouplist(alice.pw_name, alice.pw_gid),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert sorted(p.stdout.split()) == ["200"] * 5 + ["403"] * 7
+    assert daemon.rows("jobs") == 5
 
 
 def test_cancel_reports_each_job_and_cancels_every_one_that_exists(daemon, unix_users):
