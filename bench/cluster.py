@@ -33,9 +33,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "cluster"))
 
 import pg_helpers  # noqa: E402
 from _common import MLQ  # noqa: E402
+from clusterlab import remove_agent_cgroups  # noqa: E402
 from mlq.cli.client import Client  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
@@ -165,6 +167,7 @@ class Bench:
                 os.killpg(int(json.loads(d.read_text())["pid"]), signal.SIGKILL)
             except Exception:
                 pass
+        remove_agent_cgroups([f"n{k:03d}" for k in range(self.n)])
         pg_helpers.remove_cluster(self.pg)
 
 

@@ -63,10 +63,6 @@ class SubmitBatcher:
             self._writer = loop.create_task(self._write_all())
         return fut
 
-    async def add(self, rows: list[dict[str, Any]], as_array: bool) -> None:
-        """Store ``rows``; returns once they are committed."""
-        await self.enqueue(rows, as_array)
-
     async def _write_all(self) -> None:
         try:
             while self._queue:

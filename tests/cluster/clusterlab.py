@@ -50,6 +50,26 @@ teams:
 """
 
 
+def remove_agent_cgroups(names: list[str]) -> None:
+    """Kill and remove what each agent left in its cgroup parent (``mlq-<name>``, on
+    v2 and under every v1 controller), then the parent: killed supervisors leave
+    their runs' cgroups behind."""
+    import glob
+
+    from mlq.executor.cgroups import kill_and_remove
+
+    for name in names:
+        for base in glob.glob(f"/sys/fs/cgroup/mlq-{name}") + glob.glob(
+            f"/sys/fs/cgroup/*/mlq-{name}"
+        ):
+            if os.path.isdir(base):
+                for child in os.listdir(base):
+                    if os.path.isdir(os.path.join(base, child)):
+                        kill_and_remove(os.path.join(base, child))
+                with contextlib.suppress(OSError):
+                    os.rmdir(base)
+
+
 def live_runs(nodes: dict[str, Any]) -> dict[str, set[int]]:
     """Each node's jobs with a live process, from its agent's cgroups (mlq-<node>/<run>)."""
     import glob
@@ -220,21 +240,7 @@ class ClusterLab:
             with contextlib.suppress(Exception):
                 info = json.loads((d / "supervisor.json").read_text())
                 os.killpg(int(info["pid"]), signal.SIGKILL)
-        import glob
-
-        from mlq.executor.cgroups import kill_and_remove
-
-        for name in self.nodes:
-            # each agent's own parent, on v2 and under every v1 controller
-            for base in glob.glob(f"/sys/fs/cgroup/mlq-{name}") + glob.glob(
-                f"/sys/fs/cgroup/*/mlq-{name}"
-            ):
-                if os.path.isdir(base):
-                    for child in os.listdir(base):
-                        if os.path.isdir(os.path.join(base, child)):
-                            kill_and_remove(os.path.join(base, child))
-                    with contextlib.suppress(OSError):
-                        os.rmdir(base)
+        remove_agent_cgroups(list(self.nodes))
 
     # -- the CLI and the database --------------------------------------------------
 
