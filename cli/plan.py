@@ -72,6 +72,14 @@ def simulate(
             "to this PNG or SVG (needs mlq[plot]).",
         ),
     ] = None,
+    fold: Annotated[
+        bool,
+        typer.Option(
+            "--fold",
+            help="Fold a Philly job wider than a node onto one node (its GPU-time kept) "
+            "instead of running it on several.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print only JSON.")] = False,
 ) -> None:
     """Replay a trace through several policies; print them side by side with ratios."""
@@ -90,7 +98,7 @@ def simulate(
         if importlib.util.find_spec("matplotlib") is None:
             raise MlqError("--plot needs matplotlib: pip install 'mlq[plot]'")
     sim_cluster = load_sim_cluster(cluster)
-    jobs = load_trace(trace, days=days, max_gpus=sim_cluster.max_node_gpus, since=since)
+    jobs = load_trace(trace, days=days, max_gpus=sim_cluster.max_node_gpus, since=since, fold=fold)
     # 2. the replays, with a progress bar each on a terminal
     with progress_bars(policies) as bars:
         results = replay(

@@ -41,6 +41,8 @@ class Asks(Protocol):
     def cpus(self) -> int | None: ...
     @property
     def memory(self) -> int | None: ...
+    @property
+    def nodes(self) -> int: ...  # a multi-node job's parts (the rest is per part)
 
 
 class SliceAt(Protocol):
@@ -72,10 +74,15 @@ class StartLike(Protocol):
 
 
 def node(
-    name: str, cpus: int, memory: int, gpus: Iterable[GpuLike] = (), can_carve: bool = True
+    name: str,
+    cpus: int,
+    memory: int,
+    gpus: Iterable[GpuLike] = (),
+    can_carve: bool = True,
+    topology: str = "",
 ) -> Node:
     """A Node from GPUs described by ``.index``, ``.model`` and ``.mig``."""
-    return Node(name, cpus, memory, tuple(gpu(g) for g in gpus), can_carve)
+    return Node(name, cpus, memory, tuple(gpu(g) for g in gpus), can_carve, topology)
 
 
 def gpu(g: GpuLike) -> Gpu:
@@ -111,6 +118,7 @@ def pending(
         time_limit=time_limit if time_limit is not None else defaults.time_limit,
         blocked_by_dependency=blocked_by_dependency,
         held=held,
+        nodes=asks.nodes,
     )
 
 
@@ -129,8 +137,10 @@ def running(
     checkpoint_at: float | None = None,
     stopping_for: JobId | None = None,
     grace_s: float = 30.0,
+    parts: int = 1,
 ) -> RunningJob:
-    """A running job on ``node`` holding these whole GPUs or MIG slices."""
+    """A running job (or one part of a multi-node job, of ``parts``) on ``node`` holding
+    these whole GPUs or MIG slices."""
     return RunningJob(
         id=job_id,
         team=team,
@@ -145,6 +155,7 @@ def running(
         time_limit=time_limit if time_limit is not None else defaults.time_limit,
         stopping_for=stopping_for,
         grace_s=grace_s,
+        parts=parts,
     )
 
 
@@ -162,6 +173,7 @@ def started(p: PendingJob, start: StartLike, now: float) -> RunningJob:
         p.memory,
         started_at=now,
         time_limit=p.time_limit,
+        parts=p.nodes,
     )
 
 

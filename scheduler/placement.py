@@ -262,6 +262,7 @@ class NodeRoom:
     __slots__ = (
         "i",
         "name",
+        "topology",
         "cpus",
         "memory",
         "free_cpu",
@@ -276,6 +277,7 @@ class NodeRoom:
     def __init__(self, i: int, node: Node) -> None:
         self.i = i
         self.name = node.name
+        self.topology = node.topology
         self.cpus = node.cpus
         self.memory = node.memory
         self.free_cpu = node.cpus
@@ -400,7 +402,12 @@ class Room:
     # -- finding room now ---------------------------------------------------------
 
     def find_whole(
-        self, gpus: int, models: Iterable[str], cpus: int, memory: int, avoid: int = -1
+        self,
+        gpus: int,
+        models: Iterable[str],
+        cpus: int,
+        memory: int,
+        avoid: frozenset[int] = frozenset(),
     ) -> tuple[NodeRoom, str] | None:
         """The fullest node with ``gpus`` free whole GPUs of one of ``models``."""
         models = [m for m in models if m in self.whole]
@@ -411,27 +418,29 @@ class Room:
                 if k < len(buckets):
                     for i in buckets[k]:
                         n = self.nodes[i]
-                        if n.free_cpu >= cpus and n.free_mem >= memory and i != avoid:
+                        if n.free_cpu >= cpus and n.free_mem >= memory and i not in avoid:
                             return n, m
         return None
 
     def find_slices(
-        self, profile: str, count: int, cpus: int, memory: int, avoid: int = -1
+        self, profile: str, count: int, cpus: int, memory: int, avoid: frozenset[int] = frozenset()
     ) -> NodeRoom | None:
         buckets = self.slices.get(profile, [])
         for k in range(count, len(buckets)):
             for i in buckets[k]:
                 n = self.nodes[i]
-                if n.free_cpu >= cpus and n.free_mem >= memory and i != avoid:
+                if n.free_cpu >= cpus and n.free_mem >= memory and i not in avoid:
                     return n
         return None
 
-    def find_cpu(self, cpus: int, memory: int, avoid: int = -1) -> NodeRoom | None:
+    def find_cpu(
+        self, cpus: int, memory: int, avoid: frozenset[int] = frozenset()
+    ) -> NodeRoom | None:
         """A CPU-only job: the node with the fewest free GPUs that has the CPUs and memory
         (keep GPU nodes' CPUs for GPU jobs)."""
         best = None
         for n in self.nodes:
-            if n.free_cpu >= cpus and n.free_mem >= memory and n.i != avoid:
+            if n.free_cpu >= cpus and n.free_mem >= memory and n.i not in avoid:
                 free = sum(len(v) for v in n.free.values())
                 if best is None or free < best[0]:
                     best = (free, n)

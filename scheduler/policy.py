@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 import math
 
-from mlq.scheduler import quota
+from mlq.scheduler import gang, quota
 from mlq.scheduler.cluster import DEFAULT_CLASSES
 from mlq.scheduler.placement import NodeRoom, Request, Room, canonical, fit_with_freed, take_slices
 from mlq.scheduler.preemption import Held, VictimSet, id_key, victims_on_node
@@ -69,6 +69,8 @@ def queue_key(rule: PriorityRule, j: PendingJob) -> tuple:
     )
 
 
+NOWHERE: frozenset[int] = frozenset()  # no node to avoid
+
 # Once a victim set of one job is found, look at this many more candidate nodes for a
 # cheaper one before settling (bounds the search on large clusters; see the docs).
 PREEMPT_LOOKAHEAD = 4
@@ -94,7 +96,8 @@ class _Pass:
         self.starts: list[Start] = []
         self.preemptions: list[Preemption] = []
         self.reasons: dict[JobId, str] = {}
-        self.head: tuple[float, int | None] | None = None  # (shadow time, reserved node)
+        # the backfill reservation: (shadow time, the nodes reserved for the head job)
+        self.head: tuple[float, frozenset[int] | None] | None = None
         self.place_failed: set[tuple] = set()
         self.preempt_failed: set[tuple] = set()
         self.hopeless: dict[tuple, str] = {}  # (shape, class, team, avoid, models) -> reason
@@ -126,6 +129,7 @@ class _Pass:
         self.team_heads: dict[str, list | None] = {}
         self.team_added: dict[str, list[tuple[float, quota.Demand]]] = {}  # this pass's starts
         self._team_jobs: dict[str, list[tuple]] | None = None  # see team_jobs()
+        self.gang_nodes: dict[JobId, list[int]] = {}  # a multi-node running job's nodes
         self._charge_running(snap.running)
         for t in self.usage:
             self.charge(t, ())
@@ -223,6 +227,8 @@ class _Pass:
             n.free_cpu -= r.cpus
             n.free_mem -= r.memory
             jobs_on[n.i].append(r)
+            if r.parts > 1:  # the nodes of each multi-node job's parts
+                self.gang_nodes.setdefault(r.id, []).append(n.i)
             got = totals.get(shape)
             if got is None:
                 cover = self._demand(shape)[1]
@@ -260,7 +266,8 @@ class _Pass:
                 demand, cover = self._demand(self._shape(r, n))
                 end = r.started_at + r.time_limit if r.time_limit is not None else math.inf
                 since = r.checkpoint_at if r.checkpoint_at is not None else r.started_at
-                lost = max(0.0, self.now - since)
+                # a multi-node job loses the work of every part
+                lost = max(0.0, self.now - since) * r.parts
                 rule = self.rule(r.priority_class)
                 held.append(
                     Held(
@@ -311,12 +318,13 @@ class _Pass:
         if not g:
             return True
         req = self.requests.get(j.id) or self.request(j)
-        cover = self.covers.get((j.team, req), False)
+        ck = (j.team, req) if j.nodes == 1 else (j.team, req, j.nodes)
+        cover = self.covers.get(ck, False)
         if cover is False:  # the guarantee keys that cover this shape never change
             d = next(iter(self.demands(j, req).values()))
             amounts = dict(d)
             keys = quota.covering_keys(d, g)
-            cover = self.covers[(j.team, req)] = (
+            cover = self.covers[ck] = (
                 None if keys is None else tuple((k, amounts[k], g[k]) for k in keys)
             )
         if cover is None:
@@ -439,7 +447,7 @@ class _Pass:
             return None
         req = self.requests.get(j.id) or self.request(j)
         # a flat tuple of plain values, which the garbage collector stops tracking
-        return (j.team, j.priority_class, j.time_limit, *req)
+        return (j.team, j.priority_class, j.time_limit, j.nodes, *req)
 
     def settled_alike(self, j: PendingJob, key: tuple) -> bool:
         """Give ``j`` the reason an identical job of its team got (``key``: alike(j)), if
@@ -466,6 +474,8 @@ class _Pass:
             return HELD
         if j.blocked_by_dependency:
             return DEPENDENCY
+        if j.nodes > 1:
+            return self.consider_gang(j)
         # dict lookups first, the creating methods only on a miss: this runs per job
         rule = self.rules.get(j.priority_class) or self.rule(j.priority_class)
         team = self.teams.get(j.team) or self.team(j.team)
@@ -504,7 +514,7 @@ class _Pass:
                 return PRIORITY
 
         # backfill: after the first job blocked on Resources, a job must not delay it
-        avoid = -1
+        avoid = NOWHERE
         if self.head is not None:
             shadow, reserved = self.head
             ends_in_time = j.time_limit is not None and self.now + j.time_limit <= shadow
@@ -566,7 +576,9 @@ class _Pass:
                 )
             if vs is not None:
                 return self.commit_preemption(j, req, vs)
-        if avoid >= 0 and fit_with_freed(self.room.nodes[avoid], req, models, [], [], 0, 0):
+        if avoid and any(
+            fit_with_freed(self.room.nodes[i], req, models, [], [], 0, 0) for i in avoid
+        ):
             reason = PRIORITY  # it would fit, but only on the room the head job waits for
         else:
             reason = RESOURCES
@@ -603,9 +615,15 @@ class _Pass:
         return {m: d for m, d in demands.items() if quota.over_limit(usage, d, limit) is None}
 
     def demands(self, j: PendingJob, req: Request) -> dict[str | None, quota.Demand]:
-        got = self.demand_cache.get(req)
+        """What ``j`` counts against its team's quota, per GPU model it may take: a
+        multi-node job counts all its parts."""
+        key = req if j.nodes == 1 else (req, j.nodes)
+        got = self.demand_cache.get(key)
         if got is None:
-            got = self.demand_cache[req] = self._demands(req)
+            got = self._demands(req)
+            if j.nodes > 1:
+                got = {m: quota.scale(d, j.nodes) for m, d in got.items()}
+            self.demand_cache[key] = got  # type: ignore[index]
         return got
 
     def _demands(self, req: Request) -> dict[str | None, quota.Demand]:
@@ -618,7 +636,7 @@ class _Pass:
 
     # -- starting on free room ----------------------------------------------------------
 
-    def place_now(self, req: Request, models: list[str], avoid: int):
+    def place_now(self, req: Request, models: list[str], avoid: frozenset[int]):
         key = (req, tuple(models), avoid)
         if key in self.place_failed:
             return None
@@ -755,7 +773,7 @@ class _Pass:
         req: Request,
         models: list,
         usage: dict[str, float],
-        avoid: int,
+        avoid: frozenset[int],
         already: list[Held],
         own_team: bool,
         reclaim: bool = False,
@@ -897,7 +915,7 @@ class _Pass:
         if nodes is None:
             nodes = self.preempt_nodes[memo] = list(self.candidate_nodes(req, whole_models))
         for i in mine_nodes + nodes:
-            if i == avoid:
+            if i in avoid:
                 continue
             mine = [h for h in already if h.node == i] if already else []
             n = self.room.nodes[i]
@@ -1061,32 +1079,8 @@ class _Pass:
         return False
 
     def commit_preemption(self, j: PendingJob, req: Request, vs: VictimSet) -> str:
+        self.claim_victims(req, vs, j.id)
         n = vs.node
-        gone = vs.already + vs.victims
-        held_gpus = {g for h in gone for g in h.job.gpus}
-        held_slots = {(s.gpu, s.start) for h in gone for s in h.job.mig}
-        # claim the free part of the room the job will take, so nobody else takes it
-        gpus = [g for g in vs.gpus if g not in held_gpus]
-        slots = [s for s in vs.mig if (s.gpu, s.start) not in held_slots]
-        cpu = max(0, req.cpus - vs.freed_cpu)
-        mem = max(0, req.memory - vs.freed_mem)
-        self.room.hold(n, gpus, slots, cpu, mem)
-        self.room.reindex(n)
-        for h in vs.victims:
-            h.chosen = True
-            self.chosen_ids.add(h.id)
-            self.charge(h.job.team, h.demand, -1)
-            counts = self.victim_gpus[h.node]
-            devices = max(1, len(h.job.gpus) + len(h.job.mig))
-            counts[(h.rule.name, h.job.team, h.cover is not None)] -= devices
-            if self.class_victims is not None:
-                got = self.class_victims[(h.rule.name, h.job.team)]
-                got[0] -= devices
-                if h.cover is not None:
-                    got[1] -= devices
-            self.preemptions.append(Preemption(h.id, j.id))
-        for h in vs.already:
-            h.chosen = True
         model = n.models.get(vs.gpus[0]) if vs.gpus else None
         d = self.demands(j, req)
         demand = d.get(model) or next(iter(d.values()))
@@ -1096,65 +1090,357 @@ class _Pass:
         self.added.setdefault(n.i, []).append(
             (end, tuple(vs.gpus), tuple(vs.mig), req.cpus, req.memory)
         )
+        gone = vs.already + vs.victims
         ids = [h.id for h in sorted(gone, key=lambda h: id_key(h.id))]
         return Reason(ReasonCode.PREEMPTION_PENDING, *ids)
 
+    def claim_victims(self, req: Request, vs: VictimSet, for_job: JobId) -> None:
+        """Claim the free part of the room the job will take on ``vs.node``, so nobody
+        else takes it, and mark its victims: a multi-node victim with every part."""
+        n = vs.node
+        gone = vs.already + vs.victims
+        held_gpus = {g for h in gone for g in h.job.gpus}
+        held_slots = {(s.gpu, s.start) for h in gone for s in h.job.mig}
+        gpus = [g for g in vs.gpus if g not in held_gpus]
+        slots = [s for s in vs.mig if (s.gpu, s.start) not in held_slots]
+        cpu = max(0, req.cpus - vs.freed_cpu)
+        mem = max(0, req.memory - vs.freed_mem)
+        self.room.hold(n, gpus, slots, cpu, mem)
+        self.room.reindex(n)
+        for h in vs.victims:
+            if h.chosen:  # a part of a multi-node job taken already with another part
+                continue
+            parts = [h]
+            if h.job.parts > 1:
+                parts += [
+                    o
+                    for i in self.gang_nodes.get(h.id, ())
+                    if i != h.node
+                    for o in self.held_on(i)
+                    if o.id == h.id and not o.chosen
+                ]
+            for p in parts:
+                self.take_victim(p)
+            self.preemptions.append(Preemption(h.id, for_job))
+        for h in vs.already:
+            h.chosen = True
+
+    def take_victim(self, h: Held) -> None:
+        h.chosen = True
+        self.chosen_ids.add(h.id)
+        self.charge(h.job.team, h.demand, -1)
+        counts = self.victim_gpus[h.node]
+        devices = max(1, len(h.job.gpus) + len(h.job.mig))
+        counts[(h.rule.name, h.job.team, h.cover is not None)] -= devices
+        if self.class_victims is not None:
+            got = self.class_victims[(h.rule.name, h.job.team)]
+            got[0] -= devices
+            if h.cover is not None:
+                got[1] -= devices
+
+    # -- multi-node jobs ------------------------------------------------------------------
+
+    def consider_gang(self, j: PendingJob) -> str | None:
+        """A multi-node job: every part starts in this pass, or none does. Its quota is
+        all its parts'; it waits behind the backfill reservation like any job; it takes
+        free nodes under the lowest common switch (gang.py), else preempts by its class
+        on as many nodes as free room lacks; else it waits for Resources, naming how
+        many nodes are free of how many it needs, and may hold the reservation itself
+        (on the nodes that free soonest)."""
+        rule = self.rule(j.priority_class)
+        team = self.team(j.team)
+        req = self.request(j)
+        parts = j.nodes
+        stopping = self.stopping.get(j.id) if self.stopping else None
+        already = [h for h in stopping if not h.chosen] if stopping else []
+        usage = dict(self.team_usage(j.team))
+        for h in already:  # victims stopping for it free their team's usage for it
+            if h.job.team == j.team:
+                quota.add(usage, h.demand, -1)
+        demands = self.demands(j, req)
+        allowed = {
+            m: d
+            for m, d in demands.items()
+            if not team.limit or quota.over_limit(usage, d, team.limit) is None
+        }
+        if allowed and self.team_heads:
+            held = self.team_heads.get(j.team)
+            if (
+                held is not None
+                and held[3] != j.id
+                and not self.leaves_quota(j, held, allowed, team)
+            ):
+                return PRIORITY
+        avoid = NOWHERE
+        if self.head is not None:
+            shadow, reserved = self.head
+            if not (j.time_limit is not None and self.now + j.time_limit <= shadow):
+                if reserved is None:
+                    return PRIORITY
+                avoid = reserved
+        if not allowed:
+            first = next(iter(demands.values()))
+            key, used, limit = quota.over_limit(usage, first, team.limit)  # type: ignore[misc]
+            return quota.quota_reason(j.team, key, used, limit)
+        models = [m for m in allowed if m is not None]
+        placed = self.place_gang(req, models, parts, avoid)
+        if placed is not None:
+            self.commit_gang(j, req, placed[0], placed[1], allowed)
+            return None
+        if already:
+            # its victims are still stopping: hold what is free meanwhile, so that no
+            # later job takes it (the parts start together once the victims are gone)
+            for n in self.free_for_part(req, models, avoid)[:parts]:
+                self.room.hold(n, (), (), req.cpus, req.memory)
+                self.room.reindex(n, ())
+            ids = sorted({h.id for h in already}, key=id_key)
+            return Reason(ReasonCode.PREEMPTION_PENDING, *ids)
+        if rule.preempts:
+            found = self.preempt_gang(j, rule, req, models, usage, avoid)
+            if found is not None:
+                return self.commit_gang_preemption(j, req, found, allowed)
+        if avoid and self.place_gang(req, models, parts, NOWHERE, dry=True) is not None:
+            return PRIORITY  # it would fit, but only on room the head job waits for
+        free = len(self.free_for_part(req, models, NOWHERE))
+        if self.head is None:
+            self.head = self.gang_reservation(req, models, parts)
+            self.head_version += 1
+        return Reason(ReasonCode.RESOURCES, free, parts, "nodes")
+
+    def part_fits(self, n: NodeRoom, req: Request, model: str | None) -> bool:
+        """Whether one part of ``req`` fits on ``n`` now (whole GPUs of ``model``)."""
+        if n.free_cpu < req.cpus or n.free_mem < req.memory:
+            return False
+        if req.profile:
+            return n.mig_cap.get(req.profile, 0) >= req.count
+        if req.gpus:
+            return len(n.free.get(model or "", ())) >= req.gpus
+        return True
+
+    def fullness(self, n: NodeRoom, req: Request, model: str | None) -> tuple:
+        """Fullest first: the free room of the job's kind, then CPUs, then the index."""
+        if req.profile:
+            kind = n.mig_cap.get(req.profile, 0)
+        else:
+            kind = (
+                sum(len(v) for v in n.free.values())
+                if not req.gpus
+                else len(n.free.get(model or "", ()))
+            )
+        return (kind, n.free_cpu, n.i)
+
+    def free_for_part(self, req: Request, models: list[str], avoid: frozenset[int]) -> list:
+        """The nodes where one part fits now, of the model with the most such nodes."""
+        best: list = []
+        for m in models or [None]:
+            fits = [n for n in self.room.nodes if n.i not in avoid and self.part_fits(n, req, m)]
+            if len(fits) > len(best):
+                best = sorted(fits, key=lambda n, m=m: self.fullness(n, req, m))
+        return best
+
+    def place_gang(
+        self,
+        req: Request,
+        models: list[str],
+        parts: int,
+        avoid: frozenset[int],
+        dry: bool = False,
+    ) -> tuple[list[NodeRoom], str | None] | None:
+        """``parts`` nodes where a part of ``req`` fits now, all of one GPU model."""
+        for m in models or [None]:
+            fits = [n for n in self.room.nodes if n.i not in avoid and self.part_fits(n, req, m)]
+            chosen = gang.choose(
+                fits, parts, lambda n: n.topology, lambda n, m=m: self.fullness(n, req, m)
+            )
+            if chosen is not None:
+                return chosen, m
+        return None
+
+    def hold_part(self, n: NodeRoom, req: Request, model: str | None) -> tuple[tuple, tuple]:
+        """Take one part's devices, CPUs and memory on ``n`` (it fits: part_fits)."""
+        gpus: tuple[int, ...] = ()
+        slots: tuple[MigSlot, ...] = ()
+        if req.profile:
+            slots = tuple(take_slices(n, req.profile, req.count))
+        elif req.gpus:
+            gpus = tuple(n.free[model or ""][: req.gpus])
+        self.room.hold(n, gpus, slots, req.cpus, req.memory)
+        self.room.reindex(n, [s.gpu for s in slots] if slots else ())
+        return gpus, slots
+
+    def commit_gang(
+        self, j: PendingJob, req: Request, nodes: list[NodeRoom], model: str | None, allowed
+    ) -> None:
+        end = self.now + j.time_limit if j.time_limit is not None else math.inf
+        for rank, n in enumerate(nodes):
+            gpus, slots = self.hold_part(n, req, model)
+            self.added.setdefault(n.i, []).append((end, gpus, slots, req.cpus, req.memory))
+            self.starts.append(Start(j.id, n.name, gpus, slots, rank, len(nodes)))
+        demand = allowed[model if req.gpus else None]
+        self.charge(j.team, demand)
+        self.quota_taken(j, end, demand)
+
+    def preempt_gang(
+        self,
+        j: PendingJob,
+        rule: PriorityRule,
+        req: Request,
+        models: list[str],
+        usage: dict[str, float],
+        avoid: frozenset[int],
+    ) -> tuple[list[NodeRoom], list[VictimSet], str | None] | None:
+        """Free nodes and, for the parts they lack, a victim set each on other nodes
+        (by the job's class only: a multi-node job does not reclaim a guarantee), all of
+        one GPU model; None when the victims cannot make up the count."""
+        for m in models or [None]:
+            ms = [m] if m is not None else models
+            free = [n for n in self.room.nodes if n.i not in avoid and self.part_fits(n, req, m)]
+            free.sort(key=lambda n, m=m: self.fullness(n, req, m))
+            free = free[: j.nodes - 1]
+            taken = set(avoid) | {n.i for n in free}
+            sets: list[VictimSet] = []
+            while len(free) + len(sets) < j.nodes:
+                vs = self.preempt(j, rule, req, ms, usage, frozenset(taken), [], own_team=False)
+                if vs is None:
+                    break
+                sets.append(vs)
+                taken.add(vs.node.i)
+                sets += self.freed_with(vs, req, ms, taken)
+            if len(free) + len(sets) < j.nodes:
+                continue
+            # a victim set whose victims no other set shares is kept only if needed; the
+            # sets of one multi-node victim come first (stopping it frees all its nodes)
+            ids = [{h.id for h in vs.victims} for vs in sets]
+            order = sorted(
+                range(len(sets)),
+                key=lambda k: (
+                    not any(ids[k] & ids[o] for o in range(len(sets)) if o != k),
+                    sets[k].cost(),
+                ),
+            )
+            kept = sorted(order[: j.nodes - len(free)])
+            return free, [sets[k] for k in kept], m
+        return None
+
+    def freed_with(
+        self, vs: VictimSet, req: Request, models: list[str], taken: set[int]
+    ) -> list[VictimSet]:
+        """The other nodes a multi-node victim of ``vs`` frees for a part of ``req``: one
+        set each, with that victim's part there (``taken`` gains those nodes)."""
+        out = []
+        for h in vs.victims:
+            for i in self.gang_nodes.get(h.id, ()) if h.job.parts > 1 else ():
+                if i in taken:
+                    continue
+                part = next((o for o in self.held_on(i) if o.id == h.id and not o.chosen), None)
+                if part is None:
+                    continue
+                n = self.room.nodes[i]
+                r = part.job
+                got = fit_with_freed(n, req, models, list(r.gpus), list(r.mig), r.cpus, r.memory)
+                if got is not None:
+                    out.append(VictimSet(n, [part], got[0], got[1], r.cpus, r.memory))
+                    taken.add(i)
+        return out
+
+    def commit_gang_preemption(self, j: PendingJob, req: Request, found, allowed) -> str:
+        free, sets, model = found
+        end = self.now + j.time_limit if j.time_limit is not None else math.inf
+        for n in free:  # claimed for the parts that start there once the victims are gone
+            gpus, slots = self.hold_part(n, req, model)
+            self.added.setdefault(n.i, []).append((end, gpus, slots, req.cpus, req.memory))
+        for vs in sets:
+            self.claim_victims(req, vs, j.id)
+            self.added.setdefault(vs.node.i, []).append(
+                (end, tuple(vs.gpus), tuple(vs.mig), req.cpus, req.memory)
+            )
+        demand = allowed[model if req.gpus else None]
+        self.charge(j.team, demand)
+        self.quota_taken(j, end, demand)
+        ids = sorted({h.id for vs in sets for h in vs.victims}, key=id_key)
+        return Reason(ReasonCode.PREEMPTION_PENDING, *ids)
+
+    def gang_reservation(
+        self, req: Request, models: list[str], parts: int
+    ) -> tuple[float, frozenset[int] | None]:
+        """The multi-node head job's earliest start: when ``parts`` nodes can each hold
+        a part by the running jobs' time limits, and those nodes (the soonest)."""
+        times = []
+        for n in self.room.nodes:
+            if any(self.part_fits(n, req, m) for m in models or [None]):
+                times.append((self.now, n.i))
+                continue
+            at = self.fit_at(n, req, models, math.inf)
+            if at < math.inf:
+                times.append((at, n.i))
+        if len(times) < parts:
+            return math.inf, None
+        times.sort()
+        return times[parts - 1][0], frozenset(i for _, i in times[:parts])
+
     # -- backfill reservation -------------------------------------------------------------
 
-    def reservation(self, req: Request, models: list[str]) -> tuple[float, int | None]:
+    def reservation(self, req: Request, models: list[str]) -> tuple[float, frozenset[int] | None]:
         """The head job's earliest start by running jobs' time limits, and the node."""
         best: tuple[float, int | None] = (math.inf, None)
-        whole = bool(req.gpus) and not req.profile
         for n in self.room.nodes:
-            # running jobs by their time limits; victims chosen now or earlier are left out
-            # (their room is promised to the job they stop for)
-            events = [
-                (r.started_at + r.time_limit, r.gpus, r.mig, r.cpus, r.memory)
-                for r in self.jobs_on[n.i]
-                if r.time_limit is not None
-                and r.started_at + r.time_limit < best[0]
-                and r.stopping_for is None
-                and r.id not in self.chosen_ids
-            ]
-            events += [e for e in self.added.get(n.i, ()) if e[0] < best[0]]
-            if not events:
-                continue
-            events.sort(key=lambda e: e[0])
-            gpus: list[int] = []
-            slots: list[MigSlot] = []
-            cpu = mem = 0
-            # whole GPUs: fit_with_freed's test kept incrementally (each model's free GPUs
-            # plus those freed so far), not rebuilt after every event
-            have = {x: set(n.free.get(x, ())) for x in models} if whole else {}
-            for end, g, s, c, m in events:
-                cpu += c
-                mem += m
-                if whole:
-                    for idx in g:
-                        got = have.get(n.models.get(idx))
-                        if got is not None:
-                            got.add(idx)
-                    fits = (
-                        n.free_cpu + cpu >= req.cpus
-                        and n.free_mem + mem >= req.memory
-                        and any(len(have[x]) >= req.gpus for x in models)
-                    )
-                else:
-                    gpus.extend(g)
-                    slots.extend(s)
-                    fits = fit_with_freed(n, req, models, gpus, slots, cpu, mem) is not None
-                if fits:
-                    if (max(end, self.now), n.i) < (
-                        best[0],
-                        best[1] if best[1] is not None else math.inf,
-                    ):
-                        best = (max(end, self.now), n.i)
-                    break
+            at = self.fit_at(n, req, models, best[0])
+            if at < math.inf and (at, n.i) < (
+                best[0],
+                best[1] if best[1] is not None else math.inf,
+            ):
+                best = (at, n.i)
             if best[0] <= self.now:
                 # room already free now (a job past its time limit): no later node, with
                 # its higher index, can come earlier
                 break
-        return best
+        return best[0], (None if best[1] is None else frozenset((best[1],)))
+
+    def fit_at(self, n: NodeRoom, req: Request, models: list[str], bound: float) -> float:
+        """When ``req`` fits on ``n`` as its running jobs end by their time limits (and
+        this pass's starts by theirs), looking only at ends before ``bound``; inf if
+        not by then."""
+        # running jobs by their time limits; victims chosen now or earlier are left out
+        # (their room is promised to the job they stop for)
+        events = [
+            (r.started_at + r.time_limit, r.gpus, r.mig, r.cpus, r.memory)
+            for r in self.jobs_on[n.i]
+            if r.time_limit is not None
+            and r.started_at + r.time_limit < bound
+            and r.stopping_for is None
+            and r.id not in self.chosen_ids
+        ]
+        events += [e for e in self.added.get(n.i, ()) if e[0] < bound]
+        if not events:
+            return math.inf
+        events.sort(key=lambda e: e[0])
+        whole = bool(req.gpus) and not req.profile
+        gpus: list[int] = []
+        slots: list[MigSlot] = []
+        cpu = mem = 0
+        # whole GPUs: fit_with_freed's test kept incrementally (each model's free GPUs
+        # plus those freed so far), not rebuilt after every event
+        have = {x: set(n.free.get(x, ())) for x in models} if whole else {}
+        for end, g, s, c, m in events:
+            cpu += c
+            mem += m
+            if whole:
+                for idx in g:
+                    got = have.get(n.models.get(idx))
+                    if got is not None:
+                        got.add(idx)
+                fits = (
+                    n.free_cpu + cpu >= req.cpus
+                    and n.free_mem + mem >= req.memory
+                    and any(len(have[x]) >= req.gpus for x in models)
+                )
+            else:
+                gpus.extend(g)
+                slots.extend(s)
+                fits = fit_with_freed(n, req, models, gpus, slots, cpu, mem) is not None
+            if fits:
+                return max(end, self.now)
+        return math.inf
 
 
 def team_usage(snapshot: Snapshot) -> dict[str, dict[str, float]]:

@@ -56,6 +56,11 @@ def mig_demand(profiles: list[str] | tuple[str, ...], cpus: int, memory: int) ->
     return (*counts.items(), ("gpu-equivalent", eq), ("cpu", cpus), ("memory", memory))
 
 
+def scale(demand: Demand, times: int) -> Demand:
+    """``times`` parts of this demand (a multi-node job's parts together)."""
+    return tuple((key, amount * times) for key, amount in demand)
+
+
 def add(usage: dict[str, float], demand: Demand, sign: float = 1.0) -> None:
     for key, amount in demand:
         usage[key] = usage.get(key, 0.0) + sign * amount

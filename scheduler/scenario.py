@@ -22,7 +22,15 @@ from mlq.scheduler.snapshot import (
     Team,
     rules_from_classes,
 )
-from mlq.scheduler.spec import Bytes, Millicores, Seconds, Strict, load_yaml, validation_problems
+from mlq.scheduler.spec import (
+    MAX_NODES,
+    Bytes,
+    Millicores,
+    Seconds,
+    Strict,
+    load_yaml,
+    validation_problems,
+)
 from pydantic import Field, ValidationError
 
 JobIdField = int | str
@@ -33,6 +41,7 @@ class ScenarioNode(Strict):
     cpus: Millicores
     memory: Bytes
     gpus: list[GpuDecl] = []
+    topology: str = Field("", max_length=255)  # its switches, outermost first: spine1/rack3
 
 
 class HeldSlice(Strict):
@@ -63,6 +72,8 @@ class ScenarioRunning(Strict):
     time_limit: Seconds | None = None
     stopping_for: JobIdField | None = None
     grace_period: Seconds = 30  # preemption.grace_period: how long it may take to stop
+    # one part of a multi-node job: its id is listed once per part, each on its node
+    parts: int = Field(1, ge=1, le=MAX_NODES)
 
 
 class ScenarioPending(Strict):
@@ -79,6 +90,7 @@ class ScenarioPending(Strict):
     time_limit: Seconds | None = None
     blocked_by_dependency: bool = False
     held: bool = False
+    nodes: int = Field(1, ge=1, le=MAX_NODES)  # a multi-node job's parts; the rest per part
 
 
 class Scenario(Strict):
@@ -123,10 +135,21 @@ def _cross_problems(sc: Scenario) -> list[str]:
     ids: set[Any] = set()
     held: set[tuple[str, int, int | None]] = set()
     pending_ids = {j.id for j in sc.pending}
+    parts: dict[Any, list[ScenarioRunning]] = {}
+    for r in sc.running:
+        parts.setdefault(r.id, []).append(r)
     for i, r in enumerate(sc.running):
         where = f"running[{i}]"
-        if r.id in ids:
+        same = parts[r.id]
+        if r.id in ids and (r.parts == 1 or any(o.parts != r.parts for o in same)):
             out.append(f"{where}.id: {r.id!r} is used by two jobs")
+        elif r.parts > 1 and r.id not in ids:
+            if len(same) != r.parts:
+                out.append(
+                    f"{where}.parts: {r.parts}, but job {r.id!r} is listed {len(same)} times"
+                )
+            if len({o.node for o in same}) != len(same):
+                out.append(f"{where}.node: two parts of job {r.id!r} are on one node")
         ids.add(r.id)
         _class_problem(out, where, r.kind, r.priority_class, classes)
         n = nodes.get(r.node)
@@ -211,7 +234,9 @@ def parse_scenario(data: Any, source: str | None = None) -> Snapshot:
 
 def to_snapshot(sc: Scenario) -> Snapshot:
     classes = {c.name: c for c in sc.priority_classes}
-    nodes = tuple(build.node(n.name, n.cpus, n.memory, n.gpus) for n in sc.nodes)
+    nodes = tuple(
+        build.node(n.name, n.cpus, n.memory, n.gpus, topology=n.topology) for n in sc.nodes
+    )
     carved = {
         (n.name, g.index): {s.start: s.profile for s in g.mig or []}
         for n in sc.nodes
@@ -236,6 +261,7 @@ def to_snapshot(sc: Scenario) -> Snapshot:
                 checkpoint_at=r.checkpoint_at,
                 stopping_for=r.stopping_for,
                 grace_s=r.grace_period,
+                parts=r.parts,
             )
         )
     pending = []

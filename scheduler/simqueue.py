@@ -153,16 +153,19 @@ class SimQueue:
     # -- pending ----------------------------------------------------------------------
 
     def _demands(self, j: PendingJob) -> tuple[quota.Demand, ...]:
+        """One per GPU model the job may take; a multi-node job's are all its parts'."""
         if j.mig:
-            return (quota.mig_demand([j.mig.profile] * j.mig.count, j.cpus, j.memory),)
-        if j.gpus:
+            got = (quota.mig_demand([j.mig.profile] * j.mig.count, j.cpus, j.memory),)
+        elif j.gpus:
             models = [j.gpu_model] if j.gpu_model else self.whole_models
-            return tuple(quota.whole_gpu_demand(j.gpus, m, j.cpus, j.memory) for m in models)
-        return (quota.whole_gpu_demand(0, "", j.cpus, j.memory),)
+            got = tuple(quota.whole_gpu_demand(j.gpus, m, j.cpus, j.memory) for m in models)
+        else:
+            got = (quota.whole_gpu_demand(0, "", j.cpus, j.memory),)
+        return got if j.nodes == 1 else tuple(quota.scale(d, j.nodes) for d in got)
 
     def add(self, j: PendingJob) -> None:
         rule = self.rule(j.priority_class)
-        gkey = (j.priority_class, j.gpus, j.gpu_model, j.mig, j.cpus, j.memory)
+        gkey = (j.priority_class, j.gpus, j.gpu_model, j.mig, j.cpus, j.memory, j.nodes)
         team = self.groups.setdefault(j.team, {})
         g = team.get(gkey)
         if g is None:

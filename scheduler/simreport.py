@@ -91,6 +91,7 @@ def summarize(r: SimResult) -> dict[str, Any]:
         "wall_s": r.wall_s,
         "by_class": {k: figures(v) for k, v in sorted(by_class.items())},
         "by_team": teams,
+        "multi_node": figures([s for s in done if s.job.nodes > 1]),
     }
 
 
@@ -127,7 +128,11 @@ def replay(
 def report(jobs: list[TraceJob], cluster: SimCluster, results: list[SimResult]) -> dict[str, Any]:
     """The trace, the cluster, and each policy's figures under its name, in ``policies``' order."""
     out: dict[str, Any] = {
-        "trace": {"jobs": len(jobs), "folded_to_one_node": sum(1 for j in jobs if j.folded_from)},
+        "trace": {
+            "jobs": len(jobs),
+            "folded_to_one_node": sum(1 for j in jobs if j.folded_from),
+            "multi_node": sum(1 for j in jobs if j.nodes > 1),
+        },
         "cluster": {"nodes": len(cluster.nodes), "gpus": cluster.gpus},
         "policies": [r.policy for r in results],
     }
@@ -173,9 +178,15 @@ def format_comparison(result: dict[str, Any]) -> str:
     head = f"{'':28} {names[0]:>{widths[0]}}"
     for n, w in zip(names[1:], widths[1:], strict=True):
         head += f" {n:>{w}} {'ratio':>7}"
+    trace = result["trace"]
+    wide = (
+        f"{trace['folded_to_one_node']} wider than a node, folded onto one"
+        if trace["folded_to_one_node"]
+        else f"{trace.get('multi_node', 0)} multi-node"
+    )
     lines = [
-        f"trace: {result['trace']['jobs']} jobs ({result['trace']['folded_to_one_node']} wider than a node, "
-        f"folded onto one); cluster: {result['cluster']['nodes']} nodes, {result['cluster']['gpus']} GPUs",
+        f"trace: {trace['jobs']} jobs ({wide}); cluster: {result['cluster']['nodes']} nodes, "
+        f"{result['cluster']['gpus']} GPUs",
         head,
     ]
 
@@ -209,6 +220,10 @@ def format_comparison(result: dict[str, Any]) -> str:
     row("mean bounded slowdown", pick("slowdown", "mean"), lambda v: f"{v:.2f}")
     row("Jain's index (slowdown)", pick("jain_index"), lambda v: f"{v:.3f}")
     row("GPU utilization", pick("gpu_utilization"), lambda v: f"{v:.1%}")
+    if trace.get("multi_node"):
+        row("multi-node jobs finished", pick("multi_node", "jobs"), num)
+        row("multi-node: mean queueing", pick("multi_node", "queue_s", "mean"), _fmt_s)
+        row("multi-node: p95 queueing", pick("multi_node", "queue_s", "p95"), _fmt_s)
     row("preemptions", pick("preemptions"), num)
     row("GPU-hours lost to preemption", pick("gpu_hours_lost"), lambda v: f"{v:.1f}")
     row("makespan", pick("makespan_s"), _fmt_s)

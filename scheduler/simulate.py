@@ -8,7 +8,8 @@ done since its last checkpoint (every ``checkpoint_interval`` seconds of run tim
 Victims stop at once (no grace period), so the job they stop for starts in the same
 second. The baseline ``fifo`` is strict FIFO: submission order, no classes, no quotas,
 no backfill, no preemption; the head job waits until it fits and everything waits
-behind it. Both use the same placement (packing, one node per job).
+behind it (it places a multi-node job's parts on the first nodes that fit). Both use
+the same placement (packing; a multi-node job's parts on as many nodes).
 
 MIG slices that the policy carves for a job are destroyed when the job ends; slices
 declared carved in the cluster file stay. docs/scheduling.md describes the cluster
@@ -171,6 +172,15 @@ def fifo_decide(snap: Snapshot) -> Decisions:
         if blocked:
             reasons[j.id] = PRIORITY
             continue
+        if j.nodes > 1:
+            placed = _fifo_gang(room, j)
+            if placed is None:
+                reasons[j.id] = RESOURCES
+                blocked = True
+                continue
+            for rank, (n, gpus, slots) in enumerate(placed):
+                starts.append(Start(j.id, n.name, gpus, slots, rank, j.nodes))
+            continue
         got = None
         if j.mig:
             n = room.find_slices(j.mig.profile, j.mig.count, j.cpus, j.memory)
@@ -198,6 +208,36 @@ def fifo_decide(snap: Snapshot) -> Decisions:
     return Decisions(tuple(starts), (), reasons)
 
 
+def _fifo_gang(room: Room, j: PendingJob) -> list | None:
+    """The first nodes (by index) that each hold a part of ``j``, taken; None if fewer."""
+    chosen = []
+    for n in room.nodes:
+        if n.free_cpu < j.cpus or n.free_mem < j.memory:
+            continue
+        if j.mig:
+            if n.mig_cap.get(j.mig.profile, 0) >= j.mig.count:
+                chosen.append((n, None))
+        elif j.gpus:
+            models = [j.gpu_model] if j.gpu_model else room.whole_models
+            m = next((m for m in models if len(n.free.get(m, ())) >= j.gpus), None)
+            if m is not None:
+                chosen.append((n, m))
+        else:
+            chosen.append((n, None))
+        if len(chosen) == j.nodes:
+            break
+    else:
+        return None
+    out = []
+    for n, m in chosen:
+        slots = tuple(take_slices(n, j.mig.profile, j.mig.count)) if j.mig else ()
+        gpus = tuple(n.free[m][: j.gpus]) if m is not None else ()
+        room.hold(n, gpus, slots, j.cpus, j.memory)
+        room.reindex(n)
+        out.append((n, gpus, slots))
+    return out
+
+
 # name -> (the decision, the queue order forced on every class, or None for the cluster
 # file's own): mlq's policy under each order it offers, and the strict FIFO baseline
 POLICIES: dict[str, tuple[Policy, str | None]] = {
@@ -222,6 +262,7 @@ class _JobState:
     preempted: int = 0
     lost_gpu_s: float = 0.0
     finish: float | None = None
+    pending: PendingJob | None = None  # as it was last started (its parts' shape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +305,7 @@ def _guarantees(cluster: SimCluster, jobs: list[TraceJob]) -> tuple[Team, ...]:
     if cfg.guarantees == "trace-share":
         use: dict[str, float] = {}
         for j in jobs:
-            eq = j.gpus * (mig_share(j.mig_profile) if j.mig_profile else 1)
+            eq = j.total_gpus * (mig_share(j.mig_profile) if j.mig_profile else 1)
             use[j.team] = use.get(j.team, 0.0) + eq * j.duration
         total = sum(use.values()) or 1.0
         for name, u in sorted(use.items()):
@@ -332,10 +373,11 @@ def _simulate(
     declared = {(n.name, g.index): set(g.mig or ()) for n in nodes for g in n.gpus}
     state: dict[int, _JobState] = {}
     pending = SimQueue(nodes, teams, rules)
-    running: dict[int, RunningJob] = {}
+    running: dict[int, RunningJob] = {}  # the job, or the first part of a multi-node job
+    parts: dict[int, list[RunningJob]] = {}  # the other parts of a multi-node job
     events: list[tuple[float, int, int, int]] = []  # (time, 0 completion / 1 arrival, id, epoch)
     for j in jobs:
-        eq = j.gpus * (mig_share(j.mig_profile) if j.mig_profile else 1)
+        eq = j.total_gpus * (mig_share(j.mig_profile) if j.mig_profile else 1)
         state[j.id] = _JobState(j, j.duration, eq)
         heapq.heappush(events, (j.submit_time, 1, j.id, 0))
     result = SimResult(policy, capacity_gpus=cluster.gpus)
@@ -364,6 +406,7 @@ def _simulate(
             mig=MigRequest(j.mig_profile, j.gpus) if j.mig_profile else None,
             cpus=max(1000, int(cfg.cpus_per_gpu * j.gpus * per)),
             memory=max(2**30, int(cfg.memory_per_gpu * j.gpus * per)),
+            nodes=j.nodes,
         )
         return build.pending(
             j.id,
@@ -392,14 +435,15 @@ def _simulate(
     def stop(jid: int, now: float, finished: bool) -> None:
         nonlocal busy
         r = running.pop(jid)
-        pending.running(r, -1)
+        for part in (r, *parts.pop(jid, ())):
+            pending.running(part, -1)
+            if part.mig:
+                set_slices(part.node, part.mig, add=False)
         s = state[jid]
         busy -= s.gpu_eq
         team_use[r.team] -= s.gpu_eq
         ran = now - s.started
         result.busy_gpu_s += ran * s.gpu_eq
-        if r.mig:
-            set_slices(r.node, r.mig, add=False)
         if finished:
             s.remaining = 0.0
             s.finish = now
@@ -451,7 +495,10 @@ def _simulate(
                     # the same jobs on the same cluster decided nothing a moment ago, and
                     # waiting makes no start or preemption easier (docs/scheduling.md)
                     break
-            snap = Snapshot(now, tuple(nodes), tuple(running.values()), todo, teams, rules)
+            held = tuple(running.values())
+            if parts:
+                held += tuple(p for ps in parts.values() for p in ps)
+            snap = Snapshot(now, tuple(nodes), held, todo, teams, rules)
             d = decide_fn(snap)
             result.decisions += 1
             if log is not None:
@@ -462,8 +509,16 @@ def _simulate(
             elif inert_out:
                 quiet = seen
             for st in d.starts:
+                if st.rank > 0:  # another part of a multi-node job started just above
+                    r = build.started(state[st.job].pending, st, now)
+                    parts.setdefault(st.job, []).append(r)
+                    pending.running(r, 1)
+                    if st.mig:
+                        set_slices(st.node, st.mig, add=True)
+                    continue
                 p = pending.pop(st.job)
                 s = state[st.job]
+                s.pending = p
                 if s.first_start is None:
                     s.first_start = now
                 s.started = now

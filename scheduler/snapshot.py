@@ -61,6 +61,8 @@ def _resources(code: ReasonCode, args: tuple[object, ...]) -> str:
         res, want, free, node = args
         where = f" (largest free on {node})" if node else ""
         return f"{code.value}: {res} {want} > {free} free{where}"
+    if len(args) == 3 and args[2] == "nodes":  # a multi-node job: (nodes free, needed)
+        return f"{code.value}: {args[0]} of {args[1]} nodes free for its parts"
     if len(args) == 1:  # (what no single node has free together)
         return f"{code.value}: no node has {args[0]} free at once"
     return code.value
@@ -99,13 +101,16 @@ class Gpu:
 class Node:
     """``can_carve`` false: the node's MIG GPUs offer only the slices already carved on
     them (free ones), never a new slice (the node's admin setting ``mig_carve``, or a
-    driver that refused to carve)."""
+    driver that refused to carve). ``topology``: where the node sits in the network, its
+    switches outermost first (``spine1/rack3``); a multi-node job's parts go under the
+    lowest switch that can hold them all (gang.py)."""
 
     name: str
     cpus: int  # millicores
     memory: int  # bytes
     gpus: tuple[Gpu, ...] = ()
     can_carve: bool = True
+    topology: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +149,9 @@ class RunningJob:
     time_limit: int | None = None  # seconds; lets backfill estimate when it ends
     stopping_for: JobId | None = None  # already chosen as a victim for this pending job
     grace_s: float = 30.0  # the longest it may take to stop (its grace period)
+    # a multi-node job runs as ``parts`` RunningJobs with one id, one per node; stopping
+    # any of them stops the whole job
+    parts: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +174,9 @@ class PendingJob:
     time_limit: int | None = None
     blocked_by_dependency: bool = False
     held: bool = False
+    # a multi-node job: this many parts, each on its own node, each asking for the
+    # resources above (per node); all start together or none does
+    nodes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,12 +191,16 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """Start ``job`` on ``node`` with these whole GPUs or these MIG slices."""
+    """Start ``job`` on ``node`` with these whole GPUs or these MIG slices. A
+    multi-node job gets one Start per part in the same Decisions: part ``rank`` of
+    ``parts`` (rank 0 is where its rendezvous lives)."""
 
     job: JobId
     node: str
     gpus: tuple[int, ...] = ()
     mig: tuple[MigSlot, ...] = ()
+    rank: int = 0
+    parts: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +228,8 @@ class Decisions:
                 ]
             else:
                 item["gpus"] = list(s.gpus)
+            if s.parts > 1:
+                item["rank"] = s.rank
             start.append(item)
         return {
             "start": start,

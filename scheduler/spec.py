@@ -72,6 +72,7 @@ CAPABILITIES = (
 MAX_ARGS, MAX_ENV, MAX_STRING = 1024, 1024, 128 * 1024
 MAX_VOLUMES, MAX_DEPENDS, MAX_DEVICES, MAX_ID = 64, 1024, 64, 2**63 - 1
 MAX_PATH = 4096
+MAX_NODES = 1024  # the parts of one multi-node job
 JobId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Arg = Annotated[str, Field(max_length=MAX_STRING)]
 

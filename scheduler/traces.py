@@ -12,9 +12,14 @@ cluster) is the team, every job is ``training``, submit times count from the fir
 submission, rows are sorted by time. Philly has no time limits; a user's limit is
 modelled as the run time rounded up to whole hours and doubled, so every job ends
 within its limit and backfill has estimates to work with. Jobs larger than one node
-(9-128 GPUs, 0.35% of jobs) cannot run in mlq, which places a job on one node: they
-are folded onto one whole node, keeping their GPU-time (a 32-GPU job of one hour
-becomes an 8-GPU job of four hours).
+(9-128 GPUs, 0.35% of jobs) become multi-node jobs of whole 8-GPU nodes' parts (a
+32-GPU job is 4 parts of 8 GPUs; a 12-GPU job 2 parts of 6), the fewest nodes that
+hold them. ``fold`` instead folds them onto one whole node, keeping their GPU-time
+(a 32-GPU job of one hour becomes an 8-GPU job of four hours), as mlq did before it
+ran jobs across machines.
+
+An mlq trace's optional ``nodes`` column makes a row a multi-node job of that many
+parts, each of ``gpus`` GPUs.
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ class TraceJob:
     time_limit: int | None = None
     checkpoint_interval: int | None = None
     folded_from: int | None = None  # a Philly job wider than a node: its original GPUs
+    nodes: int = 1  # a multi-node job's parts, each of ``gpus``
+
+    @property
+    def total_gpus(self) -> int:
+        return self.gpus * self.nodes
 
 
 def _num(
@@ -62,7 +72,7 @@ def _num(
     return value
 
 
-def read_trace(path: str | Path, since: str | None = None) -> list[TraceJob]:
+def read_trace(path: str | Path, since: str | None = None, fold: bool = False) -> list[TraceJob]:
     """Read an mlq trace CSV (or import a Philly CSV), sorted by submit time.
 
     ``since`` drops the jobs submitted before it (seconds into the trace, or for a
@@ -82,7 +92,9 @@ def read_trace(path: str | Path, since: str | None = None) -> list[TraceJob]:
         reader = csv.DictReader(f)
         header = [h.strip() for h in reader.fieldnames or []]
         if header[:5] == PHILLY_HEADER:
-            return _philly(reader, str(p), since=since if offset is None else None, offset=offset)
+            return _philly(
+                reader, str(p), since=since if offset is None else None, offset=offset, fold=fold
+            )
         if since is not None and offset is None:
             raise InvalidInput(f'--since: "{since}" is not a number of seconds', str(p))
         missing = [
@@ -106,6 +118,9 @@ def read_trace(path: str | Path, since: str | None = None) -> list[TraceJob]:
             ck = _num(row, "checkpoint_interval", line, str(p), required=False)
             gpus = _num(row, "gpus", line, str(p))
             assert gpus is not None
+            nodes = _num(row, "nodes", line, str(p), required=False)
+            if nodes is not None and (nodes < 1 or nodes != int(nodes)):
+                raise InvalidInput(f"line {line}: nodes: {nodes:g} is not 1 or more", str(p))
             jobs.append(
                 TraceJob(
                     id=len(jobs),
@@ -117,6 +132,7 @@ def read_trace(path: str | Path, since: str | None = None) -> list[TraceJob]:
                     mig_profile=(row.get("mig_profile") or "").strip() or None,
                     time_limit=int(tl) if tl is not None else None,
                     checkpoint_interval=int(ck) if ck is not None else None,
+                    nodes=int(nodes) if nodes is not None else 1,
                 )
             )
     jobs.sort(key=lambda j: (j.submit_time, j.id))
@@ -138,6 +154,7 @@ def _philly(
     since: str | None = None,
     offset: float | None = None,
     node_gpus: int = 8,
+    fold: bool = False,
 ) -> list[TraceJob]:
     start = None
     if since is not None:
@@ -168,8 +185,12 @@ def _philly(
     jobs = []
     for t, _, duration, gpus, team in rows:
         folded = None
-        if gpus > node_gpus:
+        nodes = 1
+        if gpus > node_gpus and fold:
             folded, duration, gpus = gpus, duration * gpus / node_gpus, node_gpus
+        elif gpus > node_gpus:
+            nodes = math.ceil(gpus / node_gpus)
+            gpus = math.ceil(gpus / nodes)
         limit = max(1, math.ceil(duration / 3600)) * 3600 * 2
         jobs.append(
             TraceJob(
@@ -181,24 +202,29 @@ def _philly(
                 "training",
                 time_limit=limit,
                 folded_from=folded,
+                nodes=nodes,
             )
         )
     return jobs
 
 
 def load_trace(
-    path: str | Path, days: float | None = None, max_gpus: int = 8, since: str | None = None
+    path: str | Path,
+    days: float | None = None,
+    max_gpus: int = 8,
+    since: str | None = None,
+    fold: bool = False,
 ) -> list[TraceJob]:
     """A trace, optionally cut to the jobs submitted in ``days`` days (from ``since``)."""
-    jobs = read_trace(path, since)
+    jobs = read_trace(path, since, fold)
     if days is not None:
         jobs = [j for j in jobs if j.submit_time < days * 86400]
     too_big = [j for j in jobs if j.mig_profile is None and j.gpus > max_gpus]
     if too_big:
         j = too_big[0]
         raise InvalidInput(
-            f"job {j.id} asks for {j.gpus} GPUs but the largest node has {max_gpus}; "
-            "mlq places a job on one node"
+            f"job {j.id} asks for {j.gpus} GPUs per node but the largest node has "
+            f"{max_gpus}; give it more nodes (the trace's nodes column)"
         )
     return jobs
 
@@ -213,6 +239,7 @@ def write_trace(path: str | Path, jobs: list[TraceJob]) -> None:
         "mig_profile",
         "time_limit",
         "checkpoint_interval",
+        "nodes",
     ]
     with Path(path).open("w", newline="") as f:
         w = csv.writer(f)
@@ -228,5 +255,6 @@ def write_trace(path: str | Path, jobs: list[TraceJob]) -> None:
                     j.mig_profile or "",
                     "" if j.time_limit is None else j.time_limit,
                     "" if j.checkpoint_interval is None else j.checkpoint_interval,
+                    j.nodes,
                 ]
             )

@@ -232,6 +232,20 @@ CASES = [
         id="a short job backfills because it ends before the head job can start",
     ),
     pytest.param(
+        "multi-node-backfill.yaml",
+        [{"job": "short", "node": "n1", "gpus": [0]}],
+        [],
+        pend(("wide", "Resources: 1 of 2 nodes free for its parts"), ("long", "Priority")),
+        id="a 2-node head job holds its nodes: a short job backfills, a long one waits",
+    ),
+    pytest.param(
+        "multi-node-preempt.yaml",
+        [],
+        [{"job": "train", "for": "serve"}],
+        pend(("serve", "PreemptionPending train")),
+        id="a 2-node inference job preempts a 2-node training job as a whole, once",
+    ),
+    pytest.param(
         "backfill-would-delay.yaml",
         [],
         [],

@@ -113,21 +113,41 @@ def test_trace_csv_round_trip_and_errors(tmp_path: Path) -> None:
         read_trace(bad)
 
 
-def test_philly_import_folds_wide_jobs_onto_one_node(tmp_path: Path) -> None:
+PHILLY_WIDE = (
+    "timestamp,duration,num_gpus,gpu_time,cluster\n"
+    "2017-10-01 00:10:00,3600.0,32,115200.0,vc2\n"
+    "2017-10-01 00:20:00,3600.0,12,43200.0,vc2\n"
+    "2017-10-01 00:00:00,100.0,1,100.0,vc1\n"
+    "2017-09-30 23:00:00,100.0,1,100.0,vc1\n"
+)
+
+
+def test_philly_import_makes_wide_jobs_multi_node(tmp_path: Path) -> None:
     path = tmp_path / "philly.csv"
-    path.write_text(
-        "timestamp,duration,num_gpus,gpu_time,cluster\n"
-        "2017-10-01 00:10:00,3600.0,32,115200.0,vc2\n"
-        "2017-10-01 00:00:00,100.0,1,100.0,vc1\n"
-        "2017-09-30 23:00:00,100.0,1,100.0,vc1\n"
-    )
+    path.write_text(PHILLY_WIDE)
     jobs = read_trace(path, since="2017-10-01")
-    assert [(j.submit_time, j.team, j.gpus, j.duration, j.folded_from) for j in jobs] == [
-        (0.0, "vc1", 1, 100.0, None),
-        (600.0, "vc2", 8, 14400.0, 32),
+    assert [(j.submit_time, j.team, j.nodes, j.gpus, j.duration) for j in jobs] == [
+        (0.0, "vc1", 1, 1, 100.0),
+        (600.0, "vc2", 4, 8, 3600.0),  # 32 GPUs: 4 whole nodes
+        (1200.0, "vc2", 2, 6, 3600.0),  # 12 GPUs: the fewest nodes, even parts
     ]
-    assert [j.time_limit for j in jobs] == [7200, 28800]  # run time in whole hours, doubled
+    assert [j.time_limit for j in jobs] == [7200, 7200, 7200]  # run time in hours, doubled
     assert {j.kind for j in jobs} == {"training"}
+    # an mlq trace keeps the parts
+    write_trace(tmp_path / "t.csv", jobs)
+    assert read_trace(tmp_path / "t.csv") == jobs
+
+
+def test_philly_import_folds_wide_jobs_onto_one_node_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "philly.csv"
+    path.write_text(PHILLY_WIDE)
+    jobs = read_trace(path, since="2017-10-01", fold=True)
+    assert [(j.nodes, j.gpus, j.duration, j.folded_from) for j in jobs] == [
+        (1, 1, 100.0, None),
+        (1, 8, 14400.0, 32),
+        (1, 8, 5400.0, 12),
+    ]
+    assert [j.time_limit for j in jobs] == [7200, 28800, 14400]
 
 
 def test_cli_prints_both_policies_with_ratios(tmp_path: Path) -> None:
