@@ -287,10 +287,11 @@ def grant_list(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
             ", ".join(g["capabilities"]) or "-",
             ", ".join(g["volume_paths"]) or "-",
             ", ".join(g["devices"]) or "-",
+            ", ".join(g.get("networks") or []) or "-",
         ]
         for g in resp["grants"]
     ]
-    console().print(table(["TO", "CAPABILITIES", "VOLUME PATHS", "DEVICES"], rows))
+    console().print(table(["TO", "CAPABILITIES", "VOLUME PATHS", "DEVICES", "NETWORKS"], rows))
 
 
 @grant_app.command("set")
@@ -308,15 +309,23 @@ def grant_set(
         list[str] | None,
         typer.Option("--devices", help="Host device nodes, e.g. /dev/fuse; replaces the list"),
     ] = None,
+    networks: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--networks", help="Network modes beyond none and bridge: host; replaces the list"
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     sock: SocketOpt = None,
 ) -> None:
-    """Grant capabilities, volume paths or devices to everyone, a team or a class (mlq admins)."""
+    """Grant capabilities, volume paths, devices or network modes to everyone, a team or a
+    class (mlq admins)."""
     body = {
         "subject": subject,
         "capabilities": _list(capabilities),
         "volume_paths": _list(volume_paths),
         "devices": _list(devices),
+        "networks": _list(networks),
     }
     resp = Client(sock).put("/v1/grants", body)
     if json_out:

@@ -141,7 +141,7 @@ def build(
         lines.append(("netns", net.netns_path))
         lines.append(("unlink", net.netns_path))
         lines.append(("unlink", net.lease))
-    else:
+    elif req.network.mode != "host":
         lines.append(("newnet", "1"))
     lines += driver.plan(cg, paths.run_dir)
     for entry in mounts(req, driver, cg):

@@ -146,9 +146,11 @@ class Namespaces:
 
 @dataclass
 class Network:
-    """``none``: own namespace, loopback only. ``bridge``: a veth on ``bridge`` in ``subnet``."""
+    """``none``: own namespace, loopback only. ``bridge``: a veth on ``bridge`` in
+    ``subnet``. ``host``: the node's own network namespace (the daemon allows it only
+    where an admin granted it)."""
 
-    mode: Literal["none", "bridge"] = "none"
+    mode: Literal["none", "bridge", "host"] = "none"
     bridge: str = "mlq0"
     subnet: str = "10.88.0.0/16"
 

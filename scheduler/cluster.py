@@ -16,7 +16,13 @@ from typing import Annotated, Any, Literal
 
 from mlq.executor.units import parse_cpus, parse_size
 from mlq.scheduler.errors import InvalidInput
-from mlq.scheduler.grants import DEFAULT_VOLUME_PATHS, SUBJECT_HELP, SUBJECT_RE, Grant
+from mlq.scheduler.grants import (
+    DEFAULT_VOLUME_PATHS,
+    GRANTED_NETWORKS,
+    SUBJECT_HELP,
+    SUBJECT_RE,
+    Grant,
+)
 from mlq.scheduler.spec import (
     CAPABILITIES,
     AbsPath,
@@ -188,6 +194,7 @@ class GrantConfig(Strict):
     capabilities: list[Literal[CAPABILITIES]] = []  # type: ignore[valid-type]
     volume_paths: list[AbsPath] = []
     devices: list[AbsPath] = []
+    networks: list[Literal[GRANTED_NETWORKS]] = []  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _subject(self) -> GrantConfig:
@@ -201,6 +208,7 @@ class GrantConfig(Strict):
             tuple(dict.fromkeys(self.capabilities)),
             tuple(dict.fromkeys(os.path.normpath(p) for p in self.volume_paths)),
             tuple(dict.fromkeys(self.devices)),
+            tuple(dict.fromkeys(self.networks)),
         )
 
 

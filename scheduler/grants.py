@@ -25,6 +25,8 @@ SUBJECT_RE = re.compile(
 SUBJECT_HELP = 'use "*" (everyone), team:<name> or class:<name>'
 # Where anyone's volumes may come from, unless the cluster config says otherwise.
 DEFAULT_VOLUME_PATHS = ("/home", "/srv", "/data", "/scratch", "/mnt", "/tmp", "/var/tmp")
+# Network modes a job gets only by a grant (none and bridge are everyone's).
+GRANTED_NETWORKS = ("host",)
 # Never mounted into a job, whoever asks (the daemon adds its state and socket dirs).
 FORBIDDEN_PATHS = ("/proc", "/sys", "/dev")
 
@@ -37,6 +39,7 @@ class Grant:
     capabilities: tuple[str, ...] = ()
     volume_paths: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()  # network modes beyond none and bridge: "host"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Allowed:
     volume_paths: tuple[str, ...] = ()
     devices: frozenset[str] = frozenset()
     sources: dict[str, list[str]] = field(default_factory=dict, compare=False)
+    networks: frozenset[str] = frozenset()
 
 
 def subjects_for(team: str, klass: str) -> tuple[str, str, str]:
@@ -58,12 +62,14 @@ def allowed_for(grants: Iterable[Grant], team: str, klass: str) -> Allowed:
     caps: set[str] = set()
     paths: list[str] = []
     devs: set[str] = set()
+    nets: set[str] = set()
     for g in grants:
         if g.subject in wanted:
             caps.update(g.capabilities)
             paths.extend(p for p in g.volume_paths if p not in paths)
             devs.update(g.devices)
-    return Allowed(frozenset(caps), tuple(paths), frozenset(devs))
+            nets.update(g.networks)
+    return Allowed(frozenset(caps), tuple(paths), frozenset(devs), networks=frozenset(nets))
 
 
 def under(path: str, prefix: str) -> bool:
@@ -118,6 +124,13 @@ def check(
                 f"volumes[{i}].source: {v.source} is outside the volume paths granted to team "
                 f"{team} and class {klass} ({shown}); {how} --volume-paths {src}"
             )
+    network = spec.network  # type: ignore[attr-defined]
+    if network in GRANTED_NETWORKS and network not in allowed.networks:
+        problems.append(
+            f"network: {network} shares the node's network namespace (its ports, addresses "
+            f"and abstract sockets) and is not granted to team {team} or class {klass}; "
+            f"{how} --networks {network}"
+        )
     for i, d in enumerate(spec.devices):  # type: ignore[attr-defined]
         if d not in allowed.devices:
             problems.append(

@@ -119,8 +119,16 @@ def _v6(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_node_state ON jobs (node, state)"))
 
 
+def _v7(conn: Connection) -> None:
+    """Multi-node jobs (docs/scheduling.md "Multi-node jobs"): each part a row, with the
+    job's id and its rank; network modes granted by an mlq admin."""
+    _add_columns(conn, "jobs", {"gang_id": "BIGINT", "gang_rank": "BIGINT"})
+    _add_columns(conn, "grants", {"networks": "TEXT NOT NULL DEFAULT '[]'"})
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_gang ON jobs (gang_id)"))
+
+
 STEPS: dict[int, Callable[[Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7,
 }  # fmt: skip
 SCHEMA_VERSION = max(STEPS)
 

@@ -37,6 +37,7 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_user_state", "user", "state", "spec_bytes"),
         Index("ix_jobs_ended_at", "ended_at"),
         Index("ix_jobs_node_state", "node", "state"),  # schema 6: a node's runs
+        Index("ix_jobs_gang", "gang_id"),  # schema 7: a multi-node job's parts
         {"sqlite_autoincrement": True},  # Slurm-like IDs: increasing, never reused
     )
 
@@ -74,6 +75,10 @@ class Job(SQLModel, table=True):
     # schema 4: the kernel's OOM kills in the last run; the stored spec's size
     oom_kills: int | None = int64()
     spec_bytes: int = int64(0, nullable=False)
+    # schema 7: a multi-node job's parts are rows of their own: all name the first
+    # part's id (the job's id a user sees), each its rank
+    gang_id: int | None = int64()
+    gang_rank: int | None = int64()
     # schema 6: the run's allocation number (the fencing token of every order to its
     # node), the launch request a remote node runs it from, and a kill-now stop
     epoch: int | None = int64()
@@ -198,6 +203,7 @@ class GrantRow(SQLModel, table=True):
     capabilities: str = "[]"
     volume_paths: str = "[]"
     devices: str = "[]"
+    networks: str = Field("[]", sa_column=Column(Text, nullable=False, server_default="[]"))
 
 
 class NodeRow(SQLModel, table=True):

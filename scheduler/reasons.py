@@ -12,7 +12,7 @@ Slurm refuses "Requested node configuration is not available").
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from mlq.executor import mig
@@ -167,9 +167,21 @@ def explain(snap: Snapshot, decisions: Decisions) -> dict[JobId, str]:
 
 
 def never_fits(j: PendingJob, nodes: Iterable[Node]) -> str | None:
-    """What no node could ever hold, as ``field: amount ... (largest: node with N)``."""
+    """What no node could ever hold, as ``field: amount ... (largest: node with N)``;
+    for a multi-node job, also fewer nodes that could hold a part than it has parts."""
     nodes = list(nodes)
     if not nodes:
+        return None
+    if j.nodes > 1:
+        part = replace(j, nodes=1)
+        if (why := never_fits(part, nodes)) is not None:
+            return why
+        able = sum(1 for n in nodes if never_fits(part, [n]) is None)
+        if able < j.nodes:
+            return (
+                f"resources.nodes: {j.nodes} parts, each on its own node, but {able} of the "
+                f"cluster's {len(nodes)} nodes could hold one"
+            )
         return None
 
     def largest(value, what: str, show) -> str:

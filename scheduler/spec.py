@@ -126,6 +126,8 @@ class Resources(Strict):
     shm: Bytes = 64 * 2**20
     pids: int = Field(4096, ge=1, le=4_194_304)
     io_weight: int = Field(100, ge=1, le=10000)
+    # a multi-node job: this many parts, one per node, each with the resources above
+    nodes: int = Field(1, ge=1, le=MAX_NODES)
 
     @model_validator(mode="after")
     def _consistent(self) -> Resources:
@@ -200,7 +202,7 @@ class JobSpec(Strict):
     volumes: list[Volume] = Field([], max_length=MAX_VOLUMES)
     checkpoint: Checkpoint | None = None
     preemption: Preemption = Preemption()
-    network: Literal["none", "bridge"] = "none"
+    network: Literal["none", "bridge", "host"] = "none"
     time_limit: Seconds | None = None
     array: Annotated[list[int] | None, BeforeValidator(_array)] = None
     depends_on: list[JobId] = Field([], max_length=MAX_DEPENDS)
@@ -235,6 +237,14 @@ class JobSpec(Strict):
             raise ValueError("devices: a device is listed twice")
         if len({v.target for v in self.volumes}) != len(self.volumes):
             raise ValueError("volumes: two volumes share a target; each needs its own")
+        if self.resources.nodes > 1 and self.network != "host":
+            raise ValueError(
+                f"resources.nodes: {self.resources.nodes} parts reach each other over the "
+                "nodes' own network; set network: host (an mlq admin grants it: "
+                "mlq grant set team:<team> --networks host)"
+            )
+        if self.resources.nodes > 1 and self.array is not None:
+            raise ValueError("resources.nodes: an array of multi-node jobs is not supported")
         argv = sum(len(a.encode()) + 1 for a in self.command)
         envp = sum(len(k) + len(v.encode()) + 2 for k, v in self.env.items())
         if argv + envp > 1 << 20:

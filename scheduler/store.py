@@ -427,10 +427,15 @@ class Store:
                     ids = sorted(r[0] for r in conn.execute(stmt, rows))
                 for row, i in zip(rows, ids, strict=True):
                     row["id"] = i
-                if as_array and ids:
-                    conn.execute(update(table).where(table.c.id.in_(ids)).values(array_id=ids[0]))
+                # an array's jobs, and a multi-node job's parts (rows with a rank), name
+                # the first one's id
+                group = "array_id" if as_array else None
+                if rows and rows[0].get("gang_rank") is not None:
+                    group = "gang_id"
+                if group is not None and ids:
+                    conn.execute(update(table).where(table.c.id.in_(ids)).values({group: ids[0]}))
                     for row in rows:
-                        row["array_id"] = ids[0]
+                        row[group] = ids[0]
                 events += [
                     {
                         "job_id": r["id"],
@@ -735,6 +740,7 @@ def _grant_row(g: Grant) -> GrantRow:
         capabilities=json.dumps(list(g.capabilities)),
         volume_paths=json.dumps(list(g.volume_paths)),
         devices=json.dumps(list(g.devices)),
+        networks=json.dumps(list(g.networks)),
     )
 
 
@@ -744,6 +750,7 @@ def _grant_model(r: GrantRow) -> Grant:
         tuple(json.loads(r.capabilities)),
         tuple(json.loads(r.volume_paths)),
         tuple(json.loads(r.devices)),
+        tuple(json.loads(r.networks or "[]")),
     )
 
 

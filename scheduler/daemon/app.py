@@ -398,6 +398,7 @@ def build_app(daemon: Daemon) -> FastAPI:
             capabilities=list(g.capabilities),
             volume_paths=list(g.volume_paths),
             devices=list(g.devices),
+            networks=list(g.networks),
         )
 
     @app.get("/v1/grants", response_model=S.GrantList, tags=["grants"])
@@ -414,10 +415,11 @@ def build_app(daemon: Daemon) -> FastAPI:
                 "capabilities": list(current.capabilities),
                 "volume_paths": list(current.volume_paths),
                 "devices": list(current.devices),
+                "networks": list(current.networks),
             }
         changes = {
             k: getattr(body, k)
-            for k in ("capabilities", "volume_paths", "devices")
+            for k in ("capabilities", "volume_paths", "devices", "networks")
             if getattr(body, k) is not None
         }
         from mlq.scheduler.cluster import GrantConfig

@@ -413,6 +413,7 @@ class GrantOut(BaseModel):
     capabilities: list[str]
     volume_paths: list[str]
     devices: list[str]
+    networks: list[str] = []
 
 
 class GrantList(BaseModel):
@@ -424,6 +425,7 @@ class GrantSet(Checked):
     capabilities: list[str] | None = Field(None, description="Replaces the granted capabilities")
     volume_paths: list[str] | None = Field(None, description="Replaces the granted volume paths")
     devices: list[str] | None = Field(None, description="Replaces the granted devices")
+    networks: list[str] | None = Field(None, description="Replaces the granted network modes")
 
 
 class GrantDelete(Checked):

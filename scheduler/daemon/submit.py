@@ -75,6 +75,8 @@ def prepare(
         )
     require_submit(caller, spec.team, store)
     resolved = resolve(spec, store.classes())
+    if resolved.resources.nodes > 1 and indices is not None:
+        raise InvalidInput("--array: an array of multi-node jobs is not supported", source)
     if nodes:
         r = resolved.resources
         shape = PendingJob(
@@ -86,6 +88,7 @@ def prepare(
             mig=MigRequest(r.mig.profile, r.mig.count) if r.mig else None,
             cpus=r.cpus or 0,
             memory=r.memory or 0,
+            nodes=r.nodes,
         )
         if (why := never_fits(shape, nodes)) is not None:
             raise InvalidInput(why, source)
@@ -188,6 +191,9 @@ def job_rows(
         restart_count=0,
         array_index=None,
     )
+    parts = resolved.resources.nodes
+    if parts > 1:  # one row a part, rank 0 first: its id is the job's (store.add_job_groups)
+        return [common | {"gang_rank": k} for k in range(parts)]
     return [common] if indices is None else [common | {"array_index": i} for i in indices]
 
 

@@ -48,7 +48,7 @@ def test_all_problems_of_a_file_come_at_once_with_field_paths():
             "command": ["x"],
             "resources": {"memory": "32GB", "pids": 0, "io_weight": 20000},
             "volumes": [{"source": "data", "target": "/data"}],
-            "network": "host",
+            "network": "internet",
         }
     )
     text = "\n".join(found)
@@ -57,7 +57,9 @@ def test_all_problems_of_a_file_come_at_once_with_field_paths():
     assert "resources.pids: 0 input should be greater than or equal to 1" in text
     assert "resources.io_weight: 20000 input should be less than or equal to 10000" in text
     assert 'volumes[0].source: "data" is not an absolute path' in text
-    assert "network: \"host\" is not allowed; input should be 'none' or 'bridge'" in text
+    assert (
+        "network: \"internet\" is not allowed; input should be 'none', 'bridge' or 'host'" in text
+    )
 
 
 @pytest.mark.parametrize(
@@ -129,7 +131,9 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     db = tmp_path / "mlq.db"
     Store(sqlite_url(tmp_path)).close()
     with sqlite3.connect(db) as conn:  # make it look like a seeded schema 1
-        for col in ("stop_cause", "stop_for", "max_memory", "epoch", "launch", "stop_now"):
+        cols = ("stop_cause", "stop_for", "max_memory", "epoch", "launch", "stop_now")
+        conn.execute("DROP INDEX ix_jobs_gang")
+        for col in (*cols, "gang_id", "gang_rank"):
             conn.execute(f"ALTER TABLE jobs DROP COLUMN {col}")
         conn.execute("DROP TABLE grants")
         conn.execute("DROP TABLE nodes")
@@ -144,6 +148,7 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     assert {"stop_cause", "stop_for", "max_memory", "epoch", "launch", "stop_now"} <= cols
+    assert {"gang_id", "gang_rank"} <= cols  # step 7: multi-node jobs
     assert {"nodes", "ix_jobs_node_state"} <= tables  # step 6: many machines
-    assert version == str(SCHEMA_VERSION) == "6"
+    assert version == str(SCHEMA_VERSION) == "7"
     assert [(g.subject, g.volume_paths) for g in grants] == [("*", DEFAULT_VOLUME_PATHS)]
