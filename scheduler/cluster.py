@@ -151,6 +151,9 @@ class NodeConfig(Strict):
     # false: the node takes no new jobs (cordoned, as kubectl cordon); running jobs
     # stay, and a job it could hold is still accepted and waits
     schedulable: bool = True
+    # where the node sits in the network: its switches, outermost first, such as
+    # spine1/rack3; a multi-node job's parts go under the lowest common switch
+    topology: str = Field("", max_length=255, pattern=r"^[A-Za-z0-9_.:/-]*$")
 
     @model_validator(mode="after")
     def _declared(self) -> NodeConfig:

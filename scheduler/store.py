@@ -478,6 +478,7 @@ class Store:
         ids: Iterable[int] | None = None,
         limit: int | None = None,
         with_spec: bool = True,
+        gang: int | None = None,
     ) -> list[JobRow]:
         """Jobs as read-only rows with the ``Job`` table's attributes, oldest first.
 
@@ -496,6 +497,8 @@ class Store:
             q = q.where(t.ended_at >= since)
         if ids is not None:
             q = q.where(t.id.in_(list(ids)))
+        if gang is not None:  # the parts of one multi-node job
+            q = q.where(t.gang_id == gang)
         q = q.order_by(t.id)
         if limit:
             q = q.limit(limit)

@@ -60,6 +60,7 @@ class NodeFacts(Strict):
     gpus: dict[str, Any]  # NodeGpus.to_json()
     state_dir: str = Field(max_length=4096)
     socket: str = Field(max_length=4096)
+    topology: str = Field("", max_length=255)  # its switches, outermost first
 
 
 class SyncRequest(Strict):

@@ -70,6 +70,7 @@ class AgentConfig:
     socket: Path
     cpus: int  # millicores
     memory: int  # bytes
+    topology: str = ""  # its switches, outermost first (the node config's topology)
 
 
 _CLOSED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
@@ -245,6 +246,7 @@ class Agent:
             gpus=self.executor.inventory().to_json(),
             state_dir=str(self.cfg.state_dir),
             socket=str(self.cfg.socket),
+            topology=self.cfg.topology,
         )
 
     def _request(self, wait: bool) -> tuple[wire.SyncRequest, list[wire.Fetched]]:

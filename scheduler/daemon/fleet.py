@@ -87,6 +87,7 @@ class Fleet:
             }  # fmt: skip
             st = self._add(row.name, wire.NodeFacts(**facts))
             st.state, st.reason, st.address = row.state, row.reason, row.address
+            st.slot.address = row.address
             st.slot.up = row.state == "up"
             st.wall_seen = row.last_heartbeat
 
@@ -100,7 +101,9 @@ class Fleet:
             self.wake(name)
 
         remote = RemoteNode(name, gpus, wake)
-        view = NodeView(name, facts.cpus, facts.memory, gpus, can_carve=False)
+        view = NodeView(
+            name, facts.cpus, facts.memory, gpus, can_carve=False, topology=facts.topology
+        )
         carver = Carver(view, self.store, NoCarve(), remote)
         slot = Slot(
             view, remote, carver, facts.state_dir,
@@ -148,7 +151,7 @@ class Fleet:
             return self._reply(None, [], want_facts=True)
         st.last_seen = self.clock.monotonic()
         st.wall_seen = self.clock.time()
-        st.address = address
+        st.address = st.slot.address = address
         aio = asyncio.get_running_loop()
         if st.aio is not aio:  # the server's one event loop (a test may run several)
             st.aio, st.event = aio, asyncio.Event()

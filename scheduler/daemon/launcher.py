@@ -42,7 +42,8 @@ class Launcher:
         self.specs = specs
         self.nodes = nodes
 
-    def start(self, job: Any, start: Start) -> None:
+    def start(self, job: Any, start: Start, env: dict[str, str] | None = None) -> None:
+        """``env``: more of the job's environment (a multi-node job's part: gangs.py)."""
         spec = self.specs.of(job)
         slot = self.nodes.get(start.node)
         if slot is None:
@@ -62,6 +63,7 @@ class Launcher:
         if job.array_index is not None:
             extra["MLQ_ARRAY_INDEX"] = str(job.array_index)
             extra["MLQ_ARRAY_ID"] = str(job.array_id)
+        extra.update(env or {})
         if spec.checkpoint is not None:
             extra["MLQ_CHECKPOINT_MARK"] = f"{spec.checkpoint.target.rstrip('/')}/{CHECKPOINT_MARK}"
         run = run_id(job)
@@ -149,7 +151,7 @@ class Launcher:
     def stop(
         self,
         job: Any,
-        cause: StopCause,
+        cause: StopCause | str,
         reason: str,
         stop_for: int | None = None,
         now: bool = False,
@@ -160,7 +162,7 @@ class Launcher:
             states.STOPPING,
             reason,
             expect=(states.RUNNING, states.STARTING),
-            stop_cause=cause.value,
+            stop_cause=str(cause),
             stop_for=stop_for,
             stop_now=now,  # a remote node reads the stop from the row
         )

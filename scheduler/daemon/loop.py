@@ -29,7 +29,7 @@ from mlq.executor.status import Status
 from mlq.scheduler import grants, states
 from mlq.scheduler.clock import Clock
 from mlq.scheduler.cluster import ClusterConfig
-from mlq.scheduler.daemon import outcomes, recovery
+from mlq.scheduler.daemon import gangs, outcomes, recovery
 from mlq.scheduler.daemon.carving import Carver
 from mlq.scheduler.daemon.dependencies import dependency_states, settle
 from mlq.scheduler.daemon.launcher import Launcher
@@ -155,6 +155,9 @@ class Loop:
             active = self.active_jobs()
             if self.collect_ended([j for j in active if j.state != states.PENDING]):
                 active = self.active_jobs()
+            # a multi-node job's parts share one fate: a part that ended ends the others
+            if gangs.settle(self, active, self.clock.time()):
+                active = self.active_jobs()
             # 2. checkpoint marks of running jobs (they choose the cheapest victims)
             self.read_checkpoint_marks([j for j in active if j.state == states.RUNNING])
             # 3. dependencies: one read of their states; afterok that can never hold
@@ -174,7 +177,7 @@ class Loop:
             decisions = dataclasses.replace(decisions, reasons=reasons)
             for slot in self.nodes.all():
                 decisions = slot.carver.explain(decisions)
-            self.apply(decisions, v.jobs)
+            self.apply(decisions, v.jobs, v.parts)
         self.stats.passes += 1
         self.stats.last_pass_ms = (self.clock.monotonic() - t0) * 1000
         self.stats.last_pass_cpu_ms = (time.thread_time() - cpu0) * 1000
@@ -241,20 +244,44 @@ class Loop:
             if mtime and job.started_at and mtime >= job.started_at and mtime != job.checkpoint_at:
                 self.store.update_fields(job.id, checkpoint_at=mtime)
 
-    def apply(self, decisions: Decisions, jobs: dict[int, JobRow]) -> None:
+    def apply(
+        self,
+        decisions: Decisions,
+        jobs: dict[int, JobRow],
+        parts: dict[int, list[JobRow]] | None = None,
+    ) -> None:
         """Carry out each decision on its own: one that fails (a slice the node cannot
         carve, a cgroup that cannot be made, a store error) is recorded on its job and
-        the others still happen."""
+        the others still happen. ``parts``: the rows of each multi-node job, whose
+        parts are stopped and started together (gangs.py)."""
+        parts = parts or {}
         for p in decisions.preemptions:
-            victim = jobs.get(int(p.victim))
-            if victim is not None and victim.state == states.RUNNING:
+            victims = parts.get(int(p.victim)) or [jobs.get(int(p.victim))]
+            for victim in victims:
+                if victim is None or victim.state not in (states.RUNNING, states.STARTING):
+                    continue
+                if victim.state == states.STARTING and victim.gang_id is None:
+                    continue  # a one-node job is preempted once it runs
                 try:
                     self.launcher.stop(
                         victim, StopCause.PREEMPT, f"Preempted for job {p.for_job}", int(p.for_job)
                     )
                 except Exception:
                     log.exception("preempting job %s for job %s failed", p.victim, p.for_job)
+        together: dict[int, list] = {}
         for s in decisions.starts:
+            if s.parts > 1:
+                together.setdefault(int(s.job), []).append(s)
+        for job_id, starts in together.items():
+            gangs.start(self, job_id, starts, parts.get(job_id, ()))
+            by_rank = {p.gang_rank: p for p in parts.get(job_id, ())}
+            for s in starts:
+                slot = self.nodes.get(s.node)
+                if slot is not None and s.rank in by_rank:
+                    slot.carver.settle(by_rank[s.rank])
+        for s in decisions.starts:
+            if s.parts > 1:
+                continue
             job = jobs.get(int(s.job))
             if job is not None and job.state == states.PENDING:
                 try:

@@ -28,6 +28,7 @@ class Slot:
     forbidden: tuple[str, ...]  # never mounted into a job on this node
     remote: bool = False  # served by an agent (cluster mode)
     up: bool = True  # false: declared down (no lease), offered nothing
+    address: str = ""  # where its agent connects from (a multi-node job's MASTER_ADDR)
 
     @property
     def name(self) -> str:

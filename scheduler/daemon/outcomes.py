@@ -26,6 +26,13 @@ class StopCause(StrEnum):
     CANCEL = "cancel"
 
 
+# A part of a multi-node job stopped because another part ended: its stop_cause is
+# this prefix and the state the whole job ends in (the first part's), e.g.
+# "part:FAILED"; after NODE_FAIL or PREEMPTED it is requeued as that part was.
+PART_CAUSE = "part:"
+REQUEUED_WITH_PART = (states.NODE_FAIL, states.PREEMPTED)
+
+
 # what a requeued job forgets of its last run
 REQUEUE_FIELDS: dict[str, Any] = {
     "node": None, "devices": None, "cgroup": None, "stop_cause": None, "stop_for": None,
@@ -67,6 +74,8 @@ def ended(job: Any, spec: JobSpec, status: Status, now: float) -> list[Step]:
         return steps
     if job.stop_cause == StopCause.CANCEL:
         return [(states.CANCELLED, f"{job.reason} ({ending})", fields)]
+    if job.stop_cause and job.stop_cause.startswith(PART_CAUSE):
+        return part_ended(job, spec, job.stop_cause[len(PART_CAUSE) :], job.reason, fields)
     if outcome == Outcome.OUT_OF_MEMORY:
         limit = format_size(spec.resources.memory or 0)
         kills = "1 process" if oom_kills <= 1 else f"{oom_kills} processes"
@@ -94,6 +103,19 @@ def node_failed(job: Any, spec: JobSpec, why: str, now: float) -> list[Step]:
         restart = job.restart_count + 1
         why_requeued = f"Requeued after its node {job.node} failed (restart {restart})"
         steps.append((states.PENDING, why_requeued, {**REQUEUE_FIELDS, "restart_count": restart}))
+    return steps
+
+
+def part_ended(
+    job: Any, spec: JobSpec, state: str, reason: str, fields: dict[str, Any]
+) -> list[Step]:
+    """A multi-node job's part that ends with its job: the state another part ended in
+    (its reason), requeued with it after NODE_FAIL or PREEMPTED."""
+    steps: list[Step] = [(state, reason, fields)]
+    if state in REQUEUED_WITH_PART and spec.preemption.requeue:
+        restart = job.restart_count + 1
+        requeue = {**REQUEUE_FIELDS, "restart_count": restart}
+        steps.append((states.PENDING, f"Requeued with its job (restart {restart})", requeue))
     return steps
 
 

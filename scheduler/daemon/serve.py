@@ -278,6 +278,7 @@ def node_view(cluster: ClusterConfig, executor: LocalExecutor) -> NodeView:
         memory=cluster.node.memory_bytes(),
         gpus=gpus,
         schedulable=cluster.node.schedulable,
+        topology=cluster.node.topology,
     )
 
 
@@ -317,6 +318,7 @@ def serve_agent(
     cfg = AgentConfig(
         name=name, servers=servers, ca=ca, cert=cert, key=key, state_dir=state_dir,
         socket=socket_path, cpus=node.cpu_millicores(), memory=node.memory_bytes(),
+        topology=node.topology,
     )  # fmt: skip
     agent = Agent(cfg, executor)
     log.info("node %s: %s", name, executor.inventory().summary())

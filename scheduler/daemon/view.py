@@ -16,6 +16,7 @@ from typing import Any
 from mlq.executor.asuser import HostUser, supplementary_groups
 from mlq.executor.interface import Executor
 from mlq.scheduler import build, states
+from mlq.scheduler.daemon import gangs
 from mlq.scheduler.daemon.specs import SpecCache
 from mlq.scheduler.snapshot import Gpu, Node, Reason, ReasonCode, Snapshot, Team, rules_from_classes
 from mlq.scheduler.store import Store
@@ -31,6 +32,7 @@ class NodeView:
     gpus: Any  # mlq.executor.gpus.NodeGpus
     can_carve: bool = True  # may carve MIG slices now (scheduler/daemon/carving.py)
     schedulable: bool = True  # false: cordoned, offered nothing new
+    topology: str = ""  # its switches, outermost first (gang.py)
     _node: tuple[Any, Node, Any] | None = field(default=None, repr=False, compare=False)
 
     def snapshot_node(self) -> Node:
@@ -45,6 +47,7 @@ class NodeView:
             memory=self.memory,
             can_carve=self.can_carve,
             gpus=tuple(Gpu(g.index, g.model, g.mig) for g in self.gpus.shapes()),
+            topology=self.topology,
         )
         self._node = (key, node, self.gpus)
         return node
@@ -57,6 +60,7 @@ class View:
     snapshot: Snapshot
     jobs: dict[int, Any]
     waiting: dict[int, str] = field(default_factory=dict)  # job -> reason (its image)
+    parts: dict[int, list[Any]] = field(default_factory=dict)  # a multi-node job's rows
 
 
 def view(
@@ -84,9 +88,14 @@ def view(
     running, pending = [], []
     waiting: dict[int, str] = {}
     checked: dict[tuple[str, int, int], Any] = {}
+    parts = gangs.by_gang(active)
     for j in active:
         spec = specs.of(j)
         defaults = classes[j.priority_class].defaults if j.priority_class in classes else None
+        # a multi-node job: its rank 0 row stands for it while every part is pending
+        if j.state == states.PENDING and j.gang_id is not None:
+            if j.gang_rank or not gangs.schedulable(parts[j.gang_id], spec.resources.nodes):
+                continue
         if j.state == states.PENDING:
             # images are checked on this machine's node; an agent prepares its own
             # before it launches (the job stays STARTING meanwhile)
@@ -133,7 +142,7 @@ def view(
             held_gpus, slots = build.held_slices(json.loads(j.devices) if j.devices else {})
             running.append(
                 build.running(
-                    j.id,
+                    j.gang_id if j.gang_id is not None else j.id,
                     j.team,
                     j.priority_class,
                     spec.resources,
@@ -146,6 +155,7 @@ def view(
                     checkpoint_at=j.checkpoint_at,
                     stopping_for=j.stop_for if j.state == states.STOPPING else None,
                     grace_s=spec.preemption.grace_period,
+                    parts=spec.resources.nodes,
                 )
             )
             cache[j.id] = (j, running[-1])
@@ -160,4 +170,4 @@ def view(
         teams=tuple(Team(t.name, t.guarantee, t.limit) for t in store.teams()),
         classes=rules_from_classes(store.classes()),
     )
-    return View(snap, {j.id: j for j in active}, waiting)
+    return View(snap, {j.id: j for j in active}, waiting, parts)

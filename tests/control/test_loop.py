@@ -95,9 +95,9 @@ def test_a_job_cancelled_between_the_snapshot_and_its_start_is_never_started(h, 
     j = h.submit()
     apply = h.loop.apply
 
-    def cancel_first(decisions, jobs):
+    def cancel_first(decisions, jobs, parts):
         h.store.cancel_pending([j], "Cancelled by alice")  # the API, on another thread
-        apply(decisions, jobs)
+        apply(decisions, jobs, parts)
 
     monkeypatch.setattr(h.loop, "apply", cancel_first)
     h.loop.run_pass()
