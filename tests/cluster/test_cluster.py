@@ -355,3 +355,41 @@ r = c.getresponse(); sys.stdout.write(json.dumps([r.status, r.read().decode()]))
     assert p.returncode == 0, p.stderr
     code, text_ = json.loads(p.stdout)
     return code, text_
+
+
+GANG = """
+name: {name}
+team: nlp
+kind: training
+command: {command}
+network: host
+resources: {{nodes: {nodes}, cpus: 500m, memory: 128Mi, gpus: 2}}
+preemption: {{grace_period: 5}}
+"""
+
+
+def submit_gang(c: ClusterLab, user, name: str, command: list[str], nodes: int = 2) -> int:
+    c.cli("grant", "set", "team:nlp", "--networks", "host")
+    f = c.job_file(f"{name}.yaml", GANG.format(name=name, command=json.dumps(command), nodes=nodes))
+    r = c.cli("submit", str(f), "--json", user=user, node="n1")
+    assert r.code == 0, r.err
+    return r.json()["jobs"][0]["id"]
+
+
+def parts_of(c: ClusterLab, job_id: int) -> list[int]:
+    return [
+        r[0] for r in c.sql("SELECT id FROM jobs WHERE gang_id = :j ORDER BY gang_rank", j=job_id)
+    ]
+
+
+def test_a_part_that_fails_fails_the_whole_job_with_its_reason(
+    cluster: ClusterLab, unix_users
+) -> None:
+    start(cluster)
+    bob = unix_users["bob"]
+    cmd = ["/bin/sh", "-c", 'if [ "$NODE_RANK" = 1 ]; then sleep 1; exit 3; fi; exec sleep 60']
+    job = submit_gang(cluster, bob, "fails", cmd)
+    cluster.wait(lambda: cluster.job(job)["state"] == "FAILED", 60, str(cluster.events(job)))
+    assert "part 1 on n" in cluster.job(job)["reason"]
+    assert "exit code 3" in cluster.job(job)["reason"]
+    assert [s for s, _ in cluster.events(job)][-2:] == ["STOPPING", "FAILED"]

@@ -96,6 +96,7 @@ def test_an_admin_grant_gives_one_team_what_another_team_is_refused(daemon, unix
         "capabilities": ["CAP_NET_RAW"],
         "volume_paths": [],
         "devices": [],
+        "networks": [],
     } in listed
     # taken back: refused again
     assert daemon.cli("grant", "delete", "team:cv", user=dave).code == 0
