@@ -126,7 +126,12 @@ def settle(loop: Any, active: Sequence[Any], now: float) -> bool:
         elif pending and running:  # a part was requeued alone: its node failed
             first = pending[0]
             state = states.NODE_FAIL
-            why = f"part {first.gang_rank}: {first.reason}"
+            # its NODE_FAIL names the node and why ("node n2 failed: no heartbeat ...")
+            failure = next(
+                (e.reason for e in reversed(loop.store.events(first.id)) if e.state == state),
+                first.reason,
+            )
+            why = f"part {first.gang_rank}: {failure}"
             pending = []
         else:
             continue

@@ -363,14 +363,24 @@ team: nlp
 kind: training
 command: {command}
 network: host
-resources: {{nodes: {nodes}, cpus: 500m, memory: 128Mi, gpus: 2}}
+resources: {{nodes: {nodes}, cpus: 500m, memory: 128Mi, gpus: {gpus}}}
 preemption: {{grace_period: 5}}
+{extra}
 """
 
 
-def submit_gang(c: ClusterLab, user, name: str, command: list[str], nodes: int = 2) -> int:
+def submit_gang(
+    c: ClusterLab,
+    user,
+    name: str,
+    command: list[str],
+    nodes: int = 2,
+    gpus: int = 2,
+    extra: str = "",
+) -> int:
     c.cli("grant", "set", "team:nlp", "--networks", "host")
-    f = c.job_file(f"{name}.yaml", GANG.format(name=name, command=json.dumps(command), nodes=nodes))
+    text_ = GANG.format(name=name, command=json.dumps(command), nodes=nodes, gpus=gpus, extra=extra)
+    f = c.job_file(f"{name}.yaml", text_)
     r = c.cli("submit", str(f), "--json", user=user, node="n1")
     assert r.code == 0, r.err
     return r.json()["jobs"][0]["id"]
@@ -393,3 +403,154 @@ def test_a_part_that_fails_fails_the_whole_job_with_its_reason(
     assert "part 1 on n" in cluster.job(job)["reason"]
     assert "exit code 3" in cluster.job(job)["reason"]
     assert [s for s, _ in cluster.events(job)][-2:] == ["STOPPING", "FAILED"]
+
+
+RENDEZVOUS = r"""
+import os, socket, time
+rank, world = int(os.environ["NODE_RANK"]), int(os.environ["MLQ_NNODES"])
+addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+if rank == 0:
+    srv = socket.create_server(("0.0.0.0", port))
+    got = []
+    for _ in range(world - 1):
+        conn, _peer = srv.accept()
+        got.append(conn.makefile().readline().strip())
+        conn.sendall(b"hello from rank 0\n")
+        conn.close()
+    print(f"rank 0 of {world} got: {sorted(got)}", flush=True)
+else:
+    for _ in range(200):
+        try:
+            conn = socket.create_connection((addr, port), timeout=2)
+            break
+        except OSError:
+            time.sleep(0.1)
+    conn.sendall(f"rank {rank} on {os.environ['MLQ_NODELIST'].split(',')[rank]}\n".encode())
+    print(f"rank {rank} of {world} got: {conn.makefile().readline().strip()}", flush=True)
+"""
+
+
+def test_the_parts_of_a_two_node_job_rendezvous_at_master_addr_and_exchange_data(
+    cluster: ClusterLab, unix_users
+) -> None:
+    import sys
+
+    start(cluster)
+    bob = unix_users["bob"]
+    job = submit_gang(cluster, bob, "rdv", [sys.executable, "-c", RENDEZVOUS])
+    cluster.wait(lambda: cluster.job(job)["state"] == "COMPLETED", 60, str(cluster.events(job)))
+    parts = parts_of(cluster, job)
+    nodes = [cluster.job(p)["node"] for p in parts]
+    assert len(set(nodes)) == 2
+    logs = [cluster.cli("logs", str(p), user=bob, node="n3") for p in parts]
+    assert all(r.code == 0 for r in logs), [r.err for r in logs]
+    assert f"rank 0 of 2 got: ['rank 1 on {nodes[1]}']" in logs[0].out
+    assert "rank 1 of 2 got: hello from rank 0" in logs[1].out
+
+
+def test_a_three_node_job_waits_for_a_busy_node_and_starts_every_part_when_it_frees(
+    cluster: ClusterLab, unix_users
+) -> None:
+    start(cluster)
+    bob, alice = unix_users["bob"], unix_users["alice"]
+    busy = submit(cluster, alice, "n2", "busy", "cv", 4, cmd="sleep 600", grace=1)
+    cluster.wait(lambda: cluster.job(busy)["state"] == "RUNNING", 30, str(cluster.events(busy)))
+    job = submit_gang(cluster, bob, "wide", ["/bin/sh", "-c", "sleep 600"], nodes=3)
+    parts = parts_of(cluster, job)
+    cluster.wait(lambda: "nodes free" in (cluster.job(job)["reason"] or ""), 30, "no reason")
+    assert cluster.job(job)["reason"] == "Resources: 2 of 3 nodes free for its parts"
+    time.sleep(3)  # passes go by: no part may start while one cannot
+    assert {cluster.job(p)["state"] for p in parts} == {"PENDING"}
+    assert not any(s == "STARTING" for p in parts for s, _ in cluster.events(p))
+    assert not set(parts) & set().union(*live_runs(cluster.nodes).values())
+    r = cluster.cli("cancel", str(busy), user=alice, node="n2")
+    assert r.code == 0, r.err
+    cluster.wait(
+        lambda: all(cluster.job(p)["state"] == "RUNNING" for p in parts),
+        30,
+        str([cluster.events(p) for p in parts]),
+    )
+    assert sorted(cluster.job(p)["node"] for p in parts) == ["n1", "n2", "n3"]
+    ended = cluster.sql(
+        "SELECT at FROM job_events WHERE job_id = :j AND state = 'CANCELLED'", j=busy
+    )[0][0]
+    starts = cluster.sql(
+        "SELECT at FROM job_events WHERE job_id = ANY(:ps) AND state = 'STARTING'",
+        ps=list(parts),
+    )
+    assert len(starts) == 3 and all(at >= ended for (at,) in starts)
+    assert max(at for (at,) in starts) - min(at for (at,) in starts) < 5  # one pass, not one by one
+
+
+CHECKPOINTING = r"""
+echo "start restart=$MLQ_RESTART_COUNT rank=$NODE_RANK ckpt=$(cat $MLQ_CHECKPOINT_DIR/state 2>/dev/null || echo none)"
+trap 'echo "rank $NODE_RANK at step 7" > $MLQ_CHECKPOINT_DIR/state; echo checkpointed; exit 0' TERM
+if [ "$MLQ_RESTART_COUNT" = 1 ]; then exit 0; fi
+while true; do sleep 0.1; done
+"""
+
+
+def test_an_inference_job_preempts_a_two_node_job_whose_parts_checkpoint_and_resume(
+    cluster: ClusterLab, unix_users
+) -> None:
+    start(cluster, nodes=("n1", "n2"))
+    bob, carol = unix_users["bob"], unix_users["carol"]
+    job = submit_gang(
+        cluster, bob, "train", ["/bin/sh", "-c", CHECKPOINTING], gpus=4,
+        extra="checkpoint: {target: /checkpoints}",
+    )  # fmt: skip
+    parts = parts_of(cluster, job)
+    cluster.wait(lambda: all(cluster.job(p)["state"] == "RUNNING" for p in parts), 30, "not run")
+    first = {p: cluster.job(p)["node"] for p in parts}
+    serve = submit(cluster, carol, "n1", "serve", "ops", 4, kind="inference", cmd="sleep 3")
+    cluster.wait(lambda: cluster.job(serve)["state"] == "RUNNING", 30, str(cluster.events(serve)))
+    for p in parts:  # both parts stopped with their signal, both requeued
+        assert [s for s, _ in cluster.events(p) if s in ("PREEMPTED", "PENDING")][-2:] == [
+            "PREEMPTED",
+            "PENDING",
+        ], cluster.events(p)
+    cluster.wait(
+        lambda: all(cluster.job(p)["state"] == "COMPLETED" for p in parts),
+        60,
+        str([cluster.events(p) for p in parts]),
+    )
+    assert cluster.job(serve)["state"] == "COMPLETED"
+    for rank, p in enumerate(parts):
+        assert cluster.job(p)["restart_count"] == 1
+        out = cluster.cli("logs", str(p), user=bob, node="n2").out
+        assert f"start restart=0 rank={rank} ckpt=none" in out, out
+        assert "checkpointed" in out, out
+        if cluster.job(p)["node"] == first[p]:  # checkpoints stay on their node
+            assert f"start restart=1 rank={rank} ckpt=rank {rank} at step 7" in out, out
+        else:
+            assert f"start restart=1 rank={rank}" in out, out
+
+
+def test_a_node_failure_under_one_part_is_a_node_fail_of_the_whole_job(
+    cluster: ClusterLab, unix_users
+) -> None:
+    start(cluster)
+    bob = unix_users["bob"]
+    cmd = ["/bin/sh", "-c", 'echo "restart $MLQ_RESTART_COUNT"; exec sleep 600']
+    job = submit_gang(cluster, bob, "train", cmd, gpus=4)
+    parts = parts_of(cluster, job)
+    cluster.wait(lambda: all(cluster.job(p)["state"] == "RUNNING" for p in parts), 30, "not run")
+    victim = cluster.job(parts[1])["node"]
+    survivor = cluster.job(parts[0])["node"]
+    cluster.agents[victim].kill9()
+    cluster.wait(
+        lambda: all(
+            cluster.job(p)["state"] == "RUNNING" and cluster.job(p)["restart_count"] == 1
+            for p in parts
+        ),
+        40,
+        str([cluster.events(p) for p in parts]),
+    )
+    for p in parts:  # both parts ended NODE_FAIL, both requeued, neither on the dead node
+        assert [s for s, _ in cluster.events(p)].count("NODE_FAIL") == 1, cluster.events(p)
+        assert cluster.job(p)["node"] != victim
+    survivor_end = next(r for s, r in cluster.events(parts[0]) if s == "NODE_FAIL")
+    assert f"part 1: node {victim}" in survivor_end, survivor_end
+    assert victim not in live_runs({survivor: None})
+    cluster.start_agent(victim)
+    assert live_runs(cluster.nodes)[victim] == set()
