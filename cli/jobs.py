@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 from mlq.cli.client import Client
-from mlq.cli.output import age, console, local_time, print_json, table
+from mlq.cli.output import age, console, job_label, local_time, print_json, table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable keys) and nothing else")]
 SocketOpt = Annotated[
@@ -95,9 +95,7 @@ def queue(
     now = time.time()
     rows = [
         [
-            j["id"]
-            if j["array_index"] is None
-            else f"{j['id']} ({j['array_id']}_{j['array_index']})",
+            job_label(j),
             j["name"],
             j["team"],
             j["user"],
@@ -212,7 +210,7 @@ def history(
         return
     rows = [
         [
-            j["id"],
+            job_label(j),
             j["name"],
             j["team"],
             j["user"],

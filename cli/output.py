@@ -55,3 +55,13 @@ def local_time(ts: str | None) -> str:
     if t is None:
         return ""
     return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def job_label(j: dict[str, Any]) -> str:
+    """A listed job's ID as squeue writes it: ``12 (7_3)`` for index 3 of array 7,
+    ``13 (12+1)`` for rank 1 of multi-node job 12 (Slurm's het-job notation)."""
+    if j.get("array_index") is not None:
+        return f"{j['id']} ({j['array_id']}_{j['array_index']})"
+    if j.get("gang_rank") is not None:
+        return f"{j['id']} ({j['gang_id']}+{j['gang_rank']})"
+    return str(j["id"])

@@ -509,7 +509,7 @@ class Store:
     LISTING = (
         'id, name, team, "user", kind, priority_class, state, reason, submitted_at, '
         "started_at, ended_at, array_id, array_index, depends_on, node, exit_code, signal, "
-        "restart_count"
+        "restart_count, gang_id, gang_rank"
     )
 
     def listing(

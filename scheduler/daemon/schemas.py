@@ -66,6 +66,8 @@ class JobOut(BaseModel):
     exit_code: int | None = None
     signal: str | None = None
     restart_count: int = 0
+    gang_id: int | None = None
+    gang_rank: int | None = None
 
     @classmethod
     def of(cls, j: Job) -> JobOut:
@@ -88,6 +90,8 @@ class JobOut(BaseModel):
             exit_code=j.exit_code,
             signal=j.signal,
             restart_count=j.restart_count,
+            gang_id=j.gang_id,
+            gang_rank=j.gang_rank,
         )
 
 
@@ -114,6 +118,8 @@ def job_dict(j: Job) -> dict[str, Any]:
         "exit_code": j.exit_code,
         "signal": j.signal,
         "restart_count": j.restart_count,
+        "gang_id": j.gang_id,
+        "gang_rank": j.gang_rank,
     }
 
 

@@ -459,6 +459,8 @@ def test_a_three_node_job_waits_for_a_busy_node_and_starts_every_part_when_it_fr
     parts = parts_of(cluster, job)
     cluster.wait(lambda: "nodes free" in (cluster.job(job)["reason"] or ""), 30, "no reason")
     assert cluster.job(job)["reason"] == "Resources: 2 of 3 nodes free for its parts"
+    queue = cluster.cli("queue", user=bob, node="n3")
+    assert all(f"{p} ({job}+{rank})" in queue.out for rank, p in enumerate(parts)), queue.out
     time.sleep(3)  # passes go by: no part may start while one cannot
     assert {cluster.job(p)["state"] for p in parts} == {"PENDING"}
     assert not any(s == "STARTING" for p in parts for s, _ in cluster.events(p))

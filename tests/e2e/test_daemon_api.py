@@ -331,7 +331,7 @@ def test_the_fast_listing_shape_is_exactly_jobouts():
         id=7, name="n", team="t", user="u", kind="batch", priority_class="batch",
         state="PENDING", reason="Resources", submitted_at=1.5e9, started_at=None,
         ended_at=1.6e9, array_id=3, array_index=1, depends_on="[1, 2]", node=None,
-        exit_code=None, signal=None, restart_count=2,
+        exit_code=None, signal=None, restart_count=2, gang_id=5, gang_rank=2,
     )  # fmt: skip
     assert job_dict(row) == JobOut.of(row).model_dump()
     assert list(job_dict(row)) == list(JobOut.model_fields)
