@@ -127,8 +127,14 @@ def _v7(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_gang ON jobs (gang_id)"))
 
 
+def _v8(conn: Connection) -> None:
+    """Each node's topology label, which gang placement reads: a control plane that
+    takes over knows the nodes from their rows (their agents do not send it again)."""
+    _add_columns(conn, "nodes", {"topology": "TEXT NOT NULL DEFAULT ''"})
+
+
 STEPS: dict[int, Callable[[Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8,
 }  # fmt: skip
 SCHEMA_VERSION = max(STEPS)
 

@@ -222,6 +222,7 @@ class NodeRow(SQLModel, table=True):
     socket: str = ""  # the agent's user socket (never mounted into a job)
     registered_at: float = 0.0
     last_heartbeat: float = 0.0  # as the active control plane last recorded it
+    topology: str = ""  # schema 8: its switches, outermost first (the node config's)
 
 
 class Meta(SQLModel, table=True):

@@ -83,7 +83,7 @@ class Fleet:
         for row in self.store.node_rows():  # known nodes: a fresh lease from now
             facts = {
                 "cpus": row.cpus, "memory": row.memory, "gpus": json.loads(row.gpus or "{}"),
-                "state_dir": row.state_dir, "socket": row.socket,
+                "state_dir": row.state_dir, "socket": row.socket, "topology": row.topology,
             }  # fmt: skip
             st = self._add(row.name, wire.NodeFacts(**facts))
             st.state, st.reason, st.address = row.state, row.reason, row.address
@@ -198,6 +198,7 @@ class Fleet:
         self.store.save_node(
             node, cpus=facts.cpus, memory=facts.memory, gpus=json.dumps(facts.gpus),
             state_dir=facts.state_dir, socket=facts.socket, address=address,
+            topology=facts.topology,
         )  # fmt: skip
         st = self._add(node, facts)
         if old is not None:  # keep what this control plane knows of it

@@ -84,6 +84,7 @@ def node_views(store: Store, loop: Any) -> list[S.NodeOut]:
                 reason=h.get("reason", ""),
                 last_heartbeat=h.get("last_heartbeat"),
                 address=h.get("address", ""),
+                topology=slot.view.topology,
                 cpus=format_cpus(node.cpus),
                 memory=human_size(node.memory),
                 cpus_used=format_cpus(cpus) if cpus else "0",

@@ -367,6 +367,7 @@ class NodeOut(BaseModel):
     reason: str = ""  # why it is down
     last_heartbeat: float | None = None  # a remote node's last heartbeat (UTC seconds)
     address: str = ""  # where its agent connects from
+    topology: str = ""  # its switches, outermost first (the node config's topology)
     cpus: str
     memory: str
     cpus_used: str

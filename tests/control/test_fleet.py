@@ -116,3 +116,12 @@ def test_a_node_whose_lease_runs_out_is_down_and_its_jobs_requeued(cp):
     reply = sync(cp, runs=old, stray=0)
     assert reply.state == "down" and reply.orders == []
     assert sync(cp, stray=0).state == "up"
+
+
+def test_a_control_plane_that_takes_over_knows_each_nodes_topology(cp):
+    """A standby loads the nodes from the database; the agents do not send their facts
+    again, so the topology that gang placement reads must be stored with them."""
+    sync(cp, facts=FACTS.model_copy(update={"topology": "spine1/rack3"}))
+    standby = Fleet(cp.loop, lease_s=LEASE, heartbeat_s=0.01, term=8)
+    assert standby.nodes["r1"].slot.view.topology == "spine1/rack3"
+    assert standby.nodes["r1"].slot.view.snapshot_node().topology == "spine1/rack3"
