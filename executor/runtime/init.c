@@ -73,8 +73,6 @@ static int command_setup(const struct plan *p, int errfd, int usync_r, int usync
     /* init is -1000, so that the OOM killer picks the job: the job is not */
     if (write_file("/proc/self/oom_score_adj", "0") < 0)
         return fail(err, "oom_score_adj", errno, "write `/proc/self/oom_score_adj` 0");
-    if (p->cwd && chdir(p->cwd) < 0)
-        return fail(err, "cwd", errno, "chdir `%s`", p->cwd);
     trace(p, "cmd: ids");
     /* the bounding set needs CAP_SETPCAP, so before the user switch */
     if (drop_bounding(p, err) < 0 || set_ids(p, err) < 0)
@@ -84,6 +82,11 @@ static int command_setup(const struct plan *p, int errfd, int usync_r, int usync
         return -1;
     if (set_caps(p, err) < 0)
         return -1;
+    /* as the job's user with the job's capabilities: a chdir as root could leave it
+     * in a directory it may not search, from where relative names reach what the
+     * lock on the way keeps from it */
+    if (p->cwd && chdir(p->cwd) < 0)
+        return fail(err, "cwd", errno, "chdir `%s`", p->cwd);
     if (p->nnp && set_no_new_privs(err) < 0)
         return -1;
     int null = open("/dev/null", O_RDONLY);

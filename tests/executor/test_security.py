@@ -187,6 +187,23 @@ def test_a_volume_inside_another_users_0700_home_is_refused(state_dir, public, a
         run(state_dir, ["/bin/cat", "/data/secret"], mounts=[Mount(str(data), "/data")], user=alice)
 
 
+def test_a_workdir_behind_another_users_0700_directory_is_entered_as_the_user(
+    state_dir, public, alice, unix_users
+):
+    """chdir as root would leave the job in a directory its user may not search, from
+    where relative names reach files the lock on the way keeps from it."""
+    outside_tmp = Path(
+        tempfile.mkdtemp(prefix="mlq-sec-", dir="/var/tmp")
+    )  # a job's /tmp is its own
+    try:
+        outside_tmp.chmod(0o755)
+        data = _locked_dir(outside_tmp, owner=unix_users["bob"].pw_uid)
+        with pytest.raises(LaunchError, match=r"cwd: chdir .*Permission denied"):
+            run(state_dir, ["/bin/cat", "secret"], cwd=str(data), user=alice)
+    finally:
+        shutil.rmtree(outside_tmp, ignore_errors=True)
+
+
 def _swap_after_checks(monkeypatch, link: Path, to: Path) -> None:
     """Re-point ``link`` after the executor's checks, before the helper mounts it:
     the race a user would try between a check and a mount, made certain."""
