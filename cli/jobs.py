@@ -46,6 +46,7 @@ def submit(
                 "array": array,
                 "after": after or [],
                 "dry_run": dry_run,
+                "workdir": _submit_dir(),
             },
         )
     except InvalidInput as exc:
@@ -70,6 +71,17 @@ def submit(
         )
     else:
         typer.echo(f"Submitted job {jobs[0]['id']}")
+
+
+def _submit_dir() -> str | None:
+    """Where this submission comes from (a job on image: host runs there, as sbatch
+    runs a job in its submit directory); None when this process has no directory."""
+    import os
+
+    try:
+        return os.getcwd()
+    except OSError:  # removed under it
+        return None
 
 
 def _whoami(client: Client) -> str:

@@ -94,6 +94,7 @@ def run(
     import uuid
 
     from mlq.executor import kill_now, start, stop, wait
+    from mlq.executor.asuser import home_of, user_name
     from mlq.scheduler.cluster import (
         DEFAULT_CLASSES,
         DEFAULT_LOG_LIMIT,
@@ -108,6 +109,8 @@ def run(
         raise Refused("mlq run creates cgroups and namespaces and needs root; use mlq submit")
     cluster = load_cluster(config) if config else ClusterConfig()
     spec = resolve(load_spec(file), list(cluster.priority_classes or DEFAULT_CLASSES))
+    spec = spec.in_dir(os.getcwd())
+    uid, gid = int(os.environ.get("SUDO_UID", 0)), int(os.environ.get("SUDO_GID", 0))
     devices, visible = _pick_gpus(spec, cluster)
     # the class's log limit, as under the daemon: a chatty job cannot fill the state dir
     klass = cluster.class_named(spec.priority_class or spec.kind)
@@ -117,13 +120,15 @@ def run(
         spec,
         job_id=f"run-{run_id}",
         run_id=run_id,
-        uid=int(os.environ.get("SUDO_UID", 0)),
-        gid=int(os.environ.get("SUDO_GID", 0)),
+        uid=uid,
+        gid=gid,
         state_dir=state_dir,
         devices=devices,
         visible_devices=visible,
         checkpoint_key=spec.name,  # the same job name finds its checkpoint again
         log_limit=log_limit,
+        user_name=user_name(uid),
+        home=home_of(uid),
     )
     interrupts = [0]
 

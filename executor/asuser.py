@@ -109,3 +109,23 @@ def supplementary_groups(uid: int, gid: int) -> tuple[int, ...]:
     except KeyError:
         return (gid,)
     return tuple(os.getgrouplist(name, gid))
+
+
+def home_of(uid: int) -> str:
+    """A user's home directory as this node knows it (``/`` for a uid it does not)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_dir or "/"
+    except KeyError:
+        return "/"
+
+
+def user_name(uid: int) -> str:
+    """A user's name as this node knows it (``""`` for a uid it does not)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""

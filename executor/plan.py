@@ -72,7 +72,7 @@ def mounts(
     # Only this job's devices: the host's other GPUs never appear in its /dev.
     m += [(d.path, d.target(), "", "bind", "") for d in req.devices]
     m.append(("sysfs", "/sys", "sysfs", "ro,nosuid,nodev,noexec", ""))
-    m.append(("tmpfs", "/tmp", "tmpfs", "nosuid,nodev", "mode=1777"))
+    m.append(("tmpfs", "/tmp", "tmpfs", "nosuid,nodev", "mode=1777"))  # JOB_PRIVATE_DIRS
     for v in req.mounts:
         # opened as the job's user by the helper; no setuid file or device node in a
         # volume (or in any mount below it) works

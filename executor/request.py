@@ -24,6 +24,9 @@ from typing import Any, Literal
 from mlq.executor.asuser import HostUser
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# what every job has of its own, whatever its image (plan.mounts): a host directory
+# under one of these is not what the job sees there
+JOB_PRIVATE_DIRS = ("/tmp", "/dev", "/proc", "/sys")
 CPU_PERIOD_US = 100_000  # cpu.max's period: a job's CPUs are its quota per period
 MEMORY_HIGH_PERCENT = 87  # memory.high when only memory.max is given (throttle before OOM)
 

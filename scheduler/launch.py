@@ -39,12 +39,18 @@ def build_launch_request(
     volume_paths: Sequence[str] = (),
     denied_paths: Sequence[str] = (),
     log_limit: int | None = None,
+    user_name: str = "",
+    home: str = "",
 ) -> LaunchRequest:
     """The request for one run of ``spec`` (resolved: limits filled from its class).
 
     ``devices`` are host device node paths, or (host path, path in the job) pairs as
     GPU wiring gives them (``DeviceNode.host_path, .path``); ``visible_devices``
     is what CUDA_VISIBLE_DEVICES/NVIDIA_VISIBLE_DEVICES say (indices or MIG-<uuid>).
+    ``user_name`` and ``home`` (the submitter's, from passwd) give the job ``USER``,
+    ``LOGNAME`` and ``HOME`` as a login would; the job file's env wins over them.
+    On an image other than host, HOME is ``/`` (``/root`` as a user namespace's
+    root), as Docker sets it for a user the image does not list.
     ``additional_gids`` are the user's supplementary groups (host gids);
     ``volume_paths`` where its volumes may lead (empty: anywhere its user reaches)
     and ``denied_paths`` where no user-named path may lead, both checked by the
@@ -68,7 +74,14 @@ def build_launch_request(
     from mlq.executor.rundir import checkpoint_dir
 
     r = spec.resources
-    env = {k: str(v) for k, v in spec.env.items()}
+    env: dict[str, str] = {}
+    if user_name:
+        env |= {"USER": user_name, "LOGNAME": user_name}
+    if spec.image == "host":
+        env["HOME"] = home or "/"
+    else:
+        env["HOME"] = "/root" if spec.security.user_namespace or uid == 0 else "/"
+    env.update({k: str(v) for k, v in spec.env.items()})
     env.update(
         {
             "MLQ_JOB_ID": str(job_id),
@@ -109,7 +122,7 @@ def build_launch_request(
         process=Process(
             args=list(spec.command),
             env=env,
-            cwd=spec.workdir,
+            cwd=spec.workdir or "/",
             user=user,
             capabilities=list(spec.security.capabilities),
         ),

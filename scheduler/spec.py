@@ -196,7 +196,7 @@ class JobSpec(Strict):
     priority_class: str | None = Field(None, max_length=63)
     command: list[Arg] = Field(min_length=1, max_length=MAX_ARGS)
     image: str = Field("host", max_length=MAX_PATH)
-    workdir: AbsPath = "/"
+    workdir: AbsPath | None = None  # unset: the submit directory on host, else / (in_dir)
     env: dict[str, EnvValue] = Field({}, max_length=MAX_ENV)
     resources: Resources = Resources()
     volumes: list[Volume] = Field([], max_length=MAX_VOLUMES)
@@ -252,6 +252,21 @@ class JobSpec(Strict):
                 f"command and env: {argv + envp} bytes together; at most 1 MiB reaches exec"
             )
         return self
+
+    def in_dir(self, submit_dir: str | None) -> JobSpec:
+        """The spec with its workdir set: the file's, else the directory it was
+        submitted from on ``image: host`` (as sbatch runs a job where it was
+        submitted), else ``/``: on another image (its own tree has no such
+        directory), or where the submit directory is under what every job has of its
+        own (``/tmp``: the job would not find it), as mlq did before."""
+        from mlq.executor.request import JOB_PRIVATE_DIRS
+
+        if self.workdir is not None:
+            return self
+        here = submit_dir if self.image == "host" and submit_dir else "/"
+        if any(here == d or here.startswith(d + "/") for d in JOB_PRIVATE_DIRS):
+            here = "/"
+        return self.model_copy(update={"workdir": here})
 
     @property
     def requeue(self) -> bool:

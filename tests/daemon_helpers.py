@@ -127,7 +127,13 @@ class Daemon:
                 self.proc.wait()
         self.proc = None
 
-    def cli(self, *args: str, user: pwd.struct_passwd | None = None, timeout: float = 60) -> Result:
+    def cli(
+        self,
+        *args: str,
+        user: pwd.struct_passwd | None = None,
+        timeout: float = 60,
+        cwd: Path | None = None,
+    ) -> Result:
         """Run the real ``mlq`` CLI, as root or dropped to ``user`` before it connects."""
         kwargs: dict = {}
         if user is not None:
@@ -142,7 +148,7 @@ class Daemon:
             capture_output=True,
             text=True,
             timeout=timeout,
-            cwd=str(self.home),
+            cwd=str(cwd or self.home),
             **kwargs,
         )
         return Result(p.returncode, p.stdout, p.stderr)

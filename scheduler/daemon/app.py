@@ -135,6 +135,7 @@ def build_app(daemon: Daemon) -> FastAPI:
             body.after,
             daemon.forbidden,
             daemon.nodes(),
+            body.workdir,
         )
         if body.dry_run:
             return S.SubmitResponse(

@@ -17,7 +17,7 @@ import json
 import logging
 from typing import Any
 
-from mlq.executor.asuser import supplementary_groups
+from mlq.executor.asuser import home_of, supplementary_groups
 from mlq.executor.gpus import wiring
 from mlq.executor.rundir import CHECKPOINT_MARK
 from mlq.scheduler import grants, states
@@ -93,6 +93,8 @@ class Launcher:
             volume_paths=() if job.uid == 0 else allowed.volume_paths,
             denied_paths=slot.forbidden,
             log_limit=self.log_limit(job.priority_class),
+            user_name=job.user,
+            home=home_of(job.uid),
         )
         held = {
             "gpus": list(start.gpus),

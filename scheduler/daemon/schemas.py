@@ -221,10 +221,18 @@ class SubmitRequest(BaseModel):
         default_factory=list, max_length=1024, description="More afterok dependencies"
     )
     dry_run: bool = False
+    workdir: str | None = Field(
+        None,
+        max_length=4096,
+        description="The directory it was submitted from: the workdir of a job on "
+        "image: host whose file sets none",
+    )
 
     @model_validator(mode="after")
     def _source_text(self) -> SubmitRequest:
-        bad = text_problems({"source": self.source, "array": self.array})
+        bad = text_problems({"source": self.source, "array": self.array, "workdir": self.workdir})
+        if self.workdir is not None and not self.workdir.startswith("/"):
+            bad.append(f'workdir: "{self.workdir}" is not an absolute path')
         if bad:
             raise ValueError("; ".join(bad))
         return self

@@ -52,11 +52,13 @@ def prepare(
     after: list[int],
     forbidden: tuple[str, ...] = grants.FORBIDDEN_PATHS,
     nodes: list[Node] | None = None,
+    submit_dir: str | None = None,
 ) -> tuple[JobSpec, list[int] | None]:
     """Validate and resolve a submission; raises before anything is stored.
 
     ``forbidden``: host paths no job may mount (the daemon adds its own dirs);
-    ``nodes``: the cluster's nodes, to refuse what none of them could ever hold."""
+    ``nodes``: the cluster's nodes, to refuse what none of them could ever hold;
+    ``submit_dir``: where it was submitted from (``JobSpec.in_dir``)."""
     spec = parse_spec(raw, source)
     if array is not None:
         try:
@@ -74,7 +76,7 @@ def prepare(
             source,
         )
     require_submit(caller, spec.team, store)
-    resolved = resolve(spec, store.classes())
+    resolved = resolve(spec, store.classes()).in_dir(submit_dir)
     if resolved.resources.nodes > 1 and indices is not None:
         raise InvalidInput("--array: an array of multi-node jobs is not supported", source)
     if nodes:

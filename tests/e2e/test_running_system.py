@@ -451,3 +451,45 @@ def test_a_stop_recorded_but_never_sent_before_a_crash_is_sent_after_the_restart
     job = d.wait_for(job_id, {"CANCELLED", "COMPLETED", "FAILED"}, timeout=30)
     assert job["state"] == "CANCELLED"
     assert job["signal"] in ("SIGTERM", "SIGKILL")
+
+
+def test_a_job_runs_in_its_submit_directory_as_its_user_with_a_login_environment(
+    make_daemon, unix_users
+):
+    """As sbatch: a job on image: host whose file names no workdir runs where it was
+    submitted, with USER, LOGNAME and HOME its user's; a file's workdir and env win;
+    from a directory the job cannot see (its /tmp is its own) it runs in /."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    d = make_daemon()
+    alice = unix_users["alice"]
+    show = 'echo "$(pwd) $USER $LOGNAME $HOME"; cat hello.txt'
+    project = Path(tempfile.mkdtemp(prefix="mlq-project-", dir="/var/tmp"))
+    try:
+        project.chmod(0o755)
+        (project / "hello.txt").write_text("from the submit directory\n")
+        (project / "hello.txt").chmod(0o644)
+        job = f"name: here\nteam: nlp\ncommand: [/bin/sh, -c, '{show}']\n"
+        job += "resources: {cpus: 1, memory: 32Mi}\n"
+        here = d.job_file("here.yaml", job)
+        r = d.cli("submit", str(here), "--json", user=alice, cwd=project)
+        assert r.code == 0, r.err
+        here_id = r.json()["jobs"][0]["id"]
+        there = d.submit(
+            job.replace("name: here", "name: there")
+            + "workdir: /etc\nenv: {HOME: /scratch, USER: someone}\n",
+            user=alice,
+        )
+        d.wait_for(here_id, "COMPLETED")
+        d.wait_for(there, "FAILED")  # no hello.txt in /etc
+        name = alice.pw_name
+        out = d.cli("logs", str(here_id), user=alice).out
+        assert out == f"{project} {name} {name} {alice.pw_dir}\nfrom the submit directory\n"
+        assert d.cli("logs", str(there), user=alice).out == f"/etc someone {name} /scratch\n"
+        assert d.show(here_id)["spec"]["workdir"] == str(project)
+        in_tmp = d.submit(job.replace("name: here", "name: tmp"), user=alice)  # from /tmp/...
+        assert d.show(in_tmp)["spec"]["workdir"] == "/"
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
