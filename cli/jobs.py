@@ -181,6 +181,13 @@ def cancel(
 ) -> None:
     """Cancel jobs: pending ones at once, running ones gracefully (--now kills)."""
     resp = Client(sock).post("/v1/jobs/cancel", {"ids": job_ids, "now": now})
+    per_job(resp, json_out)
+
+
+def per_job(resp: dict, json_out: bool) -> None:
+    """A line per job of a request on several (cancel, hold, release), and the exit
+    code: 3 if any was refused, 1 if any does not exist or is in the wrong state (a
+    running job held); the others were done anyway."""
     results = resp["results"]
     if json_out:
         print_json(resp)
@@ -188,11 +195,29 @@ def cancel(
         for r in results:
             line = f"job {r['id']}: {r['state'] or 'not found'} ({r['message']})"
             typer.echo(line, err=not r["ok"])
-    # 3 if any was refused, 1 if any does not exist; the others were cancelled anyway
-    if any(not r["ok"] and r["state"] for r in results):
+    if any(r["refused"] for r in results):
         raise typer.Exit(3)
     if any(not r["ok"] for r in results):
         raise typer.Exit(1)
+
+
+def hold(
+    job_ids: Annotated[list[int], typer.Argument(help="Pending job IDs to hold")],
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Keep pending jobs from starting until released (scontrol hold). A hold by an
+    admin of someone else's job is released only by an admin."""
+    per_job(Client(sock).post("/v1/jobs/hold", {"ids": job_ids}), json_out)
+
+
+def release(
+    job_ids: Annotated[list[int], typer.Argument(help="Held job IDs to release")],
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Let held jobs start again (scontrol release)."""
+    per_job(Client(sock).post("/v1/jobs/release", {"ids": job_ids}), json_out)
 
 
 def history(
@@ -265,6 +290,8 @@ def register(app: typer.Typer) -> None:
     app.command("ls", help="Alias of queue.", hidden=True)(queue)
     app.command("show")(show)
     app.command("cancel")(cancel)
+    app.command("hold")(hold)
+    app.command("release")(release)
     app.command("history")(history)
     app.command("logs")(logs)
     app.command("checkpoint-done")(checkpoint_done)

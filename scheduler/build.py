@@ -103,6 +103,7 @@ def pending(
     submitted_at: float,
     blocked_by_dependency: bool = False,
     held: bool = False,
+    hold_note: str = "",
 ) -> PendingJob:
     """A pending job, its CPUs, memory and time limit its class's where it names none."""
     return PendingJob(
@@ -118,6 +119,7 @@ def pending(
         time_limit=time_limit if time_limit is not None else defaults.time_limit,
         blocked_by_dependency=blocked_by_dependency,
         held=held,
+        hold_note=hold_note,
         nodes=asks.nodes,
     )
 

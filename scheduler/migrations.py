@@ -129,8 +129,10 @@ def _v7(conn: Connection) -> None:
 
 def _v8(conn: Connection) -> None:
     """Each node's topology label, which gang placement reads: a control plane that
-    takes over knows the nodes from their rows (their agents do not send it again)."""
+    takes over knows the nodes from their rows (their agents do not send it again);
+    who held a held job (mlq hold: an owner's hold or an admin's)."""
     _add_columns(conn, "nodes", {"topology": "TEXT NOT NULL DEFAULT ''"})
+    _add_columns(conn, "jobs", {"held_by": "TEXT NOT NULL DEFAULT ''"})
 
 
 STEPS: dict[int, Callable[[Connection], None]] = {

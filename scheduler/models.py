@@ -60,6 +60,7 @@ class Job(SQLModel, table=True):
     ended_at: float | None = None
     depends_on: str = "[]"
     held: bool = False
+    held_by: str = Field("", sa_column=Column(Text, nullable=False, server_default=""))  # schema 8
     node: str | None = None
     devices: str | None = None
     cgroup: str | None = None
@@ -120,6 +121,8 @@ class JobRow(Protocol):
     def depends_on(self) -> str: ...
     @property
     def held(self) -> bool: ...
+    @property
+    def held_by(self) -> str: ...
     @property
     def node(self) -> str | None: ...
     @property

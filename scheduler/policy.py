@@ -471,7 +471,7 @@ class _Pass:
         """Start, preempt for, or give the reason ``j`` waits (None when it starts);
         ``like``: alike(j), under which the reason is kept for identical jobs."""
         if j.held:
-            return HELD
+            return Reason(ReasonCode.HELD, j.hold_note) if j.hold_note else HELD
         if j.blocked_by_dependency:
             return DEPENDENCY
         if j.nodes > 1:

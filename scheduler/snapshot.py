@@ -174,6 +174,7 @@ class PendingJob:
     time_limit: int | None = None
     blocked_by_dependency: bool = False
     held: bool = False
+    hold_note: str = ""  # who held it, for its reason ("by bob", "by admin carol")
     # a multi-node job: this many parts, each on its own node, each asking for the
     # resources above (per node); all start together or none does
     nodes: int = 1

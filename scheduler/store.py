@@ -643,6 +643,34 @@ class Store:
         self._mark(found)
         return found
 
+    def set_held(self, ids: Iterable[int], held_by: str | None, reason: str) -> list[int]:
+        """Hold (``held_by`` the user who holds them) or release (None) every one of
+        ``ids`` that is PENDING now, in one transaction, each with an event; returns
+        those changed (a job that started meanwhile is not)."""
+        t = Job.__table__
+        ids = list(ids)
+        if not ids:
+            return []
+        now = time.time()
+        with self._write_lock, self.engine.begin() as conn:
+            q = select(t.c.id).where(t.c.id.in_(ids), t.c.state == states.PENDING)
+            found = [r[0] for r in conn.execute(q.order_by(t.c.id).with_for_update())]
+            if found:
+                conn.execute(
+                    update(t)
+                    .where(t.c.id.in_(found))
+                    .values(held=held_by is not None, held_by=held_by or "", reason=reason)
+                )
+                conn.execute(
+                    JobEvent.__table__.insert(),
+                    [
+                        {"job_id": i, "at": now, "state": states.PENDING, "reason": reason}
+                        for i in found
+                    ],
+                )
+        self._mark(found)
+        return found
+
     def count_by_state(self) -> dict[str, int]:
         with self.session() as s:
             rows = s.execute(select(col(Job.state), func.count()).group_by(col(Job.state)))

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from mlq.executor.units import format_cpus, format_duration, format_size
 from mlq.scheduler import grants, states, wire
 from mlq.scheduler.cluster import PriorityClass, parse_quota_value
+from mlq.scheduler.daemon import holds
 from mlq.scheduler.daemon import schemas as S
 from mlq.scheduler.daemon.auth import Caller, may_see_private, require_admin, require_owner
 from mlq.scheduler.daemon.batcher import SubmitBatcher
@@ -230,6 +231,7 @@ def build_app(daemon: Daemon) -> FastAPI:
                     id=job_id,
                     state=j.state,
                     ok=False,
+                    refused=True,
                     message=f"{who.user} may not cancel job {job_id}: it belongs to {j.user} "
                     f'and you are not an admin of team "{j.team}"',
                 )
@@ -256,6 +258,20 @@ def build_app(daemon: Daemon) -> FastAPI:
                 )
         daemon.on_change("cancel")
         return S.CancelResponse(results=[results[i] for i in ids])
+
+    @app.post("/v1/jobs/hold", response_model=S.ActionResponse, tags=["jobs"])
+    def hold(body: S.JobIds, who: Who) -> S.ActionResponse:
+        """Keep pending jobs from starting (mlq hold; scheduler/daemon/holds.py)."""
+        results = holds.change(store, who, body.ids, hold=True)
+        daemon.on_change("hold")
+        return S.ActionResponse(results=results)
+
+    @app.post("/v1/jobs/release", response_model=S.ActionResponse, tags=["jobs"])
+    def release(body: S.JobIds, who: Who) -> S.ActionResponse:
+        """Let held jobs start again (mlq release)."""
+        results = holds.change(store, who, body.ids, hold=False)
+        daemon.on_change("release")
+        return S.ActionResponse(results=results)
 
     # -- teams, quotas, classes ---------------------------------------------------------
 

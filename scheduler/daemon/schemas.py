@@ -255,11 +255,28 @@ class CancelResult(BaseModel):
     id: int
     state: str = Field(description='The job\'s state after the request ("" if no such job)')
     ok: bool = Field(description="Cancelled, stopping, or already ended")
+    refused: bool = Field(False, description="Not done because the caller may not")
     message: str
 
 
 class CancelResponse(BaseModel):
     results: list[CancelResult]
+
+
+class JobIds(BaseModel):
+    ids: list[JobId] = Field(min_length=1, max_length=10_000)
+
+
+class ActionResult(BaseModel):
+    id: int
+    state: str = Field(description='The job\'s state after the request ("" if no such job)')
+    ok: bool = Field(description="Done, or nothing to do")
+    refused: bool = Field(False, description="Not done because the caller may not")
+    message: str
+
+
+class ActionResponse(BaseModel):
+    results: list[ActionResult]
 
 
 class TeamOut(BaseModel):

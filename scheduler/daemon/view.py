@@ -130,6 +130,7 @@ def view(
                     submitted_at=j.submitted_at,
                     blocked_by_dependency=blocked,
                     held=j.held,
+                    hold_note=hold_note(j.user, j.held_by) if j.held else "",
                 )
             )
             cache[j.id] = (j, pending[-1])
@@ -171,3 +172,11 @@ def view(
         classes=rules_from_classes(store.classes()),
     )
     return View(snap, {j.id: j for j in active}, waiting, parts)
+
+
+def hold_note(owner: str, held_by: str) -> str:
+    """The end of a held job's reason: ``Held by bob``, or ``Held by admin carol`` (a
+    hold its owner may not release: mlq hold)."""
+    if not held_by:
+        return ""
+    return f"by {held_by}" if held_by == owner else f"by admin {held_by}"

@@ -100,3 +100,20 @@ def test_a_multi_node_job_needs_the_host_network_and_enough_nodes():
         "could hold one"
     )
     assert never_fits(j, one * 2) is None
+
+
+def test_a_multi_node_job_is_held_and_released_as_a_whole(tmp_path):
+    from harness import Harness
+    from mlq.scheduler.daemon import holds
+    from mlq.scheduler.daemon.auth import Caller
+    from mlq.scheduler.daemon.peer import Peer
+
+    h = Harness(tmp_path)
+    job = h.submit(user="root", network="host", resources={"nodes": 2, "cpus": "1"})
+    parts = [p.id for p in h.store.jobs(gang=job, with_spec=False)]
+    root = Caller(Peer(1, 0, 0, "root", ()), is_admin=True)
+    (r,) = holds.change(h.store, root, [parts[1]], hold=True)  # a part holds its job
+    assert r.ok, r.message
+    assert [h.job(p).held for p in parts] == [True, True]
+    (r,) = holds.change(h.store, root, [job], hold=False)
+    assert r.ok and [h.job(p).held for p in parts] == [False, False]

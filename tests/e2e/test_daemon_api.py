@@ -341,3 +341,38 @@ def test_the_fast_listing_shape_is_exactly_jobouts():
     assert [c.strip().strip('"') for c in Store.LISTING.split(",")] == list(LISTING_FIELDS)
     as_tuple = tuple(getattr(row, f) for f in LISTING_FIELDS)
     assert json.loads(listing_json([as_tuple])) == {"jobs": [JobOut.of(row).model_dump()]}
+
+
+def test_hold_and_release_follow_who_may_and_an_admins_hold_binds_the_owner(daemon, unix_users):
+    alice, bob, carol = unix_users["alice"], unix_users["bob"], unix_users["carol"]
+    job = submit(daemon, GOOD, "--json", user=alice).json()["jobs"][0]["id"]
+
+    def reason() -> str:
+        (j,) = daemon.cli("queue", "--json", user=alice).json()["jobs"]
+        return j["reason"]
+
+    r = daemon.cli("hold", str(job), user=bob)  # a member of the team, not its admin
+    assert r.code == 3
+    assert f"may not hold job {job}: it belongs to {alice.pw_name}" in r.err
+    r = daemon.cli("hold", str(job), user=alice)
+    assert r.code == 0, r.err
+    assert r.out.strip() == f"job {job}: PENDING (Held by {alice.pw_name})"
+    assert reason() == f"Held by {alice.pw_name}"
+    assert daemon.cli("release", str(job), user=alice).code == 0
+    assert not reason().startswith("Held")
+    r = daemon.cli("hold", str(job), "--json", user=carol)  # nlp's admin
+    assert r.json()["results"] == [
+        {"id": job, "state": "PENDING", "ok": True, "refused": False,
+         "message": f"Held by admin {carol.pw_name}"}
+    ]  # fmt: skip
+    r = daemon.cli("release", str(job), user=alice)
+    assert r.code == 3
+    assert f"was held by admin {carol.pw_name}: only an admin of team" in r.err
+    assert reason() == f"Held by admin {carol.pw_name}"
+    assert daemon.cli("release", str(job), user=carol).code == 0
+    assert daemon.cli("hold", "999", user=alice).code == 1
+    events = [e["reason"] for e in daemon.cli("show", str(job), "--json").json()["events"]]
+    assert events[1:] == [
+        f"Held by {alice.pw_name}", f"Released by {alice.pw_name}",
+        f"Held by admin {carol.pw_name}", f"Released by {carol.pw_name}",
+    ]  # fmt: skip

@@ -493,3 +493,32 @@ def test_a_job_runs_in_its_submit_directory_as_its_user_with_a_login_environment
         assert d.show(in_tmp)["spec"]["workdir"] == "/"
     finally:
         shutil.rmtree(project, ignore_errors=True)
+
+
+def test_a_held_job_does_not_start_until_it_is_released(make_daemon, unix_users):
+    d = make_daemon()
+    alice = unix_users["alice"]
+    first = d.submit(
+        "name: a\nteam: nlp\ncommand: [/bin/sh, -c, 'sleep 1']\nresources: {cpus: 1, memory: 32Mi}\n",
+        user=alice,
+    )
+    second = d.submit(
+        "name: b\nteam: nlp\ncommand: [/bin/true]\nresources: {cpus: 1, memory: 32Mi}\n",
+        "--after",
+        str(first),
+        user=alice,
+    )
+    assert d.cli("hold", str(second), user=alice).code == 0
+    d.wait_for(first, "COMPLETED")
+    time.sleep(1.5)  # passes go by with its dependency met
+    held = d.show(second)
+    assert (held["state"], held["reason"]) == ("PENDING", f"Held by {alice.pw_name}")
+    r = d.cli("release", str(second), user=alice)
+    assert r.code == 0, r.err
+    done = d.wait_for(second, "COMPLETED")
+    assert [s for s, _ in events(done)] == [
+        "PENDING", "PENDING", "PENDING", "STARTING", "RUNNING", "COMPLETED"
+    ]  # fmt: skip
+    r = d.cli("hold", str(second), user=alice)
+    assert r.code == 1
+    assert "only a pending job can be held" in r.err
