@@ -28,6 +28,15 @@ def submit(
     after: Annotated[
         list[int] | None, typer.Option("--after", help="Start only after job ID ends successfully")
     ] = None,
+    dependency: Annotated[
+        str | None,
+        typer.Option(
+            "--dependency",
+            "-d",
+            help="As sbatch: afterok:ID, afterany:ID, afternotok:ID, after:ID (started); "
+            "IDs joined by :, types by ,",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     sock: SocketOpt = None,
 ) -> None:
@@ -45,6 +54,7 @@ def submit(
                 "source": str(file),
                 "array": array,
                 "after": after or [],
+                "dependency": dependency,
                 "dry_run": dry_run,
                 "workdir": _submit_dir(),
             },
@@ -160,7 +170,8 @@ def show(
     if j.get("node"):
         out.print(f"  node       {j['node']}")
     if j.get("depends_on"):
-        out.print(f"  after      {', '.join(str(d) for d in j['depends_on'])} (afterok)")
+        deps = [str(d) if isinstance(d, str) else f"afterok:{d}" for d in j["depends_on"]]
+        out.print(f"  depends on {', '.join(deps)}")
     if j.get("exit_code") is not None or j.get("signal"):
         out.print(
             f"  exit       code {j['exit_code']}"

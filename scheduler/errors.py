@@ -65,6 +65,8 @@ def describe_validation_error(exc: Any, prefix: str = "") -> list[str]:
             lines.append(f"{path}: {_show(err.get('input'))} is not allowed; {msg.lower()}")
         elif not loc and not prefix:
             lines.append(msg)
+        elif msg.startswith("["):  # a list validator naming its entry: "[2]: ..."
+            lines.append(f"{path}{msg}")
         elif "input" in err and not isinstance(err["input"], dict | list):
             lines.append(f"{path}: {_show(err['input'])} {msg[:1].lower() + msg[1:]}")
         else:

@@ -181,6 +181,65 @@ def _env_value(v: object) -> object:
 EnvValue = Annotated[str, BeforeValidator(_env_value), Field(max_length=MAX_STRING)]
 
 
+# Slurm's dependency types (sbatch --dependency); a bare job ID is afterok
+DEPENDENCY_TYPES = ("afterok", "afterany", "afternotok", "after")
+_DEPENDENCY_HINT = (
+    "use a job ID (afterok) or TYPE:ID[:ID...], TYPE one of afterok, afterany, "
+    "afternotok, after (as sbatch --dependency)"
+)
+
+
+def parse_dependencies(value: object, where: str = "depends_on") -> list[int | str]:
+    """``depends_on`` in its stored form: a job ID for each afterok dependency and
+    ``"TYPE:ID"`` for each other one, sorted, each once. Accepts IDs, ``"12"``,
+    ``"afterany:12:13"`` and, in one string, several joined by ``,`` as sbatch does."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    if len(items) > MAX_DEPENDS:
+        raise ValueError(f"{where + ': ' if where else ''}more than {MAX_DEPENDS} dependencies")
+    pairs: set[tuple[str, int]] = set()
+    for n, item in enumerate(items):
+        at = f"{where}[{n}]" if isinstance(value, list) else where
+        at = f"{at}: " if at else f"[{n}]: " if isinstance(value, list) else ""
+        if isinstance(item, int) and not isinstance(item, bool):
+            words = [str(item)]
+        elif isinstance(item, str) and len(item) <= 4096:
+            words = [w.strip() for w in item.split(",")]
+        else:
+            raise ValueError(f"{at}{item!r} is not a dependency; {_DEPENDENCY_HINT}")
+        for w in words:
+            kind, ids = w.split(":", 1) if ":" in w else ("afterok", w)
+            if kind not in DEPENDENCY_TYPES:
+                raise ValueError(f'{at}"{w}" is not a dependency; {_DEPENDENCY_HINT}')
+            for i in ids.split(":"):
+                if not i.isdigit() or not 1 <= int(i) <= MAX_ID:
+                    raise ValueError(f'{at}"{w}" is not a dependency; {_DEPENDENCY_HINT}')
+                pairs.add((kind, int(i)))
+    if len(pairs) > MAX_DEPENDS:
+        raise ValueError(f"{where + ': ' if where else ''}more than {MAX_DEPENDS} dependencies")
+    return [
+        i if k == "afterok" else f"{k}:{i}" for k, i in sorted(pairs, key=lambda p: (p[1], p[0]))
+    ]
+
+
+def dependency_pairs(stored: list[int | str]) -> list[tuple[str, int]]:
+    """(type, job ID) of each entry of a stored ``depends_on``."""
+    out = []
+    for d in stored:
+        if isinstance(d, int):
+            out.append(("afterok", d))
+        else:
+            kind, _, i = d.partition(":")
+            out.append((kind, int(i)))
+    return out
+
+
+def _depends(v: object) -> object:
+    # messages start "[N]: ", which describe_validation_error joins to the field
+    return parse_dependencies(v if isinstance(v, list) or v is None else [v], where="")
+
+
 def _array(v: object) -> object:
     if v is None or isinstance(v, list):
         return v
@@ -205,7 +264,7 @@ class JobSpec(Strict):
     network: Literal["none", "bridge", "host"] = "none"
     time_limit: Seconds | None = None
     array: Annotated[list[int] | None, BeforeValidator(_array)] = None
-    depends_on: list[JobId] = Field([], max_length=MAX_DEPENDS)
+    depends_on: Annotated[list[int | str], BeforeValidator(_depends)] = []
     security: Security = Security()
     # host device nodes beyond the GPUs; an admin grants them
     devices: list[AbsPath] = Field([], max_length=MAX_DEVICES)

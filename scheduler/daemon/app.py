@@ -137,6 +137,7 @@ def build_app(daemon: Daemon) -> FastAPI:
             daemon.forbidden,
             daemon.nodes(),
             body.workdir,
+            body.dependency,
         )
         if body.dry_run:
             return S.SubmitResponse(

@@ -61,7 +61,7 @@ class JobOut(BaseModel):
     ended_at: str | None = None
     array_id: int | None = None
     array_index: int | None = None
-    depends_on: list[int] = []
+    depends_on: list[int | str] = []  # a job ID (afterok) or "afterany:12" (spec.py)
     node: str | None = None
     exit_code: int | None = None
     signal: str | None = None
@@ -220,6 +220,11 @@ class SubmitRequest(BaseModel):
     after: list[JobId] = Field(
         default_factory=list, max_length=1024, description="More afterok dependencies"
     )
+    dependency: str | None = Field(
+        None,
+        max_length=4096,
+        description="More dependencies as sbatch --dependency writes them: afterany:12:13,after:14",
+    )
     dry_run: bool = False
     workdir: str | None = Field(
         None,
@@ -230,7 +235,14 @@ class SubmitRequest(BaseModel):
 
     @model_validator(mode="after")
     def _source_text(self) -> SubmitRequest:
-        bad = text_problems({"source": self.source, "array": self.array, "workdir": self.workdir})
+        bad = text_problems(
+            {
+                "source": self.source,
+                "array": self.array,
+                "workdir": self.workdir,
+                "dependency": self.dependency,
+            }
+        )
         if self.workdir is not None and not self.workdir.startswith("/"):
             bad.append(f'workdir: "{self.workdir}" is not an absolute path')
         if bad:

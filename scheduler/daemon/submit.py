@@ -23,7 +23,14 @@ from mlq.scheduler.errors import InvalidInput, Refused
 from mlq.scheduler.models import Job
 from mlq.scheduler.reasons import never_fits
 from mlq.scheduler.snapshot import MigRequest, Node, PendingJob
-from mlq.scheduler.spec import JobSpec, parse_array, parse_spec, resolve
+from mlq.scheduler.spec import (
+    JobSpec,
+    dependency_pairs,
+    parse_array,
+    parse_dependencies,
+    parse_spec,
+    resolve,
+)
 from mlq.scheduler.store import Store
 
 
@@ -53,12 +60,14 @@ def prepare(
     forbidden: tuple[str, ...] = grants.FORBIDDEN_PATHS,
     nodes: list[Node] | None = None,
     submit_dir: str | None = None,
+    dependency: str | None = None,
 ) -> tuple[JobSpec, list[int] | None]:
     """Validate and resolve a submission; raises before anything is stored.
 
     ``forbidden``: host paths no job may mount (the daemon adds its own dirs);
     ``nodes``: the cluster's nodes, to refuse what none of them could ever hold;
-    ``submit_dir``: where it was submitted from (``JobSpec.in_dir``)."""
+    ``submit_dir``: where it was submitted from (``JobSpec.in_dir``); ``dependency``:
+    sbatch's ``--dependency`` text, added to the file's ``depends_on``."""
     spec = parse_spec(raw, source)
     if array is not None:
         try:
@@ -67,8 +76,13 @@ def prepare(
             raise InvalidInput(f'--array: "{array}" {exc}') from None
     else:
         indices = spec.array
-    if after:
-        spec = spec.model_copy(update={"depends_on": sorted(set(spec.depends_on) | set(after))})
+    if after or dependency:
+        try:
+            more = parse_dependencies(dependency, where="--dependency") if dependency else []
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        merged = parse_dependencies([*spec.depends_on, *after, *more])
+        spec = spec.model_copy(update={"depends_on": merged})
     known = {t.name for t in store.teams()}
     if spec.team not in known:
         raise InvalidInput(
@@ -118,8 +132,9 @@ def prepare(
     if missing_paths:
         raise InvalidInput(missing_paths, source)
     if spec.depends_on:
-        found = store.existing(spec.depends_on)
-        missing = [str(i) for i in spec.depends_on if i not in found]
+        on = sorted({i for _, i in dependency_pairs(spec.depends_on)})
+        found = store.existing(on)
+        missing = [str(i) for i in on if i not in found]
         if missing:
             raise InvalidInput(f"depends_on: job {', '.join(missing)} does not exist", source)
     return resolved, indices

@@ -16,7 +16,7 @@ from typing import Any
 from mlq.executor.asuser import HostUser, supplementary_groups
 from mlq.executor.interface import Executor
 from mlq.scheduler import build, states
-from mlq.scheduler.daemon import gangs
+from mlq.scheduler.daemon import dependencies, gangs
 from mlq.scheduler.daemon.specs import SpecCache
 from mlq.scheduler.snapshot import Gpu, Node, Reason, ReasonCode, Snapshot, Team, rules_from_classes
 from mlq.scheduler.store import Store
@@ -69,7 +69,7 @@ def view(
     specs: SpecCache,
     nodes: tuple[Node, ...],
     active: list[Any],
-    deps: dict[int, str],
+    deps: dict[int, dependencies.Seen],
     now: float,
     image_failed: Callable[[Any, str], None],
     built: dict[int, tuple[object, object]] | None = None,
@@ -111,9 +111,7 @@ def view(
                 if verdict.waiting:
                     waiting[j.id] = Reason(ReasonCode.IMAGE_PENDING, spec.image)
                     continue
-            blocked = j.depends_on != "[]" and any(
-                deps.get(d) != states.COMPLETED for d in json.loads(j.depends_on)
-            )
+            blocked = j.depends_on != "[]" and dependencies.blocked(j, deps)
             seen.add(j.id)
             got = cache.get(j.id)
             if got is not None and got[0] is j and got[1].blocked_by_dependency == blocked:

@@ -522,3 +522,38 @@ def test_a_held_job_does_not_start_until_it_is_released(make_daemon, unix_users)
     r = d.cli("hold", str(second), user=alice)
     assert r.code == 1
     assert "only a pending job can be held" in r.err
+
+
+def test_dependency_types_start_and_cancel_as_sbatchs_do(make_daemon, unix_users):
+    d = make_daemon()
+    alice = unix_users["alice"]
+
+    def job(name: str, cmd: str, *args: str) -> int:
+        text = f"name: {name}\nteam: nlp\ncommand: [/bin/sh, -c, '{cmd}']\n"
+        return d.submit(text + "resources: {cpus: 1, memory: 32Mi}\n", *args, user=alice)
+
+    fails = job("fails", "sleep 2; exit 1")
+    ok = job("ok", "true")
+    anyway = job("anyway", "true", "-d", f"afterany:{fails}")
+    on_failure = job("on-failure", "true", "--dependency", f"afternotok:{fails}")
+    on_success = job("on-success", "true", "--after", str(fails))
+    beside = job("beside", "true", "-d", f"after:{fails}")
+    never = job("never", "true", "-d", f"afternotok:{ok}")
+    assert d.show(anyway)["depends_on"] == [f"afterany:{fails}"]
+    assert d.show(beside)["reason"] == "Dependency" or d.show(beside)["state"] != "PENDING"
+    ended = ts(d.wait_for(fails, "FAILED")["ended_at"])
+    assert ts(d.wait_for(beside, "COMPLETED")["started_at"]) < ended  # once it started
+    for j in (anyway, on_failure):
+        assert ts(d.wait_for(j, "COMPLETED")["started_at"]) >= ended
+    assert d.wait_for(on_success, "CANCELLED")["reason"] == (
+        f"DependencyNeverSatisfied: job {fails} ended FAILED"
+    )
+    assert d.wait_for(never, "CANCELLED")["reason"] == (
+        f"DependencyNeverSatisfied: job {ok} ended COMPLETED (afternotok)"
+    )
+    path = d.job_file("bad.yaml", "name: b\nteam: nlp\ncommand: [/bin/true]\n")
+    r = d.cli("submit", str(path), "-d", "afterfoo:1", user=alice)
+    assert r.code == 2
+    assert '--dependency: "afterfoo:1" is not a dependency; use a job ID (afterok)' in r.err
+    r = d.cli("submit", str(path), "-d", "afterany:9999", user=alice)
+    assert r.code == 2 and "depends_on: job 9999 does not exist" in r.err

@@ -152,3 +152,13 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     assert {"nodes", "ix_jobs_node_state"} <= tables  # step 6: many machines
     assert version == str(SCHEMA_VERSION) == "8"
     assert [(g.subject, g.volume_paths) for g in grants] == [("*", DEFAULT_VOLUME_PATHS)]
+
+
+def test_dependencies_are_stored_as_ids_for_afterok_and_type_id_for_the_rest():
+    from mlq.scheduler.spec import parse_dependencies
+
+    got = parse_dependencies([3, "afterany:5:4", "2", "afternotok:7,after:8", "afterok:3"])
+    assert got == [2, 3, "afterany:4", "afterany:5", "afternotok:7", "after:8"]
+    for bad in ("afterfoo:3", "afterok:", "afterok:1?afterany:2", "singleton", "afterok:0"):
+        with pytest.raises(ValueError, match="is not a dependency; use a job ID"):
+            parse_dependencies([bad])
