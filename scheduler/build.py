@@ -104,6 +104,8 @@ def pending(
     blocked_by_dependency: bool = False,
     held: bool = False,
     hold_note: str = "",
+    array_id: JobId | None = None,
+    array_limit: int = 0,
 ) -> PendingJob:
     """A pending job, its CPUs, memory and time limit its class's where it names none."""
     return PendingJob(
@@ -121,6 +123,8 @@ def pending(
         held=held,
         hold_note=hold_note,
         nodes=asks.nodes,
+        array_id=array_id,
+        array_limit=array_limit,
     )
 
 
@@ -140,6 +144,7 @@ def running(
     stopping_for: JobId | None = None,
     grace_s: float = 30.0,
     parts: int = 1,
+    array_id: JobId | None = None,
 ) -> RunningJob:
     """A running job (or one part of a multi-node job, of ``parts``) on ``node`` holding
     these whole GPUs or MIG slices."""
@@ -158,6 +163,7 @@ def running(
         stopping_for=stopping_for,
         grace_s=grace_s,
         parts=parts,
+        array_id=array_id,
     )
 
 
@@ -176,6 +182,7 @@ def started(p: PendingJob, start: StartLike, now: float) -> RunningJob:
         started_at=now,
         time_limit=p.time_limit,
         parts=p.nodes,
+        array_id=p.array_id,
     )
 
 

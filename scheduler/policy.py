@@ -130,6 +130,11 @@ class _Pass:
         self.team_added: dict[str, list[tuple[float, quota.Demand]]] = {}  # this pass's starts
         self._team_jobs: dict[str, list[tuple]] | None = None  # see team_jobs()
         self.gang_nodes: dict[JobId, list[int]] = {}  # a multi-node running job's nodes
+        # array id -> its jobs running, or started or preempted for in this pass: for
+        # throttled arrays (array: 0-99%4); built when a throttled job is first seen
+        self._array_running: dict[JobId, int] | None = None
+        self._array_waited: set[JobId] = set()
+        self._snap = snap
         self._charge_running(snap.running)
         for t in self.usage:
             self.charge(t, ())
@@ -445,6 +450,8 @@ class _Pass:
         """What makes two pending jobs of one team behave the same in this pass."""
         if j.held or j.blocked_by_dependency or (self.stopping and j.id in self.stopping):
             return None
+        if j.array_limit:  # its verdict hangs on its array's count too
+            return None
         req = self.requests.get(j.id) or self.request(j)
         # a flat tuple of plain values, which the garbage collector stops tracking
         return (j.team, j.priority_class, j.time_limit, j.nodes, *req)
@@ -474,6 +481,8 @@ class _Pass:
             return Reason(ReasonCode.HELD, j.hold_note) if j.hold_note else HELD
         if j.blocked_by_dependency:
             return DEPENDENCY
+        if j.array_limit and self.array_full(j):
+            return Reason(ReasonCode.ARRAY_LIMIT, j.array_id, j.array_limit)
         if j.nodes > 1:
             return self.consider_gang(j)
         # dict lookups first, the creating methods only on a miss: this runs per job
@@ -675,6 +684,37 @@ class _Pass:
         self.added.setdefault(n.i, []).append((end, gpus, slots, req.cpus, req.memory))
         self.quota_taken(j, end, demand)
         self.starts.append(Start(j.id, n.name, gpus, slots))
+        self.array_took(j)
+
+    def array_running(self, array_id: JobId | None) -> int:
+        """How many jobs of the array run now, or were started or preempted for in this
+        pass."""
+        if self._array_running is None:
+            counts: dict[JobId, int] = {}
+            for r in self._snap.running:
+                if r.array_id is not None:
+                    counts[r.array_id] = counts.get(r.array_id, 0) + 1
+            # a job whose victims are stopping has its place already
+            self._array_waited = {r.stopping_for for r in self._snap.running if r.stopping_for}
+            for p in self._snap.pending:
+                if p.array_id is not None and p.id in self._array_waited:
+                    counts[p.array_id] = counts.get(p.array_id, 0) + 1
+            self._array_running = counts
+        return self._array_running.get(array_id, 0) if array_id is not None else 0
+
+    def array_full(self, j: PendingJob) -> bool:
+        """Whether ``j``'s array runs as many as its throttle lets (``j`` not counted)."""
+        n = self.array_running(j.array_id)
+        return n - (j.id in self._array_waited) >= j.array_limit
+
+    def array_took(self, j: PendingJob) -> None:
+        if j.array_limit and j.array_id is not None:
+            self.array_running(j.array_id)
+            assert self._array_running is not None
+            if j.id in self._array_waited:  # counted already, by its stopping victims
+                self._array_waited.discard(j.id)
+                return
+            self._array_running[j.array_id] = self._array_running.get(j.array_id, 0) + 1
 
     # -- the team's quota reservation ------------------------------------------------------
 
@@ -1080,6 +1120,7 @@ class _Pass:
 
     def commit_preemption(self, j: PendingJob, req: Request, vs: VictimSet) -> str:
         self.claim_victims(req, vs, j.id)
+        self.array_took(j)
         n = vs.node
         model = n.models.get(vs.gpus[0]) if vs.gpus else None
         d = self.demands(j, req)

@@ -21,6 +21,7 @@ class ReasonCode(StrEnum):
 
     HELD = "Held"
     DEPENDENCY = "Dependency"
+    ARRAY_LIMIT = "JobArrayTaskLimit"  # Slurm's name for a throttled array's wait
     PRIORITY = "Priority"
     RESOURCES = "Resources"
     QUOTA_LIMIT = "QuotaLimit"
@@ -73,6 +74,7 @@ _RENDER = {
     ReasonCode.PREEMPTION_PENDING: lambda c, a: f"{c.value} {','.join(map(str, a))}",
     ReasonCode.RESOURCES: _resources,
     ReasonCode.MIN_RUN_TIME: lambda c, a: f"{c.value}: job {a[0]} may be preempted from {a[1]}",
+    ReasonCode.ARRAY_LIMIT: lambda c, a: f"{c.value}: {a[1]} of array {a[0]} run at once",
     ReasonCode.IMAGE_PENDING: lambda c, a: f"{c.value}: preparing {a[0]}",
     ReasonCode.MIG_CARVE_FAILED: lambda c, a: f"{c.value}: GPU {a[0]} {a[1]}@{a[2]}: {a[3]}",
 }
@@ -152,6 +154,7 @@ class RunningJob:
     # a multi-node job runs as ``parts`` RunningJobs with one id, one per node; stopping
     # any of them stops the whole job
     parts: int = 1
+    array_id: JobId | None = None  # the array it is a job of (counted by a throttle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +181,8 @@ class PendingJob:
     # a multi-node job: this many parts, each on its own node, each asking for the
     # resources above (per node); all start together or none does
     nodes: int = 1
+    array_id: JobId | None = None
+    array_limit: int = 0  # at most this many of its array run at once (0: no throttle)
 
 
 @dataclass(frozen=True, slots=True)

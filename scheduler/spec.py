@@ -264,6 +264,8 @@ class JobSpec(Strict):
     network: Literal["none", "bridge", "host"] = "none"
     time_limit: Seconds | None = None
     array: Annotated[list[int] | None, BeforeValidator(_array)] = None
+    # at most this many of the array run at once: "array: 0-99%4" (Slurm's throttle)
+    array_limit: int | None = Field(None, ge=1, le=MAX_ID)
     depends_on: Annotated[list[int | str], BeforeValidator(_depends)] = []
     security: Security = Security()
     # host device nodes beyond the GPUs; an admin grants them
@@ -274,6 +276,14 @@ class JobSpec(Strict):
     def _shapes(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             raise ValueError("a job file is a mapping of keys such as name, team, command")
+        if isinstance(data.get("array"), str) and "%" in data["array"]:
+            indices, limit = split_throttle(data["array"])
+            if data.get("array_limit") not in (None, limit):
+                raise ValueError(
+                    f'array: "{data["array"]}" sets a throttle of {limit} and array_limit '
+                    f"{data['array_limit']}; give one"
+                )
+            data = {**data, "array": indices, "array_limit": limit}
         if isinstance(data.get("command"), str):
             raise ValueError(
                 f'command: "{data["command"]}" is a string; use a list, e.g. [python, train.py]'
@@ -335,6 +345,16 @@ class JobSpec(Strict):
 
 
 MAX_ARRAY = 10_000
+
+
+def split_throttle(value: str) -> tuple[str, int]:
+    """``"0-99%4"`` -> ``("0-99", 4)``: the indices, and how many may run at once."""
+    head, _, tail = value.rpartition("%")
+    if not tail.isdigit() or int(tail) < 1 or not head:
+        raise ValueError(
+            f'array: "{value}" has a throttle that is not a count; use 0-99%4 (4 at a time)'
+        )
+    return head, int(tail)
 
 
 def parse_array(value: object) -> list[int]:

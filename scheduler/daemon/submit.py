@@ -30,6 +30,7 @@ from mlq.scheduler.spec import (
     parse_dependencies,
     parse_spec,
     resolve,
+    split_throttle,
 )
 from mlq.scheduler.store import Store
 
@@ -71,9 +72,14 @@ def prepare(
     spec = parse_spec(raw, source)
     if array is not None:
         try:
-            indices: list[int] | None = parse_array(array)
+            text = array
+            if "%" in array:
+                text, limit = split_throttle(array)
+                spec = spec.model_copy(update={"array_limit": limit})
+            indices: list[int] | None = parse_array(text)
         except ValueError as exc:
-            raise InvalidInput(f'--array: "{array}" {exc}') from None
+            why = str(exc).removeprefix(f'array: "{array}" ')
+            raise InvalidInput(f'--array: "{array}" {why}') from None
     else:
         indices = spec.array
     if after or dependency:
@@ -91,6 +97,12 @@ def prepare(
         )
     require_submit(caller, spec.team, store)
     resolved = resolve(spec, store.classes()).in_dir(submit_dir)
+    if resolved.array_limit and indices is None:
+        raise InvalidInput(
+            f"array_limit: {resolved.array_limit} throttles an array; this job is not one "
+            "(array: 0-99%4, or --array 0-99%4)",
+            source,
+        )
     if resolved.resources.nodes > 1 and indices is not None:
         raise InvalidInput("--array: an array of multi-node jobs is not supported", source)
     if nodes:

@@ -129,6 +129,8 @@ def view(
                     blocked_by_dependency=blocked,
                     held=j.held,
                     hold_note=hold_note(j.user, j.held_by) if j.held else "",
+                    array_id=j.array_id,
+                    array_limit=spec.array_limit or 0,
                 )
             )
             cache[j.id] = (j, pending[-1])
@@ -155,6 +157,7 @@ def view(
                     stopping_for=j.stop_for if j.state == states.STOPPING else None,
                     grace_s=spec.preemption.grace_period,
                     parts=spec.resources.nodes,
+                    array_id=j.array_id,
                 )
             )
             cache[j.id] = (j, running[-1])

@@ -557,3 +557,35 @@ def test_dependency_types_start_and_cancel_as_sbatchs_do(make_daemon, unix_users
     assert '--dependency: "afterfoo:1" is not a dependency; use a job ID (afterok)' in r.err
     r = d.cli("submit", str(path), "-d", "afterany:9999", user=alice)
     assert r.code == 2 and "depends_on: job 9999 does not exist" in r.err
+
+
+def test_a_throttled_array_never_runs_more_than_its_limit_at_once(make_daemon, unix_users):
+    d = make_daemon()
+    alice = unix_users["alice"]
+    text = "name: sweep\nteam: nlp\ncommand: [/bin/sh, -c, 'sleep 0.5']\n"
+    text += "resources: {cpus: 1, memory: 32Mi}\n"
+    path = d.job_file("sweep.yaml", text)
+    r = d.cli("submit", str(path), "--array", "0-5%2", "--json", user=alice)
+    assert r.code == 0, r.err
+    ids = [j["id"] for j in r.json()["jobs"]]
+    assert d.show(ids[0])["spec"]["array_limit"] == 2
+    seen_limit = False
+    while True:
+        jobs = d.cli("queue", "--json", user=alice).json()["jobs"]
+        live = [j for j in jobs if j["state"] in ("STARTING", "RUNNING", "STOPPING")]
+        assert len(live) <= 2, live
+        seen_limit |= any(j["reason"].startswith("JobArrayTaskLimit: 2 of array") for j in jobs)
+        if not jobs:
+            break
+        time.sleep(0.05)
+    assert seen_limit
+    runs = sorted(
+        (ts(j["started_at"]), ts(j["ended_at"])) for j in (d.wait_for(i, "COMPLETED") for i in ids)
+    )
+    for k, (start, _) in enumerate(runs):  # at no start were two others still running
+        assert sum(1 for s, e in runs[:k] if e > start) <= 1, runs
+    r = d.cli("submit", str(path), "--array", "0-5%0", user=alice)
+    assert r.code == 2 and '--array: "0-5%0" has a throttle that is not a count' in r.err
+    one = d.job_file("one.yaml", text + "array_limit: 2\n")
+    r = d.cli("submit", str(one), user=alice)
+    assert r.code == 2 and "array_limit: 2 throttles an array; this job is not one" in r.err
