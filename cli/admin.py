@@ -85,7 +85,7 @@ def add_member(
     admin: Annotated[bool, typer.Option("--admin", help="As a team admin")] = False,
     sock: SocketOpt = None,
 ) -> None:
-    """Add a user or @group to a team (admins only)."""
+    """Add a user or @group to a team (mlq admins; a team's admins add members)."""
     role = "admin" if admin else "member"
     Client(sock).post(f"/v1/teams/{team}/members", {"name": name, "role": role})
     typer.echo(f"Added {name} to {team} as {role}")
@@ -98,11 +98,16 @@ def remove_member(
     admin: Annotated[bool, typer.Option("--admin", help="Remove the admin role only")] = False,
     sock: SocketOpt = None,
 ) -> None:
-    """Remove a user or @group from a team (admins only)."""
-    Client(sock).post(
-        f"/v1/teams/{team}/members/remove", {"name": name, "role": "admin" if admin else "member"}
+    """Remove a user or @group from a team, or with --admin only its admin role (mlq
+    admins; a team's admins remove members)."""
+    t = Client(sock).post(
+        f"/v1/teams/{team}/members/remove", {"name": name, "role": "admin" if admin else None}
     )
-    typer.echo(f"Removed {name} from {team}")
+    if admin:
+        stays = " (still a member)" if name in t["members"] else ""
+        typer.echo(f"Removed the admin role of {name} in {team}{stays}")
+    else:
+        typer.echo(f"Removed {name} from {team}")
 
 
 @quota_app.command("show")

@@ -22,7 +22,13 @@ from mlq.scheduler import grants, states, wire
 from mlq.scheduler.cluster import PriorityClass, parse_quota_value
 from mlq.scheduler.daemon import holds
 from mlq.scheduler.daemon import schemas as S
-from mlq.scheduler.daemon.auth import Caller, may_see_private, require_admin, require_owner
+from mlq.scheduler.daemon.auth import (
+    Caller,
+    may_see_private,
+    require_admin,
+    require_member_manager,
+    require_owner,
+)
 from mlq.scheduler.daemon.batcher import SubmitBatcher
 from mlq.scheduler.daemon.limits import BodyLimit, install_handlers
 from mlq.scheduler.daemon.logs import read_log
@@ -308,13 +314,13 @@ def build_app(daemon: Daemon) -> FastAPI:
 
     @app.post("/v1/teams/{name}/members", response_model=S.TeamOut, tags=["teams"])
     async def add_member(name: str, body: S.MemberChange, who: Who) -> S.TeamOut:
-        require_admin(who, f'add "{body.name}" to team "{name}"', daemon.admin_group)
+        require_member_manager(who, name, body.name, body.role, store, daemon.admin_group)
         store.add_member(name, body.name, body.role)
         return team_out(store.team(name))
 
     @app.post("/v1/teams/{name}/members/remove", response_model=S.TeamOut, tags=["teams"])
-    async def remove_member(name: str, body: S.MemberChange, who: Who) -> S.TeamOut:
-        require_admin(who, f'remove "{body.name}" from team "{name}"', daemon.admin_group)
+    async def remove_member(name: str, body: S.MemberRemoval, who: Who) -> S.TeamOut:
+        require_member_manager(who, name, body.name, body.role, store, daemon.admin_group)
         store.remove_member(name, body.name, body.role)
         return team_out(store.team(name))
 

@@ -53,6 +53,31 @@ def require_admin(caller: Caller, action: str, admin_group: str) -> None:
         )
 
 
+def require_member_manager(
+    caller: Caller, team: str, name: str, role: str | None, store: Store, admin_group: str
+) -> None:
+    """Members of a team are managed by mlq admins and by the team's own admins, who
+    may add and remove plain members (not admins: the admin role is an mlq admin's to
+    give and take, as are quotas)."""
+    action = f'change the members of team "{team}"'
+    if caller.squashed_on:
+        raise squashed(caller, action)
+    if caller.is_admin:
+        return
+    _, admin_of = store.teams_of(caller.user, caller.peer.groups)
+    if team not in admin_of:
+        raise Refused(
+            f"{caller.user} may not {action}: only its team admins and mlq admins (root or "
+            f'members of the "{admin_group}" group) manage its members'
+        )
+    t = store.team(team)
+    if role == "admin" or name in t.admins:
+        raise Refused(
+            f'{caller.user} may not make or unmake an admin of team "{team}": an mlq admin '
+            f'(root or a member of the "{admin_group}" group) gives and takes the admin role'
+        )
+
+
 def require_submit(caller: Caller, team: str, store: Store) -> None:
     if caller.squashed_on:
         raise squashed(caller, f'submit to team "{team}"')

@@ -314,6 +314,13 @@ class MemberChange(Checked):
     role: str = Field("member", pattern=r"^(member|admin)$")
 
 
+class MemberRemoval(Checked):
+    name: Name = Field(description="A Unix user, or @group")
+    role: str | None = Field(
+        None, pattern=r"^(member|admin)$", description="Only this role; none: both"
+    )
+
+
 class QuotaSet(Checked):
     guarantee: dict[str, Any] = Field({}, max_length=100)
     limit: dict[str, Any] = Field({}, max_length=100)

@@ -376,3 +376,35 @@ def test_hold_and_release_follow_who_may_and_an_admins_hold_binds_the_owner(daem
         f"Held by {alice.pw_name}", f"Released by {alice.pw_name}",
         f"Held by admin {carol.pw_name}", f"Released by {carol.pw_name}",
     ]  # fmt: skip
+
+
+def test_a_team_admin_manages_the_teams_members_but_not_its_admins(daemon, unix_users):
+    carol, bob, alice = unix_users["carol"], unix_users["bob"], unix_users["alice"]
+    r = daemon.cli("team", "create", "speech", "--admin", carol.pw_name)
+    assert r.code == 0, r.err
+    speech = GOOD.replace("team: nlp", "team: speech")
+    assert submit(daemon, speech, user=alice).code == 3
+    r = daemon.cli("team", "add-member", "speech", alice.pw_name, user=carol)  # its admin
+    assert r.code == 0, r.err
+    r = submit(daemon, speech, user=alice)
+    assert r.code == 0, r.err
+    r = daemon.cli("team", "add-member", "speech", alice.pw_name, "--admin", user=carol)
+    assert r.code == 3
+    assert 'may not make or unmake an admin of team "speech": an mlq admin' in r.err
+    r = daemon.cli("team", "add-member", "speech", "x", user=bob)  # not its admin
+    assert r.code == 3
+    assert 'may not change the members of team "speech": only its team admins' in r.err
+    r = daemon.cli("team", "add-member", "cv", bob.pw_name, user=carol)  # not cv's admin
+    assert r.code == 3
+    r = daemon.cli("team", "remove-member", "speech", carol.pw_name, user=carol)
+    assert r.code == 3 and "may not make or unmake an admin" in r.err
+    r = daemon.cli("team", "remove-member", "speech", alice.pw_name, user=carol)
+    assert (r.code, r.out.strip()) == (0, f"Removed {alice.pw_name} from speech")
+    assert submit(daemon, speech, user=alice).code == 3
+    daemon.cli("team", "add-member", "speech", alice.pw_name, "--admin")
+    daemon.cli("team", "add-member", "speech", alice.pw_name)
+    r = daemon.cli("team", "remove-member", "speech", alice.pw_name, "--admin")
+    assert r.out.strip() == f"Removed the admin role of {alice.pw_name} in speech (still a member)"
+    teams = {t["name"]: t for t in daemon.cli("team", "list", "--json").json()["teams"]}
+    assert alice.pw_name in teams["speech"]["members"]
+    assert alice.pw_name not in teams["speech"]["admins"]
