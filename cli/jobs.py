@@ -337,6 +337,16 @@ def logs(
     client = Client(sock)
     stream = "stderr" if stderr else "stdout"
     first = client.get(f"/v1/jobs/{job_id}/logs", stream=stream, run=run, offset=0, limit=0)
+    if follow and run is None and not first["runs"] and first["state"] == "PENDING":
+        # as kubectl logs -f of a pod being scheduled: wait for it to start, say why
+        print(
+            f"mlq: job {job_id} is pending; waiting for it to start (Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+        while not first["runs"] and first["state"] == "PENDING":
+            time.sleep(0.5)
+            first = client.get(f"/v1/jobs/{job_id}/logs", stream=stream, offset=0, limit=0)
     runs = [run] if run is not None else (first["runs"] or [first["run"]])
     out = sys.stdout
     for n in runs:

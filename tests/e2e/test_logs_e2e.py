@@ -101,3 +101,32 @@ def test_the_logs_endpoint_refuses_offsets_and_limits_out_of_range(
     assert ("0 or more" if named == "offset" else "0 to 4Mi") in message
     ok = d.client().get(f"/v1/jobs/{job_id}/logs", limit=4 * 2**20)
     assert ok["data"] == ""
+
+
+def test_logs_follow_of_a_pending_job_waits_for_it_to_start_then_follows_it(
+    make_daemon, unix_users
+):
+    import threading
+    import time
+
+    d = make_daemon()
+    alice = unix_users["alice"]
+    small = "resources: {cpus: 1, memory: 32Mi}\n"
+    first = d.submit("name: first\nteam: nlp\ncommand: [/bin/sleep, '60']\n" + small, user=alice)
+    job = d.submit(
+        "name: later\nteam: nlp\ncommand: [/bin/sh, -c, 'echo started; sleep 0.5; echo done']\n"
+        + small,
+        "-d",
+        f"afterany:{first}",
+        user=alice,
+    )
+    got = {}
+    t = threading.Thread(target=lambda: got.update(r=d.cli("logs", str(job), "-f", user=alice)))
+    t.start()
+    time.sleep(1.5)
+    assert t.is_alive()  # waiting, not gone with nothing
+    assert d.cli("cancel", str(first), "--now", user=alice).code == 0
+    t.join(30)
+    r = got["r"]
+    assert (r.code, r.out) == (0, "started\ndone\n")
+    assert f"job {job} is pending; waiting for it to start" in r.err
