@@ -20,6 +20,9 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+# mlq run's own errors, apart from its job's exit codes (docker run's numbers)
+RUN_ERROR, RUN_CANNOT_EXEC, RUN_NOT_FOUND = 125, 126, 127
+
 # Each module defines ``register(app)``; the order is the order of ``mlq --help``.
 COMMAND_MODULES = ("jobs", "nodes", "admin", "serve", "plan", "run")
 
@@ -34,8 +37,17 @@ def main() -> None:
     an internal error); 2 bad input or a usage mistake (unknown option, missing
     argument); 3 refused (not allowed, beyond a grant or a cap); 4 the daemon
     cannot be reached; 130 interrupted. Never a traceback.
+
+    ``mlq run`` exits with its job's exit code, so its own errors cannot use those
+    numbers: as ``docker run``, 125 for an error of mlq (any of the above), 126 for a
+    command that cannot be executed, 127 for one that does not exist.
     """
     from mlq.scheduler.errors import MlqError
+
+    running_a_job = sys.argv[1:2] == ["run"]
+
+    def code(usual: int) -> int:
+        return RUN_ERROR if running_a_job else usual
 
     try:
         rv = app(standalone_mode=False)
@@ -43,7 +55,11 @@ def main() -> None:
             sys.exit(rv)
     except MlqError as exc:
         print(f"mlq: error: {_one_line(str(exc))}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        from mlq.executor.errors import LaunchError
+
+        if running_a_job and isinstance(exc, LaunchError) and exc.step == "exec":
+            sys.exit(RUN_NOT_FOUND if "No such file" in exc.message else RUN_CANNOT_EXEC)
+        sys.exit(code(exc.exit_code))
     except SystemExit:
         raise
     except KeyboardInterrupt:
@@ -56,11 +72,11 @@ def main() -> None:
             ctx = getattr(exc, "ctx", None)
             where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
             print(f"mlq: error: {_one_line(exc.format_message())}{where}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(code(2))
         if isinstance(exc, BrokenPipeError):  # `mlq queue | head`
             sys.exit(0)
         print(f"mlq: error: unexpected {name}: {_one_line(str(exc))}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(code(1))
 
 
 def _one_line(text: str) -> str:

@@ -116,3 +116,27 @@ def test_run_gives_a_gpu_job_only_its_gpus_nodes_from_the_fake_nvml(tmp_path):
     gpu_nodes = [n for n in nodes.split() if n[len("nvidia") :].isdigit()]
     assert len(gpu_nodes) == 2 and "nvidiactl" in nodes.split()
     assert len(visible.split(",")) == 2
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "says"),
+    [
+        (["/bin/sh", "-c", "exit 3"], 3, "exit 3"),  # the job's own: 3 is not "refused"
+        (["/nonexistent"], 127, "No such file"),
+        (["/etc/passwd"], 126, "Permission denied"),
+    ],
+    ids=["the job's code", "not found: 127", "not executable: 126"],
+)
+def test_run_exits_with_the_jobs_code_and_its_own_errors_apart_as_docker_run(
+    tmp_path, command, code, says
+):
+    p = mlq_run(tmp_path, str(job_file(tmp_path, command)))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code and says in err, err
+
+
+def test_run_says_its_own_errors_with_125(tmp_path):
+    for args in (["--bogus"], [str(tmp_path / "missing.yaml")]):
+        p = mlq_run(tmp_path, *args)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 125 and err.startswith("mlq: error:"), err
