@@ -222,6 +222,17 @@ def hold(
     per_job(Client(sock).post("/v1/jobs/hold", {"ids": job_ids}), json_out)
 
 
+def requeue(
+    job_ids: Annotated[list[int], typer.Argument(help="Running job IDs to requeue")],
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Stop running jobs gracefully (their stop signal and grace period) and put them
+    back in the queue, with their checkpoint and MLQ_RESTART_COUNT raised (scontrol
+    requeue)."""
+    per_job(Client(sock).post("/v1/jobs/requeue", {"ids": job_ids}), json_out)
+
+
 def release(
     job_ids: Annotated[list[int], typer.Argument(help="Held job IDs to release")],
     json_out: JsonOpt = False,
@@ -303,6 +314,7 @@ def register(app: typer.Typer) -> None:
     app.command("cancel")(cancel)
     app.command("hold")(hold)
     app.command("release")(release)
+    app.command("requeue")(requeue)
     app.command("history")(history)
     app.command("logs")(logs)
     app.command("checkpoint-done")(checkpoint_done)

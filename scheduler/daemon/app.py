@@ -35,7 +35,7 @@ from mlq.scheduler.daemon.logs import read_log
 from mlq.scheduler.daemon.nodes import node_views
 from mlq.scheduler.daemon.peer import Peer
 from mlq.scheduler.daemon.submit import as_jobs, cgroup_limits, check_caps, job_rows, prepare
-from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, Refused, status_of
+from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, NotFound, Refused, status_of
 from mlq.scheduler.store import Store
 from pydantic import BaseModel
 
@@ -57,8 +57,10 @@ class Daemon:
         self.store = store
         self.admin_group = admin_group
         self.on_change: Callable[[str], None] = lambda why: None
-        # Cancelling a running job needs the executor; the loop installs this.
+        # Cancelling and requeueing a running job need the executor; the loop installs
+        # these.
         self.stop_running: Callable[[int, bool, str], str] | None = None
+        self.requeue_running: Callable[[int, str], list[int]] | None = None
         self.loop: Any = None  # the scheduling loop, when the daemon runs one
         self.forbidden: tuple[str, ...] = grants.FORBIDDEN_PATHS  # never mounted into a job
         # the cluster's nodes as the policy sees them (for what no node could hold)
@@ -279,6 +281,46 @@ def build_app(daemon: Daemon) -> FastAPI:
         results = holds.change(store, who, body.ids, hold=False)
         daemon.on_change("release")
         return S.ActionResponse(results=results)
+
+    @app.post("/v1/jobs/requeue", response_model=S.ActionResponse, tags=["jobs"])
+    def requeue(body: S.JobIds, who: Who) -> S.ActionResponse:
+        """Stop running jobs gracefully and put them back in the queue with their
+        checkpoint and MLQ_RESTART_COUNT raised (scontrol requeue): who may cancel a
+        job may requeue it."""
+        out = []
+        for job_id in dict.fromkeys(body.ids):
+            try:
+                j = store.job(job_id)
+            except NotFound:
+                out.append(S.ActionResult(id=job_id, state="", ok=False, message="no such job"))
+                continue
+            if not may_see_private(who, j, store):
+                why = (
+                    f"{who.user} may not requeue job {job_id}: it belongs to {j.user} "
+                    f'and you are not an admin of team "{j.team}"'
+                )
+                out.append(
+                    S.ActionResult(id=job_id, state=j.state, ok=False, refused=True, message=why)
+                )
+                continue
+            if j.state == states.PENDING:
+                out.append(
+                    S.ActionResult(id=job_id, state=j.state, ok=True, message="already pending")
+                )
+                continue
+            if daemon.requeue_running is None:
+                message = "this daemon cannot stop running jobs"
+                out.append(S.ActionResult(id=job_id, state=j.state, ok=False, message=message))
+                continue
+            why = f"Requeued by {who.user}"
+            try:
+                daemon.requeue_running(job_id, why)
+            except Conflict as exc:
+                state = store.job(job_id).state
+                out.append(S.ActionResult(id=job_id, state=state, ok=False, message=str(exc)))
+                continue
+            out.append(S.ActionResult(id=job_id, state=states.STOPPING, ok=True, message=why))
+        return S.ActionResponse(results=out)
 
     # -- teams, quotas, classes ---------------------------------------------------------
 

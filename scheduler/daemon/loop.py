@@ -38,6 +38,7 @@ from mlq.scheduler.daemon.nodeset import NodeSet, Slot
 from mlq.scheduler.daemon.outcomes import StopCause
 from mlq.scheduler.daemon.specs import SpecCache
 from mlq.scheduler.daemon.view import NodeView, view
+from mlq.scheduler.errors import Conflict
 from mlq.scheduler.models import JobRow
 from mlq.scheduler.policy import decide
 from mlq.scheduler.reasons import explain
@@ -324,6 +325,27 @@ class Loop:
             self.launcher.stop(job, StopCause.CANCEL, reason, now=now)
         self.ask("stop")
         return states.STOPPING
+
+    def requeue_running(self, job_id: int, reason: str) -> list[int]:
+        """Stop a running job gracefully (its signal and grace period) to put it back in
+        the queue (mlq requeue); a multi-node job with every part. Returns the rows
+        stopped; raises Conflict unless every part is starting or running."""
+        with self._lock:
+            job = self.store.job(job_id)
+            rows = [job]
+            if job.gang_id is not None:
+                rows = list(self.store.jobs(gang=job.gang_id, with_spec=False))
+            moving = [p for p in rows if p.state not in (states.STARTING, states.RUNNING)]
+            if moving:
+                p = moving[0]
+                what = f"job {job_id}" if p.id == job_id else f"part {p.id} of job {job_id}"
+                raise Conflict(
+                    f"{what} is {p.state}: only a starting or running job can be requeued"
+                )
+            for p in rows:
+                self.launcher.stop(p, StopCause.REQUEUE, reason)
+        self.ask("stop")
+        return [p.id for p in rows]
 
     def live_stats(self, job: JobRow) -> Stats | None:
         """The executor's live figures for a running job (None if not available)."""

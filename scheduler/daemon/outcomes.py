@@ -24,6 +24,7 @@ class StopCause(StrEnum):
 
     PREEMPT = "preempt"
     CANCEL = "cancel"
+    REQUEUE = "requeue"  # mlq requeue: stopped gracefully, back to PENDING
 
 
 # A part of a multi-node job stopped because another part ended: its stop_cause is
@@ -74,6 +75,9 @@ def ended(job: Any, spec: JobSpec, status: Status, now: float) -> list[Step]:
         return steps
     if job.stop_cause == StopCause.CANCEL:
         return [(states.CANCELLED, f"{job.reason} ({ending})", fields)]
+    if job.stop_cause == StopCause.REQUEUE:  # its checkpoint volume stays where it is
+        back = {**fields, **REQUEUE_FIELDS, "restart_count": job.restart_count + 1}
+        return [(states.PENDING, f"{job.reason} ({ending})", back)]
     if job.stop_cause and job.stop_cause.startswith(PART_CAUSE):
         return part_ended(job, spec, job.stop_cause[len(PART_CAUSE) :], job.reason, fields)
     if outcome == Outcome.OUT_OF_MEMORY:

@@ -170,6 +170,7 @@ def serve(
     daemon.loop = loop
     daemon.on_change = loop.ask
     daemon.stop_running = loop.cancel_running
+    daemon.requeue_running = loop.requeue_running
     if cluster_opts is not None:
         from mlq.scheduler.daemon.fleet import Fleet
 

@@ -556,3 +556,29 @@ def test_a_node_failure_under_one_part_is_a_node_fail_of_the_whole_job(
     assert victim not in live_runs({survivor: None})
     cluster.start_agent(victim)
     assert live_runs(cluster.nodes)[victim] == set()
+
+
+def test_mlq_requeue_of_a_two_node_job_stops_and_restarts_every_part(
+    cluster: ClusterLab, unix_users
+) -> None:
+    start(cluster, nodes=("n1", "n2"))
+    bob = unix_users["bob"]
+    job = submit_gang(
+        cluster, bob, "train", ["/bin/sh", "-c", CHECKPOINTING], gpus=4,
+        extra="checkpoint: {target: /checkpoints}",
+    )  # fmt: skip
+    parts = parts_of(cluster, job)
+    cluster.wait(lambda: all(cluster.job(p)["state"] == "RUNNING" for p in parts), 30, "not run")
+    time.sleep(0.5)  # their traps are set
+    r = cluster.cli("requeue", str(parts[1]), user=bob, node="n2")  # any part names the job
+    assert r.code == 0, r.err
+    cluster.wait(
+        lambda: all(cluster.job(p)["state"] == "COMPLETED" for p in parts),
+        60,
+        str([cluster.events(p) for p in parts]),
+    )
+    for rank, p in enumerate(parts):
+        assert cluster.job(p)["restart_count"] == 1
+        assert f"Requeued by {bob.pw_name}" in [r for s, r in cluster.events(p) if s == "STOPPING"]
+        out = cluster.cli("logs", str(p), user=bob, node="n1").out
+        assert "checkpointed" in out and f"start restart=1 rank={rank}" in out, out

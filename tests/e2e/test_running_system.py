@@ -589,3 +589,46 @@ def test_a_throttled_array_never_runs_more_than_its_limit_at_once(make_daemon, u
     one = d.job_file("one.yaml", text + "array_limit: 2\n")
     r = d.cli("submit", str(one), user=alice)
     assert r.code == 2 and "array_limit: 2 throttles an array; this job is not one" in r.err
+
+
+REQUEUABLE = r"""
+name: long
+team: nlp
+kind: training
+checkpoint: {target: /checkpoints}
+preemption: {grace_period: 10}
+resources: {cpus: 1, memory: 32Mi}
+command:
+  - /bin/sh
+  - -c
+  - |
+    echo "run $MLQ_RESTART_COUNT from $(cat /checkpoints/step 2>/dev/null || echo scratch)"
+    trap 'echo 42 > /checkpoints/step; echo saved; exit 0' TERM
+    if [ "$MLQ_RESTART_COUNT" = 1 ]; then exit 0; fi
+    while true; do sleep 0.1; done
+"""
+
+
+def test_requeue_stops_a_running_job_gracefully_and_it_resumes_from_its_checkpoint(
+    make_daemon, unix_users
+):
+    d = make_daemon()
+    alice, bob = unix_users["alice"], unix_users["bob"]
+    job = d.submit(REQUEUABLE, user=alice)
+    d.wait_for(job, "RUNNING")
+    time.sleep(0.5)  # its trap is set
+    r = d.cli("requeue", str(job), user=bob)  # not its owner, not an admin of nlp
+    assert r.code == 3 and f"may not requeue job {job}" in r.err
+    r = d.cli("requeue", str(job), user=alice)
+    assert (r.code, r.out.strip()) == (0, f"job {job}: STOPPING (Requeued by {alice.pw_name})")
+    done = d.wait_for(job, "COMPLETED")
+    assert done["restart_count"] == 1
+    assert [s for s, _ in events(done)] == [
+        "PENDING", "STARTING", "RUNNING", "STOPPING", "PENDING", "STARTING", "RUNNING",
+        "COMPLETED",
+    ]  # fmt: skip
+    assert events(done)[4][1] == f"Requeued by {alice.pw_name} (exit code 0)"
+    out = d.cli("logs", str(job), user=alice).out
+    assert "run 0 from scratch" in out and "saved" in out and "run 1 from 42" in out, out
+    r = d.cli("requeue", str(job), user=alice)
+    assert r.code == 1 and "is COMPLETED: only a starting or running job can be requeued" in r.err
