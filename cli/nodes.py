@@ -176,6 +176,44 @@ def top(
             pass
 
 
+node_app = typer.Typer(help="One node: drain and resume it (mlq admins).", no_args_is_help=True)
+
+
+@node_app.command("drain")
+def drain(
+    name: Annotated[str, typer.Argument(help="The node's name (see mlq nodes)")],
+    reason: Annotated[
+        str, typer.Option("--reason", "-r", help="Why, for mlq nodes (Slurm's Reason=)")
+    ] = "",
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Offer a node nothing new: its running jobs finish, new ones go elsewhere or wait
+    (mlq admins; scontrol update nodename=N state=drain)."""
+    resp = Client(sock).post(f"/v1/nodes/{name}/drain", {"reason": reason})
+    if json_out:
+        print_json(resp)
+        return
+    node = next(n for n in resp["nodes"] if n["name"] == name)
+    typer.echo(f"Node {name}: {node['state']} ({node['reason']})")
+
+
+@node_app.command("resume")
+def resume(
+    name: Annotated[str, typer.Argument(help="The node's name (see mlq nodes)")],
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Offer a drained node new jobs again (mlq admins)."""
+    resp = Client(sock).post(f"/v1/nodes/{name}/resume", {})
+    if json_out:
+        print_json(resp)
+        return
+    node = next(n for n in resp["nodes"] if n["name"] == name)
+    typer.echo(f"Node {name}: {node['state']}")
+
+
 def register(app: typer.Typer) -> None:
+    app.add_typer(node_app, name="node")
     app.command("nodes")(nodes)
     app.command("top")(top)

@@ -228,6 +228,18 @@ class NodeRow(SQLModel, table=True):
     topology: str = ""  # schema 8: its switches, outermost first (the node config's)
 
 
+class DrainRow(SQLModel, table=True):
+    """schema 8: a node an mlq admin drained (mlq node drain): its running jobs finish,
+    nothing new lands on it until it is resumed. Any node, this machine's included."""
+
+    __tablename__ = "drains"
+
+    node: str = Field(primary_key=True)
+    reason: str = ""
+    by: str = ""  # the admin who drained it
+    at: float = 0.0
+
+
 class Meta(SQLModel, table=True):
     __tablename__ = "meta"
 

@@ -31,6 +31,7 @@ from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, NotFound
 from mlq.scheduler.grants import Grant
 from mlq.scheduler.models import (
     Columns,
+    DrainRow,
     GrantRow,
     Job,
     JobEvent,
@@ -735,6 +736,24 @@ class Store:
             for k, v in fields.items():
                 setattr(row, k, v)
             s.add(row)
+
+    def drains(self) -> dict[str, DrainRow]:
+        """The drained nodes, by name."""
+        with self.session() as s:
+            return {d.node: d for d in s.scalars(select(DrainRow))}
+
+    def drain(self, node: str, reason: str, by: str) -> None:
+        with self.write() as s:
+            s.merge(DrainRow(node=node, reason=reason, by=by, at=time.time()))
+
+    def resume(self, node: str) -> bool:
+        """Undo a drain; whether the node was drained."""
+        with self.write() as s:
+            row = s.get(DrainRow, node)
+            if row is None:
+                return False
+            s.delete(row)
+            return True
 
     def node_runs(self, node: str) -> list[JobRow]:
         """What the node should run now: its STARTING, RUNNING and STOPPING jobs, with

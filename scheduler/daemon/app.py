@@ -520,6 +520,23 @@ def build_app(daemon: Daemon) -> FastAPI:
             loop.refresh_gpus()
         return S.NodeList(nodes=node_views(store, loop))
 
+    @app.post("/v1/nodes/{name}/drain", response_model=S.NodeList, tags=["nodes"])
+    def drain(name: str, body: S.DrainRequest, who: Who) -> S.NodeList:
+        """Offer the node nothing new; its running jobs finish (scontrol update
+        state=drain). mlq admins only."""
+        require_admin(who, f'drain node "{name}"', daemon.admin_group)
+        loop = need_loop()
+        loop.drain(name, body.reason or f"drained by {who.user}", who.user)
+        return S.NodeList(nodes=node_views(store, loop))
+
+    @app.post("/v1/nodes/{name}/resume", response_model=S.NodeList, tags=["nodes"])
+    def resume(name: str, who: Who) -> S.NodeList:
+        """Offer a drained node new jobs again. mlq admins only."""
+        require_admin(who, f'resume node "{name}"', daemon.admin_group)
+        loop = need_loop()
+        loop.resume(name)
+        return S.NodeList(nodes=node_views(store, loop))
+
     @app.get("/v1/status", response_model=S.StatusOut, tags=["meta"])
     async def status() -> S.StatusOut:
         loop = need_loop()

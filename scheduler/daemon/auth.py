@@ -49,7 +49,7 @@ def require_admin(caller: Caller, action: str, admin_group: str) -> None:
     if not caller.is_admin:
         raise Refused(
             f"{caller.user} may not {action}: only root or members of the "
-            f'"{admin_group}" group manage teams, quotas and priority classes'
+            f'"{admin_group}" group (mlq admins) may'
         )
 
 

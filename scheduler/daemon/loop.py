@@ -38,7 +38,7 @@ from mlq.scheduler.daemon.nodeset import NodeSet, Slot
 from mlq.scheduler.daemon.outcomes import StopCause
 from mlq.scheduler.daemon.specs import SpecCache
 from mlq.scheduler.daemon.view import NodeView, view
-from mlq.scheduler.errors import Conflict
+from mlq.scheduler.errors import Conflict, NotFound
 from mlq.scheduler.models import JobRow
 from mlq.scheduler.policy import decide
 from mlq.scheduler.reasons import explain
@@ -81,6 +81,9 @@ class Loop:
     def __post_init__(self) -> None:
         self.specs = SpecCache(self.store)
         self.nodes = NodeSet()
+        # nodes an mlq admin drained: name -> reason (the drains table, read at start
+        # and kept by drain() and resume(), so a pass reads no table for it)
+        self.drained: dict[str, str] = {n: d.reason for n, d in self.store.drains().items()}
         if self.node is not None and self.executor is not None:
             carver = Carver(self.node, self.store, self.cluster.node, self.executor)
             self.nodes.add(Slot(self.node, self.executor, carver, self.state_dir, self.forbidden))
@@ -170,7 +173,8 @@ class Loop:
             now = self.clock.time()
             local = self.nodes.local
             v = view(self.store, local.executor if local else None, self.specs,
-                     self.nodes.offered(), active, deps, now, self.launcher.failed,
+                     self.nodes.offered(set(self.drained)), active, deps, now,
+                     self.launcher.failed,
                      self._built)  # fmt: skip
             decisions = decide(v.snapshot)
             # 5. reasons with their numbers; carry out the decisions, each on its own
@@ -346,6 +350,28 @@ class Loop:
                 self.launcher.stop(p, StopCause.REQUEUE, reason)
         self.ask("stop")
         return [p.id for p in rows]
+
+    def drain(self, node: str, reason: str, by: str) -> None:
+        """Offer the node nothing new from the next pass on; its running jobs finish."""
+        self._known(node)
+        with self._lock:
+            self.store.drain(node, reason, by)
+            self.drained[node] = reason
+        self.ask("drain")
+
+    def resume(self, node: str) -> bool:
+        """Offer a drained node new jobs again; whether it was drained."""
+        self._known(node)
+        with self._lock:
+            was = self.store.resume(node)
+            self.drained.pop(node, None)
+        self.ask("resume")
+        return was
+
+    def _known(self, node: str) -> None:
+        if self.nodes.get(node) is None:
+            known = ", ".join(sorted(s.name for s in self.nodes.all())) or "none"
+            raise NotFound(f'node "{node}" is not a node of this cluster (its nodes: {known})')
 
     def live_stats(self, job: JobRow) -> Stats | None:
         """The executor's live figures for a running job (None if not available)."""

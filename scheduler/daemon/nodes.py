@@ -24,6 +24,7 @@ def node_views(store: Store, loop: Any) -> list[S.NodeOut]:
     holders: dict[tuple, int] = {}
     used: dict[str, list[int]] = {}  # node -> [millicores, bytes]
     shapes = []
+    busy = {j.node for j in running}
     for j in running:
         spec = specs.of(j)
         u = used.setdefault(j.node or "", [0, 0])
@@ -77,11 +78,15 @@ def node_views(store: Store, loop: Any) -> list[S.NodeOut]:
             gpus.append(entry)
         cpus, memory = used.get(node.name, [0, 0])
         h = health.get(node.name, {})
+        state, reason = h.get("state", "up" if slot.up else "down"), h.get("reason", "")
+        if state == "up" and node.name in loop.drained:  # Slurm's words, by what still runs
+            state = "draining" if node.name in busy else "drained"
+            reason = loop.drained[node.name]
         out.append(
             S.NodeOut(
                 name=node.name,
-                state=h.get("state", "up" if slot.up else "down"),
-                reason=h.get("reason", ""),
+                state=state,
+                reason=reason,
                 last_heartbeat=h.get("last_heartbeat"),
                 address=h.get("address", ""),
                 topology=slot.view.topology,

@@ -56,10 +56,13 @@ class NodeSet:
             )
         return self.local
 
-    def offered(self) -> tuple[Node, ...]:
-        """What the policy may place onto: nodes that are up and not cordoned."""
+    def offered(self, drained: frozenset[str] | set[str] = frozenset()) -> tuple[Node, ...]:
+        """What the policy may place onto: nodes that are up, not cordoned in their
+        config and not ``drained`` (mlq node drain)."""
         return tuple(
-            s.view.snapshot_node() for s in self.slots.values() if s.up and s.view.schedulable
+            s.view.snapshot_node()
+            for s in self.slots.values()
+            if s.up and s.view.schedulable and s.name not in drained
         )
 
     def all(self) -> list[Slot]:

@@ -407,8 +407,10 @@ class TeamUsage(BaseModel):
 
 class NodeOut(BaseModel):
     name: str
-    state: str = "up"  # "up" | "down" (no heartbeat within its lease) | "drained"
-    reason: str = ""  # why it is down
+    # "up" | "down" (no heartbeat within its lease) | "draining" (mlq node drain, jobs
+    # still running there) | "drained" (drained and idle)
+    state: str = "up"
+    reason: str = ""  # why it is down or drained
     last_heartbeat: float | None = None  # a remote node's last heartbeat (UTC seconds)
     address: str = ""  # where its agent connects from
     topology: str = ""  # its switches, outermost first (the node config's topology)
@@ -420,6 +422,10 @@ class NodeOut(BaseModel):
     gpu_problem: str | None = None
     gpus: list[dict[str, Any]]
     teams: list[TeamUsage]
+
+
+class DrainRequest(Checked):
+    reason: str = Field("", max_length=1024, description="Why (shown in mlq nodes)")
 
 
 class NodeList(BaseModel):

@@ -632,3 +632,31 @@ def test_requeue_stops_a_running_job_gracefully_and_it_resumes_from_its_checkpoi
     assert "run 0 from scratch" in out and "saved" in out and "run 1 from 42" in out, out
     r = d.cli("requeue", str(job), user=alice)
     assert r.code == 1 and "is COMPLETED: only a starting or running job can be requeued" in r.err
+
+
+def test_a_drained_node_finishes_its_jobs_takes_no_new_ones_and_stays_drained(
+    make_daemon, unix_users
+):
+    d = make_daemon()
+    alice = unix_users["alice"]
+    small = "resources: {cpus: 1, memory: 32Mi}\n"
+    first = d.submit("name: a\nteam: nlp\ncommand: [/bin/sleep, '2']\n" + small, user=alice)
+    d.wait_for(first, "RUNNING")
+    r = d.cli("node", "drain", "e2e", "--reason", "swap a fan", user=alice)
+    assert r.code == 3 and 'may not drain node "e2e"' in r.err
+    r = d.cli("node", "drain", "e2e", "--reason", "swap a fan")
+    assert (r.code, r.out.strip()) == (0, "Node e2e: draining (swap a fan)")
+    second = d.submit("name: b\nteam: nlp\ncommand: [/bin/true]\n" + small, user=alice)
+    d.wait_for(first, "COMPLETED")  # what ran finishes
+    (node,) = d.cli("nodes", "--json").json()["nodes"]
+    assert (node["state"], node["reason"]) == ("drained", "swap a fan")
+    d.stop()
+    d.start()  # a drain outlives the daemon
+    time.sleep(1.5)
+    assert d.show(second)["state"] == "PENDING"
+    assert d.cli("nodes", "--json").json()["nodes"][0]["state"] == "drained"
+    r = d.cli("node", "resume", "e2e")
+    assert (r.code, r.out.strip()) == (0, "Node e2e: up")
+    d.wait_for(second, "COMPLETED")
+    r = d.cli("node", "drain", "nope")
+    assert r.code == 1 and 'node "nope" is not a node of this cluster (its nodes: e2e)' in r.err
