@@ -53,6 +53,14 @@ def server(
         list[str] | None,
         typer.Option("--admin-node", help="A node whose root and mlq admins count as such"),
     ] = None,
+    metrics_address: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-address",
+            envvar="MLQ_METRICS_ADDRESS",
+            help="HOST:PORT to serve Prometheus metrics on (off by default; docs/metrics.md)",
+        ),
+    ] = None,
 ) -> None:
     """Run the mlq daemon: the API on a Unix socket, the store, the scheduling loop;
     with --listen, the control plane of a cluster of agents (docs/cluster.md)."""
@@ -64,6 +72,14 @@ def server(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    if metrics_address is not None:
+        from mlq.scheduler.daemon.metrics import parse_address
+        from mlq.scheduler.errors import InvalidInput
+
+        try:
+            parse_address(metrics_address)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
     paths = ServerPaths.resolve(state_dir, socket, database_url, config)
     opts = None
     if listen:
@@ -72,7 +88,12 @@ def server(
         opts = ClusterOptions(
             listen, Path(pki_dir), run_node, lease, heartbeat, frozenset(admin_node or ())
         )
-    serve(paths, log_level="warning" if log_level == "info" else log_level, cluster_opts=opts)
+    serve(
+        paths,
+        log_level="warning" if log_level == "info" else log_level,
+        cluster_opts=opts,
+        metrics_address=metrics_address,
+    )
 
 
 def agent(

@@ -77,6 +77,10 @@ class Loop:
     stats: LoopStats = field(default_factory=LoopStats)
     # called at the start of every pass, under the loop's lock (the fleet's leases)
     before_pass: list[Callable[[], None]] = field(default_factory=list)
+    # after each pass, outside its lock: (its decisions, the jobs it read, seconds)
+    after_pass: list[Callable[[Decisions, dict[int, JobRow], float], None]] = field(
+        default_factory=list
+    )
 
     def __post_init__(self) -> None:
         self.specs = SpecCache(self.store)
@@ -187,6 +191,8 @@ class Loop:
         self.stats.last_pass_ms = (self.clock.monotonic() - t0) * 1000
         self.stats.last_pass_cpu_ms = (time.thread_time() - cpu0) * 1000
         self._last_end = self.clock.monotonic()
+        for after in self.after_pass:
+            after(decisions, v.jobs, self.stats.last_pass_ms / 1000)
         return decisions
 
     def active_jobs(self) -> list[JobRow]:

@@ -128,9 +128,13 @@ class ClusterOptions:
 
 
 def serve(
-    paths: ServerPaths, log_level: str = "warning", cluster_opts: ClusterOptions | None = None
+    paths: ServerPaths,
+    log_level: str = "warning",
+    cluster_opts: ClusterOptions | None = None,
+    metrics_address: str | None = None,
 ) -> None:
-    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    """Run the daemon in the foreground until SIGTERM/SIGINT; ``metrics_address``:
+    serve Prometheus metrics there (docs/metrics.md)."""
     import uvicorn
     from mlq.scheduler.daemon.app import Daemon, build_app
     from mlq.scheduler.daemon.loop import Loop
@@ -184,6 +188,13 @@ def serve(
     if leadership is not None:
         loop.before_pass.insert(0, lambda: _still_leader(leadership))
     app = build_app(daemon)
+    metrics_server = None
+    if metrics_address:
+        from mlq.scheduler.daemon import metrics
+
+        m = metrics.Metrics(store, loop)
+        loop.after_pass.append(m.after_pass)
+        metrics_server = metrics.serve(m, metrics_address)
     loop.start()
     servers = [
         uvicorn.Server(
@@ -202,6 +213,8 @@ def serve(
     try:
         run_servers(servers)
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         loop.stop()  # running jobs keep running under their supervisors
         if executor is not None:
             executor.close()  # and mlq's idle parent cgroups go
