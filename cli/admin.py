@@ -50,10 +50,11 @@ def team_list(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
             ", ".join(t["admins"]),
             _quota_text(t["guarantee"]),
             _quota_text(t["limit"]),
+            ", ".join(f"{k} {v:g}" for k, v in t.get("per_user", {}).items()),
         ]
         for t in resp["teams"]
     ]
-    console().print(table(["TEAM", "MEMBERS", "ADMINS", "GUARANTEE", "LIMIT"], rows))
+    console().print(table(["TEAM", "MEMBERS", "ADMINS", "GUARANTEE", "LIMIT", "PER USER"], rows))
 
 
 @team_app.command("create")
@@ -76,6 +77,36 @@ def team_delete(name: str, sock: SocketOpt = None) -> None:
     """Delete a team that has no active jobs (admins only)."""
     Client(sock).delete(f"/v1/teams/{name}")
     typer.echo(f"Deleted team {name}")
+
+
+@team_app.command("user-limit")
+def user_limit(
+    team: str,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", help="Jobs each user may run at once")
+    ] = None,
+    gpus: Annotated[
+        float | None,
+        typer.Option("--gpus", help="GPUs each user may hold at once (MIG slices: their share)"),
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="No per-user limits")] = False,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Limit what each user of a team may hold at once (team admins and mlq admins;
+    Slurm's MaxJobsPerUser, MaxTRESPerUser=gres/gpu). The options given replace the
+    team's per-user limits; --clear removes them."""
+    from mlq.scheduler.errors import InvalidInput
+
+    if clear == (jobs is not None or gpus is not None):
+        raise InvalidInput("give --jobs and/or --gpus, or --clear")
+    body = {} if clear else {"jobs": jobs, "gpus": gpus}
+    t = Client(sock).put(f"/v1/teams/{team}/per-user", body)
+    if json_out:
+        print_json(t)
+        return
+    limits = ", ".join(f"{k} {v:g}" for k, v in t["per_user"].items()) or "none"
+    typer.echo(f"Team {team}: per-user limits {limits}")
 
 
 @team_app.command("add-member")

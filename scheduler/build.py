@@ -106,6 +106,7 @@ def pending(
     hold_note: str = "",
     array_id: JobId | None = None,
     array_limit: int = 0,
+    user: str = "",
 ) -> PendingJob:
     """A pending job, its CPUs, memory and time limit its class's where it names none."""
     return PendingJob(
@@ -125,6 +126,7 @@ def pending(
         nodes=asks.nodes,
         array_id=array_id,
         array_limit=array_limit,
+        user=user,
     )
 
 
@@ -145,6 +147,7 @@ def running(
     grace_s: float = 30.0,
     parts: int = 1,
     array_id: JobId | None = None,
+    user: str = "",
 ) -> RunningJob:
     """A running job (or one part of a multi-node job, of ``parts``) on ``node`` holding
     these whole GPUs or MIG slices."""
@@ -164,6 +167,7 @@ def running(
         grace_s=grace_s,
         parts=parts,
         array_id=array_id,
+        user=user,
     )
 
 
@@ -183,6 +187,7 @@ def started(p: PendingJob, start: StartLike, now: float) -> RunningJob:
         time_limit=p.time_limit,
         parts=p.nodes,
         array_id=p.array_id,
+        user=p.user,
     )
 
 

@@ -173,12 +173,26 @@ class NodeConfig(Strict):
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+class PerUser(Strict):
+    """A team's limits on each of its users (Slurm's MaxJobsPerUser and
+    MaxTRESPerUser=gres/gpu): running jobs (a multi-node job counts once) and GPUs held
+    (whole GPUs, and MIG slices as their share of a GPU). None: no limit."""
+
+    jobs: int | None = Field(None, ge=1, le=10**9)
+    gpus: float | None = Field(None, gt=0, le=10**9)
+
+    def as_map(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.model_dump().items() if v is not None}
+
+
 class TeamConfig(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     members: list[str] = []  # Unix users, or groups written as "@group"
     admins: list[str] = []
     guarantee: QuotaMap = {}
     limit: QuotaMap = {}
+    # what each user of the team may hold at once: running jobs, GPUs (gpu-equivalents)
+    per_user: PerUser = PerUser()
 
     @model_validator(mode="after")
     def _limits(self) -> TeamConfig:

@@ -157,6 +157,8 @@ class Team(SQLModel, table=True):
 
     name: str = Field(primary_key=True)
     created_at: float
+    # schema 8: limits on each user of the team ({"jobs": 4, "gpus": 8}; JSON)
+    per_user: str = Field("{}", sa_column=Column(Text, nullable=False, server_default="{}"))
 
 
 class Member(SQLModel, table=True):

@@ -45,6 +45,19 @@ HELD, DEPENDENCY, PRIORITY, RESOURCES = (
     Reason(c)
     for c in (ReasonCode.HELD, ReasonCode.DEPENDENCY, ReasonCode.PRIORITY, ReasonCode.RESOURCES)
 )
+NO_TEAM = Team("")  # a job of a team the snapshot does not list: no per-user limits
+
+
+def gpu_equivalents(j: PendingJob) -> float:
+    """What a job holds in GPUs (all its parts): whole GPUs, slices as their share."""
+    per_part = j.gpus or (quota.mig_share(j.mig.profile) * j.mig.count if j.mig else 0.0)
+    return per_part * j.nodes
+
+
+def _num(v: float) -> str:
+    return f"{v:g}" if v != int(v) else str(int(v))
+
+
 # A snapshot without classes gets the cluster config's default classes (one home)
 DEFAULT_RULES = rules_from_classes(DEFAULT_CLASSES)
 # The "short-first" order: a job's place in its class's queue is its submission time
@@ -134,6 +147,10 @@ class _Pass:
         # throttled arrays (array: 0-99%4); built when a throttled job is first seen
         self._array_running: dict[JobId, int] | None = None
         self._array_waited: set[JobId] = set()
+        # (team, user) -> [jobs, gpu-equivalents] running, started or preempted for in
+        # this pass: for teams with per-user limits; built when first asked
+        self._user_use: dict[tuple[str, str], list[float]] | None = None
+        self._user_waited: set[JobId] = set()
         self._snap = snap
         self._charge_running(snap.running)
         for t in self.usage:
@@ -452,6 +469,8 @@ class _Pass:
             return None
         if j.array_limit:  # its verdict hangs on its array's count too
             return None
+        if j.user and self.teams.get(j.team, NO_TEAM).per_user:  # and on its user's use
+            return None
         req = self.requests.get(j.id) or self.request(j)
         # a flat tuple of plain values, which the garbage collector stops tracking
         return (j.team, j.priority_class, j.time_limit, j.nodes, *req)
@@ -483,6 +502,8 @@ class _Pass:
             return DEPENDENCY
         if j.array_limit and self.array_full(j):
             return Reason(ReasonCode.ARRAY_LIMIT, j.array_id, j.array_limit)
+        if j.user and (over := self.over_user_limit(j)) is not None:
+            return over
         if j.nodes > 1:
             return self.consider_gang(j)
         # dict lookups first, the creating methods only on a miss: this runs per job
@@ -684,7 +705,7 @@ class _Pass:
         self.added.setdefault(n.i, []).append((end, gpus, slots, req.cpus, req.memory))
         self.quota_taken(j, end, demand)
         self.starts.append(Start(j.id, n.name, gpus, slots))
-        self.array_took(j)
+        self.took(j)
 
     def array_running(self, array_id: JobId | None) -> int:
         """How many jobs of the array run now, or were started or preempted for in this
@@ -702,12 +723,58 @@ class _Pass:
             self._array_running = counts
         return self._array_running.get(array_id, 0) if array_id is not None else 0
 
+    def over_user_limit(self, j: PendingJob) -> Reason | None:
+        """The reason ``j`` waits when starting it would take its user past a limit
+        of its team's (``Team.per_user``)."""
+        limits = self.teams.get(j.team, NO_TEAM).per_user
+        if not limits or not j.user:
+            return None
+        jobs, gpus = self.user_uses().get((j.team, j.user), (0.0, 0.0))
+        if j.id in self._user_waited:  # its own place: not counted against it
+            jobs, gpus = jobs - 1, gpus - gpu_equivalents(j)
+        if "jobs" in limits and jobs + 1 > limits["jobs"]:
+            return Reason(ReasonCode.USER_LIMIT, j.user, "jobs", _num(jobs), _num(limits["jobs"]))
+        need = gpu_equivalents(j)
+        if need and "gpus" in limits and gpus + need > limits["gpus"] + 1e-9:
+            return Reason(ReasonCode.USER_LIMIT, j.user, "gpus", _num(gpus), _num(limits["gpus"]))
+        return None
+
+    def user_uses(self) -> dict[tuple[str, str], list[float]]:
+        """(team, user) -> [jobs, gpu-equivalents]: running, and started or preempted
+        for in this pass."""
+        if self._user_use is None:
+            self._user_use = {}
+            seen: set[JobId] = set()
+            waited = {r.stopping_for for r in self._snap.running if r.stopping_for}
+            for r in self._snap.running:
+                if not r.user:
+                    continue
+                use = self._user_use.setdefault((r.team, r.user), [0.0, 0.0])
+                if r.id not in seen:  # a multi-node job is a job once, its GPUs each part
+                    seen.add(r.id)
+                    use[0] += 1
+                use[1] += len(r.gpus) + sum(quota.mig_share(m.profile) for m in r.mig)
+            for p in self._snap.pending:  # a job whose victims stop has its place already
+                if p.user and p.id in waited:
+                    use = self._user_use.setdefault((p.team, p.user), [0.0, 0.0])
+                    use[0] += 1
+                    use[1] += gpu_equivalents(p)
+                    self._user_waited.add(p.id)
+        return self._user_use
+
     def array_full(self, j: PendingJob) -> bool:
         """Whether ``j``'s array runs as many as its throttle lets (``j`` not counted)."""
         n = self.array_running(j.array_id)
         return n - (j.id in self._array_waited) >= j.array_limit
 
-    def array_took(self, j: PendingJob) -> None:
+    def took(self, j: PendingJob) -> None:
+        """``j`` starts, or has victims stopping for it: it counts against its array's
+        throttle and its user's limits from now on in this pass."""
+        if j.user and self.teams.get(j.team, NO_TEAM).per_user:
+            use = self.user_uses().setdefault((j.team, j.user), [0.0, 0.0])
+            if j.id not in self._user_waited:  # else counted already
+                use[0] += 1
+                use[1] += gpu_equivalents(j)
         if j.array_limit and j.array_id is not None:
             self.array_running(j.array_id)
             assert self._array_running is not None
@@ -1120,7 +1187,7 @@ class _Pass:
 
     def commit_preemption(self, j: PendingJob, req: Request, vs: VictimSet) -> str:
         self.claim_victims(req, vs, j.id)
-        self.array_took(j)
+        self.took(j)
         n = vs.node
         model = n.models.get(vs.gpus[0]) if vs.gpus else None
         d = self.demands(j, req)
@@ -1320,6 +1387,7 @@ class _Pass:
         demand = allowed[model if req.gpus else None]
         self.charge(j.team, demand)
         self.quota_taken(j, end, demand)
+        self.took(j)
 
     def preempt_gang(
         self,
@@ -1385,6 +1453,7 @@ class _Pass:
         return out
 
     def commit_gang_preemption(self, j: PendingJob, req: Request, found, allowed) -> str:
+        self.took(j)
         free, sets, model = found
         end = self.now + j.time_limit if j.time_limit is not None else math.inf
         for n in free:  # claimed for the parts that start there once the victims are gone

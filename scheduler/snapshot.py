@@ -22,6 +22,7 @@ class ReasonCode(StrEnum):
     HELD = "Held"
     DEPENDENCY = "Dependency"
     ARRAY_LIMIT = "JobArrayTaskLimit"  # Slurm's name for a throttled array's wait
+    USER_LIMIT = "UserLimit"  # its team's limit on each user (Slurm's QOSMax*PerUser)
     PRIORITY = "Priority"
     RESOURCES = "Resources"
     QUOTA_LIMIT = "QuotaLimit"
@@ -71,6 +72,7 @@ def _resources(code: ReasonCode, args: tuple[object, ...]) -> str:
 
 _RENDER = {
     ReasonCode.QUOTA_LIMIT: _quota,
+    ReasonCode.USER_LIMIT: _quota,  # (user, key, used, limit): UserLimit bob gpus 8/8
     ReasonCode.PREEMPTION_PENDING: lambda c, a: f"{c.value} {','.join(map(str, a))}",
     ReasonCode.RESOURCES: _resources,
     ReasonCode.MIN_RUN_TIME: lambda c, a: f"{c.value}: job {a[0]} may be preempted from {a[1]}",
@@ -134,6 +136,8 @@ class Team:
     name: str
     guarantee: Mapping[str, float] = field(default_factory=dict)
     limit: Mapping[str, float] = field(default_factory=dict)
+    # on each user of the team: "jobs" running, "gpus" held (gpu-equivalents)
+    per_user: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +159,7 @@ class RunningJob:
     # any of them stops the whole job
     parts: int = 1
     array_id: JobId | None = None  # the array it is a job of (counted by a throttle)
+    user: str = ""  # its submitter (counted by the team's per-user limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +188,7 @@ class PendingJob:
     nodes: int = 1
     array_id: JobId | None = None
     array_limit: int = 0  # at most this many of its array run at once (0: no throttle)
+    user: str = ""  # its submitter ("" in traces: no per-user limit applies)
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,7 @@ class TeamView:
     admins: list[str] = field(default_factory=list)
     guarantee: dict[str, float] = field(default_factory=dict)
     limit: dict[str, float] = field(default_factory=dict)
+    per_user: dict[str, float] = field(default_factory=dict)  # cluster.PerUser.as_map()
 
 
 def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: object) -> None:
@@ -179,7 +180,7 @@ class Store:
             for c in cluster.priority_classes:
                 s.add(_class_row(c))
             for t in cluster.teams:
-                s.add(Team(name=t.name, created_at=now))
+                s.add(Team(name=t.name, created_at=now, per_user=json.dumps(t.per_user.as_map())))
                 for m in t.members:
                     s.add(Member(team=t.name, name=m, role="member"))
                 for a in t.admins:
@@ -281,7 +282,10 @@ class Store:
 
     def _load_teams(self) -> list[TeamView]:
         with self.session() as s:
-            views = {t.name: TeamView(t.name) for t in s.scalars(select(Team).order_by(Team.name))}
+            views = {
+                t.name: TeamView(t.name, per_user=json.loads(t.per_user or "{}"))
+                for t in s.scalars(select(Team).order_by(Team.name))
+            }
             for m in s.scalars(select(Member).order_by(Member.name)):
                 if m.team in views:
                     (views[m.team].admins if m.role == "admin" else views[m.team].members).append(
@@ -300,6 +304,16 @@ class Store:
             if t.name == name:
                 return t
         raise NotFound(f'team "{name}" does not exist; see mlq team list')
+
+    def set_per_user(self, team: str, limits: dict[str, float]) -> TeamView:
+        """Replace the team's limits on each of its users."""
+        with self.write(config=True) as s:
+            row = s.get(Team, team)
+            if row is None:
+                raise NotFound(f'team "{team}" does not exist; see mlq team list')
+            row.per_user = json.dumps(limits)
+            s.add(row)
+        return self.team(team)
 
     def create_team(self, name: str) -> None:
         with self.write(config=True) as s:

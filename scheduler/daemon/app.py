@@ -19,7 +19,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from mlq.executor.units import format_cpus, format_duration, format_size
 from mlq.scheduler import grants, states, wire
-from mlq.scheduler.cluster import PriorityClass, parse_quota_value
+from mlq.scheduler.cluster import PerUser, PriorityClass, parse_quota_value
 from mlq.scheduler.daemon import holds
 from mlq.scheduler.daemon import schemas as S
 from mlq.scheduler.daemon.auth import (
@@ -28,6 +28,7 @@ from mlq.scheduler.daemon.auth import (
     require_admin,
     require_member_manager,
     require_owner,
+    require_team_admin,
 )
 from mlq.scheduler.daemon.batcher import SubmitBatcher
 from mlq.scheduler.daemon.limits import BodyLimit, install_handlers
@@ -326,8 +327,9 @@ def build_app(daemon: Daemon) -> FastAPI:
 
     def team_out(t: Any) -> S.TeamOut:
         return S.TeamOut(
-            name=t.name, members=t.members, admins=t.admins, guarantee=t.guarantee, limit=t.limit
-        )
+            name=t.name, members=t.members, admins=t.admins, guarantee=t.guarantee,
+            limit=t.limit, per_user=t.per_user,
+        )  # fmt: skip
 
     @app.get("/v1/teams", response_model=S.TeamList, tags=["teams"])
     async def teams() -> S.TeamList:
@@ -365,6 +367,15 @@ def build_app(daemon: Daemon) -> FastAPI:
         require_member_manager(who, name, body.name, body.role, store, daemon.admin_group)
         store.remove_member(name, body.name, body.role)
         return team_out(store.team(name))
+
+    @app.put("/v1/teams/{name}/per-user", response_model=S.TeamOut, tags=["teams"])
+    def set_per_user(name: str, body: PerUser, who: Who) -> S.TeamOut:
+        """The team's limits on each of its users (running jobs, GPUs held): its team
+        admins and mlq admins set them (mlq team user-limit)."""
+        require_team_admin(who, name, store, daemon.admin_group, "set the per-user limits of")
+        t = store.set_per_user(name, body.as_map())
+        daemon.on_change("per-user")
+        return team_out(t)
 
     @app.put("/v1/quotas/{team}", response_model=S.TeamOut, tags=["teams"])
     async def set_quota(team: str, body: S.QuotaSet, who: Who) -> S.TeamOut:

@@ -53,6 +53,23 @@ def require_admin(caller: Caller, action: str, admin_group: str) -> None:
         )
 
 
+def require_team_admin(
+    caller: Caller, team: str, store: Store, admin_group: str, action: str
+) -> None:
+    """The team's admins and mlq admins may ``action`` the team."""
+    what = f'{action} team "{team}"'
+    if caller.squashed_on:
+        raise squashed(caller, what)
+    if caller.is_admin:
+        return
+    _, admin_of = store.teams_of(caller.user, caller.peer.groups)
+    if team not in admin_of:
+        raise Refused(
+            f"{caller.user} may not {what}: only its team admins and mlq admins (root or "
+            f'members of the "{admin_group}" group) may'
+        )
+
+
 def require_member_manager(
     caller: Caller, team: str, name: str, role: str | None, store: Store, admin_group: str
 ) -> None:

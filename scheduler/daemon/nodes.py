@@ -10,8 +10,9 @@ from typing import Any
 from mlq.executor.units import format_cpus, human_size
 from mlq.scheduler import build, states
 from mlq.scheduler.daemon import schemas as S
+from mlq.scheduler.daemon.view import snapshot_teams
 from mlq.scheduler.policy import team_usage
-from mlq.scheduler.snapshot import Snapshot, Team, rules_from_classes
+from mlq.scheduler.snapshot import Snapshot, rules_from_classes
 from mlq.scheduler.store import Store
 
 
@@ -51,7 +52,7 @@ def node_views(store: Store, loop: Any) -> list[S.NodeOut]:
         now=0.0,
         nodes=tuple(s.view.snapshot_node() for s in slots_),
         running=tuple(shapes),
-        teams=tuple(Team(t.name, t.guarantee, t.limit) for t in teams),
+        teams=snapshot_teams(teams),
         classes=rules_from_classes(store.classes()),
     )
     usage = team_usage(snap)

@@ -297,6 +297,9 @@ class TeamOut(BaseModel):
     admins: list[str]
     guarantee: dict[str, float]
     limit: dict[str, float]
+    per_user: dict[str, float] = Field(
+        {}, description='Limits on each user of the team: "jobs" running, "gpus" held'
+    )
 
 
 class TeamList(BaseModel):

@@ -131,6 +131,7 @@ def view(
                     hold_note=hold_note(j.user, j.held_by) if j.held else "",
                     array_id=j.array_id,
                     array_limit=spec.array_limit or 0,
+                    user=j.user,
                 )
             )
             cache[j.id] = (j, pending[-1])
@@ -158,6 +159,7 @@ def view(
                     grace_s=spec.preemption.grace_period,
                     parts=spec.resources.nodes,
                     array_id=j.array_id,
+                    user=j.user,
                 )
             )
             cache[j.id] = (j, running[-1])
@@ -169,7 +171,7 @@ def view(
         nodes=nodes,
         running=tuple(running),
         pending=tuple(pending),
-        teams=tuple(Team(t.name, t.guarantee, t.limit) for t in store.teams()),
+        teams=snapshot_teams(store.teams()),
         classes=rules_from_classes(store.classes()),
     )
     return View(snap, {j.id: j for j in active}, waiting, parts)
@@ -181,3 +183,8 @@ def hold_note(owner: str, held_by: str) -> str:
     if not held_by:
         return ""
     return f"by {held_by}" if held_by == owner else f"by admin {held_by}"
+
+
+def snapshot_teams(teams: list[Any]) -> tuple[Team, ...]:
+    """The store's teams as the policy sees them (quotas and per-user limits)."""
+    return tuple(Team(t.name, t.guarantee, t.limit, t.per_user) for t in teams)

@@ -660,3 +660,28 @@ def test_a_drained_node_finishes_its_jobs_takes_no_new_ones_and_stays_drained(
     d.wait_for(second, "COMPLETED")
     r = d.cli("node", "drain", "nope")
     assert r.code == 1 and 'node "nope" is not a node of this cluster (its nodes: e2e)' in r.err
+
+
+def test_a_teams_per_user_limit_holds_one_user_back_and_not_the_others(make_daemon, unix_users):
+    d = make_daemon()
+    alice, bob = unix_users["alice"], unix_users["bob"]
+    r = d.cli("team", "user-limit", "nlp", "--jobs", "1", user=alice)  # a member, not admin
+    assert r.code == 3 and 'may not set the per-user limits of team "nlp"' in r.err
+    r = d.cli("team", "user-limit", "nlp", "--jobs", "1")
+    assert (r.code, r.out.strip()) == (0, "Team nlp: per-user limits jobs 1")
+    small = "resources: {cpus: 1, memory: 32Mi}\n"
+    first = d.submit("name: a\nteam: nlp\ncommand: [/bin/sleep, '1.5']\n" + small, user=alice)
+    second = d.submit("name: b\nteam: nlp\ncommand: [/bin/true]\n" + small, user=alice)
+    other = d.submit("name: c\nteam: nlp\ncommand: [/bin/sleep, '1']\n" + small, user=bob)
+    d.wait_for(first, "RUNNING")
+    d.wait_for(other, {"RUNNING", "COMPLETED"})  # bob is not held back by alice's limit
+    assert d.show(second)["reason"] == f"UserLimit {alice.pw_name} jobs 1/1"
+    a, b = d.wait_for(first, "COMPLETED"), d.wait_for(second, "COMPLETED")
+    assert ts(b["started_at"]) >= ts(a["ended_at"])
+    teams = {t["name"]: t for t in d.cli("team", "list", "--json").json()["teams"]}
+    assert teams["nlp"]["per_user"] == {"jobs": 1}
+    assert d.cli("team", "user-limit", "nlp", "--clear").out.strip() == (
+        "Team nlp: per-user limits none"
+    )
+    r = d.cli("team", "user-limit", "nlp", "--jobs", "0")
+    assert r.code == 2 and "jobs" in r.err
