@@ -233,6 +233,27 @@ def requeue(
     per_job(Client(sock).post("/v1/jobs/requeue", {"ids": job_ids}), json_out)
 
 
+def update(
+    job_id: Annotated[int, typer.Argument(help="A pending job's ID")],
+    time_limit: Annotated[
+        str | None, typer.Option("--time-limit", "-t", help="2h, 90m (raising it: admins)")
+    ] = None,
+    priority_class: Annotated[str | None, typer.Option("--priority-class")] = None,
+    cpus: Annotated[str | None, typer.Option("--cpus", help="4, 500m")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="16Gi")] = None,
+    gpus: Annotated[int | None, typer.Option("--gpus")] = None,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Change a pending job, validated as at submit (scontrol update). Its owner may
+    lower its time limit; only an admin of its team or of mlq may raise it."""
+    body = {
+        "time_limit": time_limit, "priority_class": priority_class, "cpus": cpus,
+        "memory": memory, "gpus": gpus,
+    }  # fmt: skip
+    per_job(Client(sock).post(f"/v1/jobs/{job_id}/update", body), json_out)
+
+
 def release(
     job_ids: Annotated[list[int], typer.Argument(help="Held job IDs to release")],
     json_out: JsonOpt = False,
@@ -315,6 +336,7 @@ def register(app: typer.Typer) -> None:
     app.command("hold")(hold)
     app.command("release")(release)
     app.command("requeue")(requeue)
+    app.command("update")(update)
     app.command("history")(history)
     app.command("logs")(logs)
     app.command("checkpoint-done")(checkpoint_done)

@@ -686,6 +686,28 @@ class Store:
         self._mark(found)
         return found
 
+    def update_pending(
+        self, ids: list[int], spec: str, *, priority_class: str, priority: int, reason: str
+    ) -> None:
+        """Give pending jobs (a multi-node job's parts) a changed spec and class, with
+        an event each, in one transaction: all of them are still PENDING, or none
+        changes (Conflict)."""
+        now = time.time()
+        with self.write() as s:
+            rows = [s.get(Job, i, with_for_update=True) for i in sorted(ids)]
+            for i, row in zip(sorted(ids), rows, strict=True):
+                if row is None:
+                    raise NotFound(f"job {i} does not exist")
+                if row.state != states.PENDING:
+                    raise Conflict(f"job {i} is {row.state} now: only a pending job can be updated")
+            for row in rows:
+                assert row is not None
+                row.spec, row.spec_bytes = spec, len(spec.encode())
+                row.priority_class, row.priority = priority_class, priority
+                s.add(row)
+                s.add(JobEvent(job_id=row.id, at=now, state=states.PENDING, reason=reason))
+        self._mark(ids)
+
     def count_by_state(self) -> dict[str, int]:
         with self.session() as s:
             rows = s.execute(select(col(Job.state), func.count()).group_by(col(Job.state)))

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from mlq.executor.units import format_cpus, format_duration, format_size
 from mlq.scheduler import grants, states, wire
 from mlq.scheduler.cluster import PerUser, PriorityClass, parse_quota_value
-from mlq.scheduler.daemon import holds
+from mlq.scheduler.daemon import holds, update
 from mlq.scheduler.daemon import schemas as S
 from mlq.scheduler.daemon.auth import (
     Caller,
@@ -282,6 +282,19 @@ def build_app(daemon: Daemon) -> FastAPI:
         results = holds.change(store, who, body.ids, hold=False)
         daemon.on_change("release")
         return S.ActionResponse(results=results)
+
+    @app.post("/v1/jobs/{job_id}/update", response_model=S.ActionResponse, tags=["jobs"])
+    def update_job(job_id: JobIdParam, body: S.UpdateRequest, who: Who) -> S.ActionResponse:
+        """Change a pending job, validated as at submit (mlq update; scontrol update)."""
+        loop = need_loop()
+
+        def change() -> tuple[list[int], str]:
+            changes = body.model_dump()
+            return update.update(store, who, job_id, changes, daemon.forbidden, daemon.nodes())
+
+        _, why = loop.update_pending(change)
+        result = S.ActionResult(id=job_id, state=states.PENDING, ok=True, message=why)
+        return S.ActionResponse(results=[result])
 
     @app.post("/v1/jobs/requeue", response_model=S.ActionResponse, tags=["jobs"])
     def requeue(body: S.JobIds, who: Who) -> S.ActionResponse:

@@ -357,6 +357,15 @@ class Loop:
         self.ask("stop")
         return [p.id for p in rows]
 
+    def update_pending(self, change: Callable[[], tuple[list[int], str]]) -> tuple[list[int], str]:
+        """Run ``change`` (mlq update: it rewrites pending jobs' specs) between passes,
+        and forget the specs it changed, so no pass keeps the old one."""
+        with self._lock:
+            ids, why = change()
+            self.specs.forget(ids)
+        self.ask("update")
+        return ids, why
+
     def drain(self, node: str, reason: str, by: str) -> None:
         """Offer the node nothing new from the next pass on; its running jobs finish."""
         self._known(node)

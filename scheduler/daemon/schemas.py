@@ -275,6 +275,16 @@ class CancelResponse(BaseModel):
     results: list[CancelResult]
 
 
+class UpdateRequest(Checked):
+    """``mlq update ID``: what to change of a pending job (each as in a job file)."""
+
+    time_limit: int | str | None = Field(None, description="2h, 90m, 3600")
+    priority_class: str | None = Field(None, max_length=63)
+    cpus: int | float | str | None = Field(None, description="4, 500m")
+    memory: int | str | None = Field(None, description="16Gi")
+    gpus: int | None = Field(None, ge=0, le=64)
+
+
 class JobIds(BaseModel):
     ids: list[JobId] = Field(min_length=1, max_length=10_000)
 

@@ -1,4 +1,5 @@
-"""Each job's resolved spec, parsed once: a stored spec never changes.
+"""Each job's resolved spec, parsed once: a stored spec changes only by mlq update,
+which forgets it here (``forget``).
 
 Owned by the control loop and shared with the API's views (``mlq nodes``,
 ``mlq top``), instead of a module-level dictionary each of them reached into.
@@ -31,6 +32,11 @@ class SpecCache:
                 return self._specs[job.id or 0]
             spec = self._specs[job.id or 0] = JobSpec.model_validate_json(text)
         return spec
+
+    def forget(self, ids: list[int]) -> None:
+        """Parse these jobs' specs again when next asked (mlq update changed them)."""
+        for i in ids:
+            self._specs.pop(i, None)
 
     def load(self, jobs: list[Any]) -> None:
         """Parse, in one query, the specs of jobs not seen before."""

@@ -685,3 +685,38 @@ def test_a_teams_per_user_limit_holds_one_user_back_and_not_the_others(make_daem
     )
     r = d.cli("team", "user-limit", "nlp", "--jobs", "0")
     assert r.code == 2 and "jobs" in r.err
+
+
+def test_update_changes_a_pending_job_as_a_submission_would_be_checked(make_daemon, unix_users):
+    d = make_daemon()
+    alice, bob = unix_users["alice"], unix_users["bob"]
+    small = "resources: {cpus: 1, memory: 32Mi}\ntime_limit: 2h\n"
+    blocker = d.submit("name: b\nteam: nlp\ncommand: [/bin/sleep, '60']\n" + small, user=alice)
+    job = d.submit(
+        "name: a\nteam: nlp\ncommand: [/bin/true]\n" + small, "-d", f"afterany:{blocker}",
+        user=alice,
+    )  # fmt: skip
+    r = d.cli("update", str(job), "--time-limit", "1h", "--cpus", "2", "--memory", "64Mi", user=alice)
+    assert r.code == 0, r.err
+    assert "Updated by" in r.out and "time_limit 7200 -> 3600" in r.out and "cpus 1000m -> 2000m" in r.out
+    spec = d.show(job)["spec"]
+    assert (spec["time_limit"], spec["resources"]["cpus"], spec["resources"]["memory"]) == (
+        3600, "2000m", 64 * 2**20,
+    )  # fmt: skip
+    r = d.cli("update", str(job), "--time-limit", "3h", user=alice)  # raising: admins only
+    assert r.code == 3 and "may lower job" in r.err and "but not raise it" in r.err
+    r = d.cli("update", str(job), "--time-limit", "3h")
+    assert r.code == 0, r.err
+    r = d.cli("update", str(job), "--cpus", "2", user=bob)  # not its owner
+    assert r.code == 3 and f"may not update job {job}" in r.err
+    r = d.cli("update", str(job), "--cpus", "9999", user=alice)
+    assert r.code == 2 and "cpus" in r.err, r.err
+    r = d.cli("update", str(job), "--priority-class", "nope", user=alice)
+    assert r.code == 2 and 'priority_class: "nope" is not a priority class' in r.err
+    r = d.cli("update", str(job), "--time-limit", "soon", user=alice)
+    assert r.code == 2 and 'time_limit: "soon"' in r.err
+    assert d.cli("cancel", str(blocker), "--now", user=alice).code == 0
+    done = d.wait_for(job, "COMPLETED")
+    assert done["spec"]["resources"]["cpus"] == "2000m"
+    r = d.cli("update", str(job), "--cpus", "1", user=alice)
+    assert r.code == 1 and "only a pending job can be updated" in r.err
