@@ -123,12 +123,13 @@ def queue(
             j["user"],
             j["priority_class"],
             j["state"],
-            j["reason"],
             age(j["submitted_at"], now),
+            j["reason"],
         ]
         for j in resp["jobs"]
     ]
-    console().print(table(["ID", "NAME", "TEAM", "USER", "CLASS", "STATE", "REASON", "AGE"], rows))
+    columns = ["ID", "NAME", "TEAM", "USER", "CLASS", "STATE", "AGE", "REASON"]
+    console().print(table(columns, rows, optional=("CLASS", "TEAM", "USER")))
 
 
 def show(
@@ -303,7 +304,11 @@ def history(
         for j in resp["jobs"]
     ]
     console().print(
-        table(["ID", "NAME", "TEAM", "USER", "STATE", "EXIT", "STARTED", "ENDED", "REASON"], rows)
+        table(
+            ["ID", "NAME", "TEAM", "USER", "STATE", "EXIT", "STARTED", "ENDED", "REASON"],
+            rows,
+            optional=("STARTED", "TEAM", "USER"),
+        )
     )
 
 

@@ -408,3 +408,52 @@ def test_a_team_admin_manages_the_teams_members_but_not_its_admins(daemon, unix_
     teams = {t["name"]: t for t in daemon.cli("team", "list", "--json").json()["teams"]}
     assert alice.pw_name in teams["speech"]["members"]
     assert alice.pw_name not in teams["speech"]["admins"]
+
+
+def _in_a_terminal(daemon, columns: int, *args: str) -> str:
+    """``mlq ARGS`` as a user sees it in a terminal ``columns`` wide (a real pty)."""
+    import os
+    import pty
+    import subprocess
+
+    from daemon_helpers import MLQ
+
+    main, child = pty.openpty()
+    env = daemon.env() | {"COLUMNS": str(columns), "LINES": "50", "TERM": "xterm"}
+    p = subprocess.Popen([MLQ, *args], stdin=child, stdout=child, stderr=child, env=env)
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child closed the pty
+            break
+        if not chunk:
+            break
+        out += chunk
+    p.wait(timeout=30)
+    os.close(main)
+    import re
+
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode()).replace("\r", "")
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_tables_keep_their_key_columns_whole_at_ordinary_widths(daemon, unix_users, columns):
+    alice = unix_users["alice"]
+    long_name = GOOD.replace("name: bert", "name: " + "a-rather-long-experiment-name-" * 2 + "x")
+    ids = [
+        submit(daemon, long_name, "--json", user=alice).json()["jobs"][0]["id"] for _ in range(2)
+    ]
+    daemon.cli("cancel", str(ids[0]), user=alice)
+    for args in (["queue"], ["history"]):
+        text = _in_a_terminal(daemon, columns, *args)
+        lines = [line for line in text.splitlines() if line.strip()]
+        assert all(len(line) <= columns for line in lines), (args, text)
+        header = lines[0].split()
+        # at 80 columns history leaves out STARTED, the first of its optional columns
+        want = ["ID", "STATE", "REASON"] + (["EXIT", "ENDED"] if args == ["history"] else [])
+        assert all(w in header for w in want), (args, text)
+        assert "…" in text  # the long name (or reason) is cut, not the key columns
+    hist = _in_a_terminal(daemon, columns, "history")
+    assert f"{ids[0]} " in hist and "CANCELLED" in hist

@@ -696,9 +696,15 @@ def test_update_changes_a_pending_job_as_a_submission_would_be_checked(make_daem
         "name: a\nteam: nlp\ncommand: [/bin/true]\n" + small, "-d", f"afterany:{blocker}",
         user=alice,
     )  # fmt: skip
-    r = d.cli("update", str(job), "--time-limit", "1h", "--cpus", "2", "--memory", "64Mi", user=alice)
+    r = d.cli(
+        "update", str(job), "--time-limit", "1h", "--cpus", "2", "--memory", "64Mi", user=alice
+    )
     assert r.code == 0, r.err
-    assert "Updated by" in r.out and "time_limit 7200 -> 3600" in r.out and "cpus 1000m -> 2000m" in r.out
+    assert (
+        "Updated by" in r.out
+        and "time_limit 7200 -> 3600" in r.out
+        and "cpus 1000m -> 2000m" in r.out
+    )
     spec = d.show(job)["spec"]
     assert (spec["time_limit"], spec["resources"]["cpus"], spec["resources"]["memory"]) == (
         3600, "2000m", 64 * 2**20,
@@ -720,3 +726,25 @@ def test_update_changes_a_pending_job_as_a_submission_would_be_checked(make_daem
     assert done["spec"]["resources"]["cpus"] == "2000m"
     r = d.cli("update", str(job), "--cpus", "1", user=alice)
     assert r.code == 1 and "only a pending job can be updated" in r.err
+
+
+def test_piped_history_keeps_every_cell_whole_however_long_the_reason(make_daemon, unix_users):
+    import re
+
+    d = make_daemon()
+    alice = unix_users["alice"]
+    missing = "/nonexistent/" + "deep/" * 40 + "train"
+    job = d.submit(
+        f"name: fails\nteam: nlp\ncommand: [{missing}]\nresources: {{cpus: 1, memory: 32Mi}}\n",
+        user=alice,
+    )
+    d.wait_for(job, "FAILED")
+    r = d.cli("history", user=alice)  # a pipe, not a terminal
+    header, *rows = [line for line in r.out.splitlines() if line.strip() and "──" not in line]
+    assert header.split() == [
+        "ID", "NAME", "TEAM", "USER", "STATE", "EXIT", "STARTED", "ENDED", "REASON"
+    ]  # fmt: skip
+    (row,) = rows
+    assert row.split()[0] == str(job)
+    assert len(re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row)) == 2  # whole times
+    assert row.rstrip().endswith(f"execve `{missing}`: No such file or directory")
