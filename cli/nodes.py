@@ -96,7 +96,22 @@ def nodes(
             out.print(r)
 
 
-def _top_view(data: dict[str, Any]) -> Any:
+def _cpu_percent(
+    data: dict[str, Any], before: dict[str, Any] | None, seconds: float
+) -> dict[int, float]:
+    """Each running job's CPU use since the frame before, in percent of one CPU."""
+    if before is None or seconds <= 0:
+        return {}
+    was = {j["id"]: j.get("cpu_usage_s") for j in before["running"]}
+    out = {}
+    for j in data["running"]:
+        now, then = j.get("cpu_usage_s"), was.get(j["id"])
+        if now is not None and then is not None:
+            out[j["id"]] = max(0.0, (now - then) / seconds * 100)
+    return out
+
+
+def _top_view(data: dict[str, Any], cpu: dict[int, float] | None = None) -> Any:
     from mlq.executor.units import format_size
     from rich.console import Group
 
@@ -120,6 +135,7 @@ def _top_view(data: dict[str, Any]) -> Any:
             j["state"],
             mem(j),
             j["cpus"],
+            f"{cpu[j['id']]:.0f}%" if cpu and j["id"] in cpu else "",
             "" if j.get("cpu_usage_s") is None else f"{j['cpu_usage_s']:.1f}s",
             "" if j.get("cpu_throttled_s") is None else f"{j['cpu_throttled_s']:.1f}s",
         ]
@@ -127,7 +143,18 @@ def _top_view(data: dict[str, Any]) -> Any:
     ]
     parts.append(
         table(
-            ["ID", "NAME", "TEAM", "USER", "STATE", "MEMORY", "CPUS", "CPU TIME", "THROTTLED"],
+            [
+                "ID",
+                "NAME",
+                "TEAM",
+                "USER",
+                "STATE",
+                "MEMORY",
+                "CPUS",
+                "CPU%",
+                "CPU TIME",
+                "THROTTLED",
+            ],
             rows,
             title="running",
         )
@@ -155,23 +182,43 @@ def top(
     json_out: JsonOpt = False,
     sock: SocketOpt = None,
 ) -> None:
-    """A live view of the node, running jobs (memory against limits, CPU) and the queue."""
+    """A live view of the node, running jobs (memory against limits, CPU now and in
+    all) and the queue. Not on a terminal (piped, in a log) it prints a frame every
+    interval, as top -b does; --once prints one (CPU% over its first second)."""
+    from mlq.cli.output import width
+
     client = Client(sock)
     if json_out:
         print_json(client.get("/v1/top"))
         return
-    if once:
-        console().print(_top_view(client.get("/v1/top")))
-        return
+
+    def sample() -> tuple[dict[str, Any], float]:
+        return client.get("/v1/top"), time.monotonic()
+
+    before, t0 = sample()
+    if once or width() is None:  # a frame at a time, each a whole table
+        time.sleep(min(1.0, interval))
+        out = console()
+        try:
+            while True:
+                data, t1 = sample()
+                out.print(_top_view(data, _cpu_percent(data, before, t1 - t0)))
+                if once:
+                    return
+                before, t0 = data, t1
+                time.sleep(interval)
+                out.print()
+        except KeyboardInterrupt:
+            return
     from rich.live import Live
 
-    with Live(
-        _top_view(client.get("/v1/top")), console=console(), screen=False, auto_refresh=False
-    ) as live:
+    with Live(_top_view(before), console=console(), screen=False, auto_refresh=False) as live:
         try:
             while True:
                 time.sleep(interval)
-                live.update(_top_view(client.get("/v1/top")), refresh=True)
+                data, t1 = sample()
+                live.update(_top_view(data, _cpu_percent(data, before, t1 - t0)), refresh=True)
+                before, t0 = data, t1
         except KeyboardInterrupt:
             pass
 

@@ -748,3 +748,30 @@ def test_piped_history_keeps_every_cell_whole_however_long_the_reason(make_daemo
     assert row.split()[0] == str(job)
     assert len(re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row)) == 2  # whole times
     assert row.rstrip().endswith(f"execve `{missing}`: No such file or directory")
+
+
+def test_top_piped_prints_frames_with_each_jobs_cpu_use_now(make_daemon, unix_users):
+    import subprocess
+
+    from daemon_helpers import MLQ
+
+    d = make_daemon()
+    alice = unix_users["alice"]
+    burn = d.submit(
+        "name: burn\nteam: nlp\ncommand: [/bin/sh, -c, 'while :; do :; done']\n"
+        "resources: {cpus: 1, memory: 32Mi}\n",
+        user=alice,
+    )
+    d.wait_for(burn, "RUNNING")
+    r = d.cli("top", "--once")
+    assert r.code == 0, r.err
+    (row,) = [line for line in r.out.splitlines() if line.split()[:2] == [str(burn), "burn"]]
+    pct = next(w for w in row.split() if w.endswith("%") and w[:-1].isdigit())
+    assert int(pct[:-1]) >= 30, row  # a busy loop on one CPU, however loaded the machine
+    p = subprocess.Popen(
+        [MLQ, "top", "-n", "0.5"], env=d.env(), stdout=subprocess.PIPE, text=True
+    )  # a pipe: frames, not a live screen that prints nothing
+    time.sleep(3)
+    p.terminate()
+    out, _ = p.communicate(timeout=10)
+    assert out.count("running") >= 2, out
