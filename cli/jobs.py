@@ -312,7 +312,77 @@ def history(
     )
 
 
-def _since(text: str | None) -> float | None:
+def report(
+    since: Annotated[str, typer.Option("--since", help="From 30d, 1w, ... ago, or a date")] = "30d",
+    until: Annotated[str | None, typer.Option("--until", help="To a date (default: now)")] = None,
+    by: Annotated[str, typer.Option("--by", help="team, user or class")] = "team",
+    runs: Annotated[
+        Path | None,
+        typer.Option("--runs", help="Sum these run records (mlq simulate --runs) instead"),
+    ] = None,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """GPU-hours, GPU-equivalent hours (MIG at its share), CPU-hours, jobs,
+    preemptions and work lost to them, per team, user or class, like sreport."""
+    from mlq.scheduler.errors import InvalidInput
+
+    if by not in ("team", "user", "class"):
+        raise InvalidInput(f'--by: "{by}" is not one of team, user, class')
+    if runs is not None:  # a simulated month: its records, summed here
+        from dataclasses import asdict
+
+        from mlq.scheduler.accounting import read_runs, summarize
+
+        try:
+            records = read_runs(str(runs))
+        except OSError as exc:
+            raise InvalidInput(f"--runs: cannot read {runs}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise InvalidInput(f"--runs: {exc}") from None
+        start = min((r.started_at for r in records), default=0.0)
+        end = max((r.ended_at or r.started_at for r in records), default=0.0) + 1
+        rows = [asdict(u) for u in summarize(records, start, end, by)]
+        resp = {"since": start, "until": end, "by": by, "rows": rows}
+    else:
+        start_at = _since(since)
+        end_at = _since(until, "--until") if until else None
+        resp = Client(sock).get("/v1/report", since=start_at, until=end_at, by=by)
+    if json_out:
+        print_json(resp)
+        return
+    head = "TEAM" if by == "team" else by.upper()
+
+    def h(v: float) -> str:
+        return f"{v:,.1f}"
+
+    table_rows = [
+        [
+            u["key"], h(u["gpu_hours"]), h(u["gpu_equivalent_hours"]), h(u["cpu_hours"]),
+            u["jobs"], u["runs"], u["preemptions"], h(u["lost_gpu_equivalent_hours"]),
+            f"{u['mean_gpu_equivalents']:.2f}"
+            + (f" / {u['guarantee_gpu_equivalents']:g}" if u.get("guarantee_gpu_equivalents") else ""),
+        ]
+        for u in resp["rows"]
+    ]  # fmt: skip
+    title = f"{local_time_of(resp['since'])} to {local_time_of(resp['until'])}"
+    console().print(
+        table(
+            [head, "GPU-H", "GPU-EQ-H", "CPU-H", "JOBS", "RUNS", "PREEMPTED", "LOST GPU-EQ-H",
+             "MEAN GPU-EQ" + (" / GUARANTEE" if by == "team" else "")],
+            table_rows,
+            title=title,
+        )
+    )  # fmt: skip
+
+
+def local_time_of(t: float) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")
+
+
+def _since(text: str | None, flag: str = "--since") -> float | None:
     if text is None:
         return None
     from datetime import datetime
@@ -328,7 +398,7 @@ def _since(text: str | None) -> float | None:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         raise InvalidInput(
-            f'--since: "{text}" is not a duration or a date; use 2h, 1d or 2026-11-29T08:00'
+            f'{flag}: "{text}" is not a duration or a date; use 2h, 1d or 2026-11-29T08:00'
         ) from None
 
 
@@ -343,6 +413,7 @@ def register(app: typer.Typer) -> None:
     app.command("requeue")(requeue)
     app.command("update")(update)
     app.command("history")(history)
+    app.command("report")(report)
     app.command("logs")(logs)
     app.command("checkpoint-done")(checkpoint_done)
 

@@ -80,6 +80,14 @@ def simulate(
             "instead of running it on several.",
         ),
     ] = False,
+    runs: Annotated[
+        Path | None,
+        typer.Option(
+            "--runs",
+            help="Write every run (JSON lines, as the daemon records them) to this file, "
+            "for mlq report --runs; with several policies, FILE.<policy> for each after the first.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print only JSON.")] = False,
 ) -> None:
     """Replay a trace through several policies; print them side by side with ratios."""
@@ -97,6 +105,8 @@ def simulate(
             raise InvalidInput(f'--plot: "{plot.parent}" is not a directory')
         if importlib.util.find_spec("matplotlib") is None:
             raise MlqError("--plot needs matplotlib: pip install 'mlq[plot]'")
+    if runs is not None and not runs.parent.is_dir():
+        raise InvalidInput(f'--runs: "{runs.parent}" is not a directory')
     sim_cluster = load_sim_cluster(cluster)
     jobs = load_trace(trace, days=days, max_gpus=sim_cluster.max_node_gpus, since=since, fold=fold)
     # 2. the replays, with a progress bar each on a terminal
@@ -113,6 +123,11 @@ def simulate(
             f"{_short(trace)} ({len(jobs):,} jobs) on {_short(cluster)} ({sim_cluster.gpus:,} GPUs)"
         )
         plot_replays(results, plot, title=title)
+    if runs is not None:
+        for n, r in enumerate(results):
+            path = runs if n == 0 else runs.with_name(f"{runs.name}.{r.policy}")
+            with open(path, "w") as f:
+                f.writelines(run.to_json() + "\n" for run in r.runs)
     if as_json:
         print(json.dumps(result))
     else:

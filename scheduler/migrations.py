@@ -131,11 +131,12 @@ def _v8(conn: Connection) -> None:
     """Each node's topology label, which gang placement reads: a control plane that
     takes over knows the nodes from their rows (their agents do not send it again);
     who held a held job (mlq hold: an owner's hold or an admin's); drained nodes; each
-    team's limits per user (mlq team user-limit)."""
+    team's limits per user (mlq team user-limit); the runs of jobs, for accounting
+    (mlq report)."""
     _add_columns(conn, "nodes", {"topology": "TEXT NOT NULL DEFAULT ''"})
     _add_columns(conn, "jobs", {"held_by": "TEXT NOT NULL DEFAULT ''"})
     _add_columns(conn, "teams", {"per_user": "TEXT NOT NULL DEFAULT '{}'"})
-    SQLModel.metadata.create_all(conn, tables=[models.DrainRow.__table__])
+    SQLModel.metadata.create_all(conn, tables=[models.DrainRow.__table__, models.RunRow.__table__])
 
 
 STEPS: dict[int, Callable[[Connection], None]] = {

@@ -230,6 +230,30 @@ class NodeRow(SQLModel, table=True):
     topology: str = ""  # schema 8: its switches, outermost first (the node config's)
 
 
+class RunRow(SQLModel, table=True):
+    """schema 8: one run of a job, written in the transaction that ends it: what it
+    held and for how long (scheduler/accounting.py; mlq report)."""
+
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_ended_at", "ended_at"),)
+
+    id: int | None = Field(default=None, sa_column=Column(Int64, primary_key=True))
+    job_id: int = int64(nullable=False)
+    run: int = int64(0, nullable=False)  # the job's restart count
+    team: str = ""
+    user: str = ""
+    priority_class: str = ""
+    node: str = ""
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    state: str = ""  # how it ended
+    gpus: int = int64(0, nullable=False)
+    gpu_equivalents: float = 0.0
+    cpus: int = int64(0, nullable=False)  # millicores
+    memory: int = int64(0, nullable=False)  # bytes
+    lost_s: float = 0.0  # preempted: seconds since its last checkpoint (or its start)
+
+
 class DrainRow(SQLModel, table=True):
     """schema 8: a node an mlq admin drained (mlq node drain): its running jobs finish,
     nothing new lands on it until it is resumed. Any node, this machine's included."""

@@ -29,6 +29,7 @@ from typing import Any
 
 from mlq.executor import mig
 from mlq.scheduler import build
+from mlq.scheduler.accounting import Run
 from mlq.scheduler.cluster import DEFAULT_CLASSES, PriorityClass, TeamConfig
 from mlq.scheduler.errors import InvalidInput
 from mlq.scheduler.placement import Room, take_slices
@@ -297,6 +298,19 @@ class SimResult:
     wall_s: float = 0.0
     timeline: list[Sample] = field(default_factory=list)
     guarantees: dict[str, float] = field(default_factory=dict)  # team -> gpu-equivalents
+    runs: list[Run] = field(default_factory=list)  # every run, as the daemon records them
+
+
+def _run(s: _JobState, r: RunningJob, now: float, state: str, lost_s: float = 0.0) -> Run:
+    """A simulated job's run as the daemon's store records one (accounting.py); a
+    multi-node job's as one run holding all its parts."""
+    parts = s.job.nodes
+    return Run(
+        job_id=s.job.id, run=s.preempted, team=r.team, user="", priority_class=r.priority_class,
+        node=r.node, started_at=s.started, ended_at=now, state=state,
+        gpus=len(r.gpus) * parts, gpu_equivalents=s.gpu_eq, cpus=r.cpus * parts,
+        memory=r.memory * parts, lost_s=lost_s,
+    )  # fmt: skip
 
 
 def _guarantees(cluster: SimCluster, jobs: list[TraceJob]) -> tuple[Team, ...]:
@@ -447,9 +461,11 @@ def _simulate(
         if finished:
             s.remaining = 0.0
             s.finish = now
+            result.runs.append(_run(s, r, now, "COMPLETED"))
             return
         interval = s.job.checkpoint_interval or cfg.checkpoint_interval
         saved = math.floor(ran / interval) * interval if interval else 0.0
+        result.runs.append(_run(s, r, now, "PREEMPTED", lost_s=ran - saved))
         s.lost_gpu_s += (ran - saved) * s.gpu_eq
         s.remaining -= saved
         s.preempted += 1

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import cast
 
 from mlq.scheduler import migrations, states
+from mlq.scheduler.accounting import Run, held_by
 from mlq.scheduler.cluster import (
     DEFAULT_LOG_LIMIT,
     ClassDefaults,
@@ -41,6 +42,7 @@ from mlq.scheduler.models import (
     NodeRow,
     PriorityClassRow,
     Quota,
+    RunRow,
     Team,
 )
 from sqlalchemy import bindparam, create_engine, event, func, select, update
@@ -97,6 +99,26 @@ class TeamView:
     guarantee: dict[str, float] = field(default_factory=dict)
     limit: dict[str, float] = field(default_factory=dict)
     per_user: dict[str, float] = field(default_factory=dict)  # cluster.PerUser.as_map()
+
+
+RUNNING_STATES = (states.STARTING, states.RUNNING, states.STOPPING)
+
+
+def _run_of(job: Job) -> RunRow:
+    """The run a running job's row holds now (accounting.py)."""
+    return RunRow(
+        job_id=job.id or 0, run=job.restart_count, team=job.team, user=job.user,
+        priority_class=job.priority_class, node=job.node or "",
+        started_at=job.started_at or time.time(), **held_by(job.devices, job.spec),
+    )  # fmt: skip
+
+
+def _ended(run: RunRow, state: str, now: float, checkpoint_at: float | None = None) -> RunRow:
+    run.ended_at, run.state = now, state
+    if state == states.PREEMPTED:
+        since = max(run.started_at, checkpoint_at or 0.0)
+        run.lost_s = max(0.0, now - since)
+    return run
 
 
 def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: object) -> None:
@@ -619,12 +641,18 @@ class Store:
                 raise NotFound(f"job {job_id} does not exist")
             if expect is not None and job.state not in set(expect):
                 raise Conflict(f"job {job_id} is {job.state}, not {'/'.join(sorted(expect))}")
+            ran = job.state in RUNNING_STATES
+            run = _run_of(job) if ran else None  # before the steps clear its node, devices
+            saved = job.checkpoint_at
             for state, reason, fields in steps:
                 job.state = state
                 job.reason = reason
                 for k, v in fields.items():
                     setattr(job, k, v)
                 s.add(JobEvent(job_id=job_id, at=time.time(), state=state, reason=reason))
+                if run is not None and state not in RUNNING_STATES:  # the run ended here
+                    s.add(_ended(run, state, time.time(), saved))
+                    run = None
             s.add(job)
         self._mark((job_id,))  # after the commit: a reader then sees the new row
         return job
@@ -707,6 +735,47 @@ class Store:
                 s.add(row)
                 s.add(JobEvent(job_id=row.id, at=now, state=states.PENDING, reason=reason))
         self._mark(ids)
+
+    def runs(self, since: float, until: float) -> list[Run]:
+        """Every run that overlaps [since, until): the ended ones from the runs table,
+        and the ones running now from the jobs."""
+        with self.session() as s:
+            q = select(RunRow).where(col(RunRow.ended_at) >= since, col(RunRow.started_at) < until)
+            ended = [
+                Run(
+                    r.job_id,
+                    r.run,
+                    r.team,
+                    r.user,
+                    r.priority_class,
+                    r.node,
+                    r.started_at,
+                    r.ended_at,
+                    r.state,
+                    r.gpus,
+                    r.gpu_equivalents,
+                    r.cpus,
+                    r.memory,
+                    r.lost_s,
+                )  # fmt: skip
+                for r in s.scalars(q)
+            ]
+            running = [
+                Run(
+                    j.id or 0,
+                    j.restart_count,
+                    j.team,
+                    j.user,
+                    j.priority_class,
+                    j.node or "",
+                    j.started_at or until,
+                    None,
+                    "RUNNING",
+                    **held_by(j.devices, j.spec),
+                )  # fmt: skip
+                for j in s.scalars(select(Job).where(col(Job.state).in_(RUNNING_STATES)))
+            ]
+        return ended + running
 
     def count_by_state(self) -> dict[str, int]:
         with self.session() as s:

@@ -10,6 +10,7 @@ loop thread owns all writes, which keeps SQLite single-writer and cheap.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -18,7 +19,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from mlq.executor.units import format_cpus, format_duration, format_size
-from mlq.scheduler import grants, states, wire
+from mlq.scheduler import accounting, grants, states, wire
 from mlq.scheduler.cluster import PerUser, PriorityClass, parse_quota_value
 from mlq.scheduler.daemon import holds, update
 from mlq.scheduler.daemon import schemas as S
@@ -208,6 +209,25 @@ def build_app(daemon: Daemon) -> FastAPI:
         )
         jobs.reverse()
         return Response(S.job_list_json(jobs), media_type="application/json")
+
+    @app.get("/v1/report", response_model=S.ReportOut, tags=["jobs"])
+    def report(
+        since: float,
+        until: float | None = None,
+        by: Annotated[str, Query(pattern="^(team|user|class)$")] = "team",
+    ) -> S.ReportOut:
+        """Usage per team, user or class over [since, until) (mlq report; sreport)."""
+        end = until if until is not None else time.time()
+        if end <= since:
+            raise InvalidInput(f"--until ({end:.0f}) must be after --since ({since:.0f})")
+        rows = accounting.summarize(store.runs(since, end), since, end, by)
+        guarantees = {t.name: t.guarantee for t in store.teams()}
+        out = []
+        for u in rows:
+            g = guarantees.get(u.key, {}) if by == "team" else {}
+            eq = g.get("gpu-equivalent", g.get("gpu"))
+            out.append(S.UsageOut(**dataclasses.asdict(u), guarantee_gpu_equivalents=eq))
+        return S.ReportOut(since=since, until=end, by=by, rows=out)
 
     @app.get("/v1/jobs/{job_id}", response_model=S.JobDetail, tags=["jobs"])
     async def show(job_id: JobIdParam, who: Who) -> S.JobDetail:

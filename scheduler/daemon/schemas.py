@@ -285,6 +285,28 @@ class UpdateRequest(Checked):
     gpus: int | None = Field(None, ge=0, le=64)
 
 
+class UsageOut(BaseModel):
+    key: str = Field(description="The team, user or class")
+    gpu_hours: float
+    gpu_equivalent_hours: float
+    cpu_hours: float
+    jobs: int
+    runs: int
+    preemptions: int
+    lost_gpu_equivalent_hours: float
+    mean_gpu_equivalents: float = Field(description="GPU-equivalents in use, on average")
+    guarantee_gpu_equivalents: float | None = Field(
+        None, description="By team: its guarantee in GPU-equivalents (gpu-equivalent, or gpu)"
+    )
+
+
+class ReportOut(BaseModel):
+    since: float
+    until: float
+    by: str
+    rows: list[UsageOut]
+
+
 class JobIds(BaseModel):
     ids: list[JobId] = Field(min_length=1, max_length=10_000)
 

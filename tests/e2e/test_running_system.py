@@ -775,3 +775,37 @@ def test_top_piped_prints_frames_with_each_jobs_cpu_use_now(make_daemon, unix_us
     p.terminate()
     out, _ = p.communicate(timeout=10)
     assert out.count("running") >= 2, out
+
+
+def test_report_sums_what_each_run_held_and_counts_preemptions(make_daemon, unix_users):
+    d = make_daemon(gpus=2)
+    alice, bob = unix_users["alice"], unix_users["bob"]
+    train = d.submit(TRAINING, user=alice)
+    d.wait_for(train, "RUNNING")
+    time.sleep(0.5)
+    serve = d.submit(INFERENCE, user=bob)
+    d.wait_for(serve, "COMPLETED")
+    job = d.wait_for(train, "COMPLETED")
+    r = d.cli("report", "--since", "1h", "--json", user=bob)  # any user may read it
+    assert r.code == 0, r.err
+    teams = {u["key"]: u for u in r.json()["rows"]}
+    nlp, search = teams["nlp"], teams["search"]
+    assert (nlp["jobs"], nlp["runs"], nlp["preemptions"]) == (1, 2, 1)
+    assert (search["jobs"], search["runs"], search["preemptions"]) == (1, 1, 0)
+    # two GPUs for as long as the training job ran, both runs, from its own timeline
+    ran = 0.0
+    start = None
+    for e in job["events"]:
+        if e["state"] == "STARTING":
+            start = ts(e["at"])
+        elif e["state"] in ("PREEMPTED", "COMPLETED") and start is not None:
+            ran, start = ran + ts(e["at"]) - start, None
+    assert nlp["gpu_hours"] * 3600 == pytest.approx(2 * ran, abs=0.5)
+    assert nlp["cpu_hours"] * 3600 == pytest.approx(2 * ran, abs=0.5)  # cpus: 2
+    assert 0 < nlp["lost_gpu_equivalent_hours"] <= nlp["gpu_hours"]
+    users = {u["key"] for u in d.cli("report", "--by", "user", "--json").json()["rows"]}
+    assert users == {alice.pw_name, bob.pw_name}
+    text = d.cli("report", "--by", "class").out
+    assert "training" in text and "inference" in text and "GPU-H" in text
+    r = d.cli("report", "--by", "node")
+    assert r.code == 2 and '--by: "node" is not one of team, user, class' in r.err
