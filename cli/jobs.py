@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 from mlq.cli.client import Client
-from mlq.cli.output import age, console, job_label, local_time, print_json, table
+from mlq.cli.output import age, console, job_label, local_time, parse_iso, print_json, table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable keys) and nothing else")]
 SocketOpt = Annotated[
@@ -104,13 +104,25 @@ def queue(
         list[str] | None, typer.Option("--state", "-s", help="Only jobs in this state (repeatable)")
     ] = None,
     mine: Annotated[bool, typer.Option("--mine", help="Only my jobs")] = False,
+    start: Annotated[
+        bool,
+        typer.Option(
+            "--start", help="Pending jobs with their estimated start, like squeue --start"
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     sock: SocketOpt = None,
 ) -> None:
     """List queued and running jobs, like squeue."""
     client = Client(sock)
     user = _whoami(client) if mine else None
-    resp = client.get("/v1/jobs", team=team, state=state, user=user)
+    resp = client.get("/v1/jobs", team=team, state=["PENDING"] if start else state, user=user)
+    estimates: dict[int, str | None] = {}
+    if start:  # an estimate, not a promise: scheduler/estimate.py
+        est = client.get("/v1/estimates")
+        estimates = {e["id"]: e["start"] for e in est["estimates"]}
+        for j in resp["jobs"]:
+            j["estimated_start"] = estimates.get(j["gang_id"] or j["id"])
     if json_out:
         print_json(resp)
         return
@@ -124,12 +136,22 @@ def queue(
             j["priority_class"],
             j["state"],
             age(j["submitted_at"], now),
+            *([_when(j["estimated_start"], now)] if start else []),
             j["reason"],
         ]
         for j in resp["jobs"]
     ]
-    columns = ["ID", "NAME", "TEAM", "USER", "CLASS", "STATE", "AGE", "REASON"]
-    console().print(table(columns, rows, optional=("CLASS", "TEAM", "USER")))
+    columns = ["ID", "NAME", "TEAM", "USER", "CLASS", "STATE", "AGE"]
+    columns += ["START (EST.)"] if start else []
+    console().print(table([*columns, "REASON"], rows, optional=("CLASS", "TEAM", "USER")))
+
+
+def _when(at: str | None, now: float) -> str:
+    """An estimated start as a person reads it: ``now``, a local time, or ``N/A``."""
+    t = parse_iso(at)
+    if t is None:
+        return "N/A"
+    return "now" if t <= now + 1 else local_time(at)
 
 
 def show(

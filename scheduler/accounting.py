@@ -44,6 +44,7 @@ class Run:
     cpus: int = 0  # millicores
     memory: int = 0  # bytes
     lost_s: float = 0.0  # seconds of its work lost to a preemption (since its checkpoint)
+    time_limit: float = 0.0  # its time limit (0: none)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -62,7 +63,19 @@ def held_by(devices: str | None, spec: str | Mapping[str, Any]) -> dict[str, Any
         "gpu_equivalents": gpus + sum(mig_share(p) for p in slices),
         "cpus": parse_cpus(r["cpus"]) if r.get("cpus") is not None else 0,
         "memory": int(r.get("memory") or 0),
+        "time_limit": float(spec.get("time_limit") or 0),
     }
+
+
+def limit_used(runs: Iterable[Run], default: float = 1.0) -> float:
+    """The mean share of their time limit that completed runs took: how long a
+    running job is expected to go on, for the start estimates (estimate.py)."""
+    shares = [
+        min(1.0, (r.ended_at - r.started_at) / r.time_limit)
+        for r in runs
+        if r.state == "COMPLETED" and r.ended_at is not None and r.time_limit > 0
+    ]
+    return sum(shares) / len(shares) if shares else default
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,6 +252,7 @@ class RunRow(SQLModel, table=True):
     cpus: int = int64(0, nullable=False)  # millicores
     memory: int = int64(0, nullable=False)  # bytes
     lost_s: float = 0.0  # preempted: seconds since its last checkpoint (or its start)
+    time_limit: float = 0.0  # its limit (0: none): how much of it jobs use (estimate.py)
 
 
 class DrainRow(SQLModel, table=True):

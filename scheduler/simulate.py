@@ -309,7 +309,7 @@ def _run(s: _JobState, r: RunningJob, now: float, state: str, lost_s: float = 0.
         job_id=s.job.id, run=s.preempted, team=r.team, user="", priority_class=r.priority_class,
         node=r.node, started_at=s.started, ended_at=now, state=state,
         gpus=len(r.gpus) * parts, gpu_equivalents=s.gpu_eq, cpus=r.cpus * parts,
-        memory=r.memory * parts, lost_s=lost_s,
+        memory=r.memory * parts, lost_s=lost_s, time_limit=float(r.time_limit or 0),
     )  # fmt: skip
 
 
@@ -338,6 +338,7 @@ def simulate(
     samples: int = 0,
     inert_out: bool = True,
     log: list | None = None,
+    observe: Callable[[Snapshot], None] | None = None,
 ) -> SimResult:
     """Run one policy over the trace until every job has finished.
 
@@ -346,7 +347,8 @@ def simulate(
     plot; ``inert_out``: leave out of each snapshot the pending jobs that cannot matter
     to the decision (scheduler/simqueue.py; the same decisions, much faster); ``log``:
     append every decision's (time, starts, preemptions) to it (for the test that
-    compares both ways).
+    compares both ways); ``observe``: called before every decision with the whole
+    queue's snapshot (bench/start_estimate.py asks its estimates of it).
 
     The cyclic garbage collector is paused meanwhile (speed only): a month of Philly
     is ~57k decisions, each allocating thousands of short-lived, acyclic objects that
@@ -355,7 +357,7 @@ def simulate(
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _simulate(jobs, cluster, policy, progress, samples, inert_out, log)
+        return _simulate(jobs, cluster, policy, progress, samples, inert_out, log, observe)
     finally:
         if was_enabled:
             gc.enable()
@@ -369,6 +371,7 @@ def _simulate(
     samples: int,
     inert_out: bool,
     log: list | None,
+    observe: Callable[[Snapshot], None] | None = None,
 ) -> SimResult:
     import time
 
@@ -515,6 +518,8 @@ def _simulate(
             if parts:
                 held += tuple(p for ps in parts.values() for p in ps)
             snap = Snapshot(now, tuple(nodes), held, todo, teams, rules)
+            if observe is not None:
+                observe(Snapshot(now, tuple(nodes), held, tuple(pending.all()), teams, rules))
             d = decide_fn(snap)
             result.decisions += 1
             if log is not None:

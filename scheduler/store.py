@@ -757,6 +757,7 @@ class Store:
                     r.cpus,
                     r.memory,
                     r.lost_s,
+                    r.time_limit,
                 )  # fmt: skip
                 for r in s.scalars(q)
             ]

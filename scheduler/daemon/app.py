@@ -38,6 +38,7 @@ from mlq.scheduler.daemon.nodes import node_views
 from mlq.scheduler.daemon.peer import Peer
 from mlq.scheduler.daemon.submit import as_jobs, cgroup_limits, check_caps, job_rows, prepare
 from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, NotFound, Refused, status_of
+from mlq.scheduler.estimate import estimate_starts
 from mlq.scheduler.store import Store
 from pydantic import BaseModel
 
@@ -209,6 +210,21 @@ def build_app(daemon: Daemon) -> FastAPI:
         )
         jobs.reverse()
         return Response(S.job_list_json(jobs), media_type="application/json")
+
+    @app.get("/v1/estimates", response_model=S.EstimateList, tags=["jobs"])
+    def estimates() -> S.EstimateList:
+        """When each pending job is estimated to start: the last pass's snapshot played
+        forward (scheduler/estimate.py), running jobs ending after the share of their
+        limit that the last week's completed runs used."""
+        loop = need_loop()
+        snap = loop.last_snapshot
+        if snap is None:
+            return S.EstimateList(at=S.iso(time.time()) or "", used=1.0, estimates=[])
+        week = snap.now - 7 * 86400
+        used = accounting.limit_used(r for r in store.runs(week, snap.now) if r.ended_at)
+        got = estimate_starts(snap, used=used)
+        out = [S.EstimateOut(id=int(j), start=S.iso(t)) for j, t in got.items()]
+        return S.EstimateList(at=S.iso(snap.now) or "", used=used, estimates=out)
 
     @app.get("/v1/report", response_model=S.ReportOut, tags=["jobs"])
     def report(

@@ -42,7 +42,7 @@ from mlq.scheduler.errors import Conflict, NotFound
 from mlq.scheduler.models import JobRow
 from mlq.scheduler.policy import decide
 from mlq.scheduler.reasons import explain
-from mlq.scheduler.snapshot import Decisions
+from mlq.scheduler.snapshot import Decisions, Snapshot
 from mlq.scheduler.store import Store
 
 log = logging.getLogger("mlq.loop")
@@ -85,6 +85,7 @@ class Loop:
     def __post_init__(self) -> None:
         self.specs = SpecCache(self.store)
         self.nodes = NodeSet()
+        self.last_snapshot: Snapshot | None = None
         # nodes an mlq admin drained: name -> reason (the drains table, read at start
         # and kept by drain() and resume(), so a pass reads no table for it)
         self.drained: dict[str, str] = {n: d.reason for n, d in self.store.drains().items()}
@@ -181,6 +182,7 @@ class Loop:
                      self.launcher.failed,
                      self._built)  # fmt: skip
             decisions = decide(v.snapshot)
+            self.last_snapshot = v.snapshot  # what mlq queue --start plays forward
             # 5. reasons with their numbers; carry out the decisions, each on its own
             reasons = explain(v.snapshot, decisions) | v.waiting
             decisions = dataclasses.replace(decisions, reasons=reasons)

@@ -285,6 +285,19 @@ class UpdateRequest(Checked):
     gpus: int | None = Field(None, ge=0, le=64)
 
 
+class EstimateOut(BaseModel):
+    id: int
+    start: str | None = Field(description="Estimated start (UTC); null: not within 30 days")
+
+
+class EstimateList(BaseModel):
+    """``mlq queue --start``: estimates, not promises (scheduler/estimate.py)."""
+
+    at: str
+    used: float = Field(description="The share of their time limit jobs are taken to run")
+    estimates: list[EstimateOut]
+
+
 class UsageOut(BaseModel):
     key: str = Field(description="The team, user or class")
     gpu_hours: float

@@ -809,3 +809,24 @@ def test_report_sums_what_each_run_held_and_counts_preemptions(make_daemon, unix
     assert "training" in text and "inference" in text and "GPU-H" in text
     r = d.cli("report", "--by", "node")
     assert r.code == 2 and '--by: "node" is not one of team, user, class' in r.err
+
+
+def test_queue_start_estimates_when_a_waiting_job_starts(make_daemon, unix_users):
+    d = make_daemon(gpus=2)
+    alice = unix_users["alice"]
+    gpu_job = (
+        "team: nlp\ncommand: [/bin/sleep, '60']\nresources: {gpus: 2, cpus: 1, memory: 32Mi}\n"
+    )
+    first = d.submit("name: first\ntime_limit: 1h\n" + gpu_job, user=alice)
+    started = ts(d.wait_for(first, "RUNNING")["started_at"])
+    second = d.submit("name: second\ntime_limit: 30m\n" + gpu_job, user=alice)
+    d.wait_for(second, "PENDING")
+    time.sleep(0.5)  # a pass has seen it
+    r = d.cli("queue", "--start", "--json", user=alice)
+    assert r.code == 0, r.err
+    (job,) = r.json()["jobs"]  # pending jobs only, as squeue --start
+    assert job["id"] == second
+    # no finished run yet to learn from: the first runs to its limit
+    assert ts(job["estimated_start"]) == pytest.approx(started + 3600, abs=5)
+    text = d.cli("queue", "--start", user=alice).out
+    assert "START (EST.)" in text and "N/A" not in text
