@@ -73,9 +73,12 @@ def team_create(
 
 
 @team_app.command("delete")
-def team_delete(name: str, sock: SocketOpt = None) -> None:
+def team_delete(name: str, json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
     """Delete a team that has no active jobs (admins only)."""
-    Client(sock).delete(f"/v1/teams/{name}")
+    resp = Client(sock).delete(f"/v1/teams/{name}")
+    if json_out:
+        print_json(resp)
+        return
     typer.echo(f"Deleted team {name}")
 
 
@@ -114,11 +117,15 @@ def add_member(
     team: str,
     name: Annotated[str, typer.Argument(help="A Unix user, or @group")],
     admin: Annotated[bool, typer.Option("--admin", help="As a team admin")] = False,
+    json_out: JsonOpt = False,
     sock: SocketOpt = None,
 ) -> None:
     """Add a user or @group to a team (mlq admins; a team's admins add members)."""
     role = "admin" if admin else "member"
-    Client(sock).post(f"/v1/teams/{team}/members", {"name": name, "role": role})
+    t = Client(sock).post(f"/v1/teams/{team}/members", {"name": name, "role": role})
+    if json_out:
+        print_json(t)
+        return
     typer.echo(f"Added {name} to {team} as {role}")
 
 
@@ -127,6 +134,7 @@ def remove_member(
     team: str,
     name: str,
     admin: Annotated[bool, typer.Option("--admin", help="Remove the admin role only")] = False,
+    json_out: JsonOpt = False,
     sock: SocketOpt = None,
 ) -> None:
     """Remove a user or @group from a team, or with --admin only its admin role (mlq
@@ -134,6 +142,9 @@ def remove_member(
     t = Client(sock).post(
         f"/v1/teams/{team}/members/remove", {"name": name, "role": "admin" if admin else None}
     )
+    if json_out:
+        print_json(t)
+        return
     if admin:
         stays = " (still a member)" if name in t["members"] else ""
         typer.echo(f"Removed the admin role of {name} in {team}{stays}")
@@ -372,9 +383,12 @@ def grant_set(
 
 
 @grant_app.command("delete")
-def grant_delete(subject: SubjectArg, sock: SocketOpt = None) -> None:
+def grant_delete(subject: SubjectArg, json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
     """Take back everything granted to a subject (mlq admins)."""
-    Client(sock).post("/v1/grants/delete", {"subject": subject})
+    resp = Client(sock).post("/v1/grants/delete", {"subject": subject})
+    if json_out:
+        print_json(resp)
+        return
     typer.echo(f"Took back the grant to {subject}")
 
 
