@@ -165,8 +165,7 @@ def build_app(daemon: Daemon) -> FastAPI:
             # the ones queued before it (the batcher holds them until committed)
             user = who.user
             async with batcher.one_at_a_time(user):
-                load = await asyncio.to_thread(store.user_load, user)
-                queued = (batcher.queued_jobs[user], batcher.queued_bytes[user])
+                load, queued = await batcher.user_load(user)
                 check_caps(store, user, len(rows), len(rows) * rows[0]["spec_bytes"], queued, load)
                 committed = batcher.enqueue(rows, as_array=indices is not None)
         await committed  # acknowledged only once committed
