@@ -660,56 +660,38 @@ class Store:
     def cancel_pending(self, ids: Iterable[int], reason: str) -> list[int]:
         """Cancel every one of ``ids`` that is PENDING now, all in one transaction, so
         none of them can start between the first and the last; returns those cancelled."""
-        t = Job.__table__
-        ids = list(ids)
-        if not ids:
-            return []
         now = time.time()
-        with self._write_lock, self.engine.begin() as conn:
-            q = select(t.c.id).where(t.c.id.in_(ids), t.c.state == states.PENDING)
-            # rows locked in ID order (on PostgreSQL: two daemons cancelling at once
-            # wait for each other instead of deadlocking)
-            found = [r[0] for r in conn.execute(q.order_by(t.c.id).with_for_update())]
-            if found:
-                conn.execute(
-                    update(t)
-                    .where(t.c.id.in_(found), t.c.state == states.PENDING)
-                    .values(state=states.CANCELLED, reason=reason, ended_at=now)
-                )
-                conn.execute(
-                    JobEvent.__table__.insert(),
-                    [
-                        {"job_id": i, "at": now, "state": states.CANCELLED, "reason": reason}
-                        for i in found
-                    ],
-                )
-        self._mark(found)
-        return found
+        values = {"state": states.CANCELLED, "reason": reason, "ended_at": now}
+        return self._change_pending(ids, values, states.CANCELLED, reason, now)
 
     def set_held(self, ids: Iterable[int], held_by: str | None, reason: str) -> list[int]:
         """Hold (``held_by`` the user who holds them) or release (None) every one of
         ``ids`` that is PENDING now, in one transaction, each with an event; returns
         those changed (a job that started meanwhile is not)."""
+        values = {"held": held_by is not None, "held_by": held_by or "", "reason": reason}
+        return self._change_pending(ids, values, states.PENDING, reason, time.time())
+
+    def _change_pending(
+        self, ids: Iterable[int], values: Columns, event: str, reason: str, now: float
+    ) -> list[int]:
+        """Set ``values`` on every one of ``ids`` that is PENDING now, with an event
+        each, in one transaction; returns those changed."""
         t = Job.__table__
         ids = list(ids)
         if not ids:
             return []
-        now = time.time()
         with self._write_lock, self.engine.begin() as conn:
             q = select(t.c.id).where(t.c.id.in_(ids), t.c.state == states.PENDING)
+            # rows locked in ID order (on PostgreSQL: two daemons changing them at once
+            # wait for each other instead of deadlocking)
             found = [r[0] for r in conn.execute(q.order_by(t.c.id).with_for_update())]
             if found:
                 conn.execute(
-                    update(t)
-                    .where(t.c.id.in_(found))
-                    .values(held=held_by is not None, held_by=held_by or "", reason=reason)
+                    update(t).where(t.c.id.in_(found), t.c.state == states.PENDING).values(values)
                 )
                 conn.execute(
                     JobEvent.__table__.insert(),
-                    [
-                        {"job_id": i, "at": now, "state": states.PENDING, "reason": reason}
-                        for i in found
-                    ],
+                    [{"job_id": i, "at": now, "state": event, "reason": reason} for i in found],
                 )
         self._mark(found)
         return found

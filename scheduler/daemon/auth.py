@@ -53,6 +53,13 @@ def require_admin(caller: Caller, action: str, admin_group: str) -> None:
         )
 
 
+def is_team_admin(caller: Caller, team: str, store: Store) -> bool:
+    """An mlq admin, or an admin of ``team`` (never root squashed on a node)."""
+    if caller.squashed_on:
+        return False
+    return caller.is_admin or team in store.teams_of(caller.user, caller.peer.groups)[1]
+
+
 def require_team_admin(
     caller: Caller, team: str, store: Store, admin_group: str, action: str
 ) -> None:
@@ -60,10 +67,7 @@ def require_team_admin(
     what = f'{action} team "{team}"'
     if caller.squashed_on:
         raise squashed(caller, what)
-    if caller.is_admin:
-        return
-    _, admin_of = store.teams_of(caller.user, caller.peer.groups)
-    if team not in admin_of:
+    if not is_team_admin(caller, team, store):
         raise Refused(
             f"{caller.user} may not {what}: only its team admins and mlq admins (root or "
             f'members of the "{admin_group}" group) may'
@@ -76,17 +80,9 @@ def require_member_manager(
     """Members of a team are managed by mlq admins and by the team's own admins, who
     may add and remove plain members (not admins: the admin role is an mlq admin's to
     give and take, as are quotas)."""
-    action = f'change the members of team "{team}"'
-    if caller.squashed_on:
-        raise squashed(caller, action)
+    require_team_admin(caller, team, store, admin_group, "change the members of")
     if caller.is_admin:
         return
-    _, admin_of = store.teams_of(caller.user, caller.peer.groups)
-    if team not in admin_of:
-        raise Refused(
-            f"{caller.user} may not {action}: only its team admins and mlq admins (root or "
-            f'members of the "{admin_group}" group) manage its members'
-        )
     t = store.team(team)
     if role == "admin" or name in t.admins:
         raise Refused(

@@ -13,18 +13,9 @@ from typing import Any
 
 from mlq.scheduler import states
 from mlq.scheduler.daemon import schemas as S
-from mlq.scheduler.daemon.auth import Caller, may_see_private
+from mlq.scheduler.daemon.auth import Caller, is_team_admin, may_see_private
 from mlq.scheduler.daemon.view import hold_note
 from mlq.scheduler.store import Store
-
-
-def _is_admin_of(caller: Caller, team: str, store: Store) -> bool:
-    if caller.squashed_on:
-        return False
-    if caller.is_admin:
-        return True
-    _, admin = store.teams_of(caller.user, caller.peer.groups)
-    return team in admin
 
 
 def change(store: Store, caller: Caller, ids: list[int], hold: bool) -> list[S.ActionResult]:
@@ -64,7 +55,9 @@ def change(store: Store, caller: Caller, ids: list[int], hold: bool) -> list[S.A
             result(True, f"already held {hold_note(j.user, j.held_by)}".rstrip())
         elif not hold and not j.held:
             result(True, "not held")
-        elif not hold and j.held_by not in ("", j.user) and not _is_admin_of(caller, j.team, store):
+        elif (
+            not hold and j.held_by not in ("", j.user) and not is_team_admin(caller, j.team, store)
+        ):
             result(
                 False,
                 f"job {job_id} was held by admin {j.held_by}: only an admin of team "

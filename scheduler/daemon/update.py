@@ -16,7 +16,7 @@ from typing import Any
 
 from mlq.executor.units import parse_duration
 from mlq.scheduler import states
-from mlq.scheduler.daemon.auth import Caller, may_see_private
+from mlq.scheduler.daemon.auth import Caller, is_team_admin, may_see_private
 from mlq.scheduler.daemon.peer import identify
 from mlq.scheduler.daemon.submit import prepare
 from mlq.scheduler.errors import Conflict, InvalidInput, Refused
@@ -63,8 +63,7 @@ def update(
         except ValueError as exc:
             raise InvalidInput(f'time_limit: "{changes["time_limit"]}" {exc}') from None
         old = before["time_limit"]
-        admin = caller.is_admin or job.team in store.teams_of(caller.user, caller.peer.groups)[1]
-        if old is not None and new > old and not admin:
+        if old is not None and new > old and not is_team_admin(caller, job.team, store):
             raise Refused(
                 f"{caller.user} may lower job {job_id}'s time limit but not raise it "
                 f'({old}s to {new}s): an admin of team "{job.team}" or an mlq admin may'
