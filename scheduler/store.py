@@ -641,8 +641,12 @@ class Store:
                 raise NotFound(f"job {job_id} does not exist")
             if expect is not None and job.state not in set(expect):
                 raise Conflict(f"job {job_id} is {job.state}, not {'/'.join(sorted(expect))}")
-            ran = job.state in RUNNING_STATES
-            run = _run_of(job) if ran else None  # before the steps clear its node, devices
+            # a run record only when a step ends the run (not STARTING -> RUNNING), read
+            # before the steps clear its node and devices
+            ends = job.state in RUNNING_STATES and any(
+                state not in RUNNING_STATES for state, _, _ in steps
+            )
+            run = _run_of(job) if ends else None
             saved = job.checkpoint_at
             for state, reason, fields in steps:
                 job.state = state
