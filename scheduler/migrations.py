@@ -139,8 +139,16 @@ def _v8(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=[models.DrainRow.__table__, models.RunRow.__table__])
 
 
+def _v9(conn: Connection) -> None:
+    """Whether a class's bridge jobs reach outside their node through NAT (docs/
+    security.md "Network"; on by default, as Docker's bridge); each team's webhook,
+    told when its jobs end or are preempted (docs/daemon.md "Notifications")."""
+    _add_columns(conn, "priority_classes", {"nat": "BOOLEAN NOT NULL DEFAULT TRUE"})
+    _add_columns(conn, "teams", {"webhook": "TEXT NOT NULL DEFAULT ''"})
+
+
 STEPS: dict[int, Callable[[Connection], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8,
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9,
 }  # fmt: skip
 SCHEMA_VERSION = max(STEPS)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from sqlalchemy import BigInteger, Column, Index, Integer, Text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, Text, true
 from sqlmodel import Field, SQLModel
 
 # A row to insert, or the fields of one to change, by column name
@@ -159,6 +159,8 @@ class Team(SQLModel, table=True):
     created_at: float
     # schema 8: limits on each user of the team ({"jobs": 4, "gpus": 8}; JSON)
     per_user: str = Field("{}", sa_column=Column(Text, nullable=False, server_default="{}"))
+    # schema 9: the URL told when the team's jobs end or are preempted ("" = none)
+    webhook: str = Field("", sa_column=Column(Text, nullable=False, server_default=""))
 
 
 class Member(SQLModel, table=True):
@@ -197,6 +199,8 @@ class PriorityClassRow(SQLModel, table=True):
     queue_order: str = Field(
         "short-first", sa_column=Column(Text, nullable=False, server_default="short-first")
     )
+    # schema 9: bridge jobs of the class reach outside the node through NAT
+    nat: bool = Field(True, sa_column=Column(Boolean, nullable=False, server_default=true()))
 
 
 class GrantRow(SQLModel, table=True):

@@ -150,7 +150,7 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     assert {"stop_cause", "stop_for", "max_memory", "epoch", "launch", "stop_now"} <= cols
     assert {"gang_id", "gang_rank"} <= cols  # step 7: multi-node jobs
     assert {"nodes", "ix_jobs_node_state"} <= tables  # step 6: many machines
-    assert version == str(SCHEMA_VERSION) == "8"
+    assert version == str(SCHEMA_VERSION) == "9"
     assert [(g.subject, g.volume_paths) for g in grants] == [("*", DEFAULT_VOLUME_PATHS)]
 
 
