@@ -521,14 +521,30 @@ def checkpoint_done() -> None:
     The scheduler then prefers to preempt jobs that lose the least work. This
     touches the file named by MLQ_CHECKPOINT_MARK, on the job's checkpoint volume.
     """
+    # Every job also has this command as /.mlq/bin/mlq, whatever its image
+    # (executor/jobtool/mlq-job.c): the same steps, messages and exit codes.
     import os
+    import stat
 
-    from mlq.scheduler.errors import InvalidInput
+    from mlq.scheduler.errors import InvalidInput, MlqError
 
     mark = os.environ.get("MLQ_CHECKPOINT_MARK")
     if not mark:
         raise InvalidInput(
             "MLQ_CHECKPOINT_MARK is not set: run this inside an mlq job that has a checkpoint volume"
         )
-    with open(mark, "a"):
-        os.utime(mark)
+    # never through a symlink, never waiting on a FIFO put there
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    step = "open"
+    try:
+        fd = os.open(mark, flags, 0o666)
+        try:
+            step = "stat"
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise MlqError(f"mark the checkpoint: `{mark}` is not a regular file")
+            step = "set the time of"
+            os.utime(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise MlqError(f"mark the checkpoint: {step} `{mark}`: {exc.strerror}") from None

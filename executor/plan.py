@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from mlq.executor import helper
 from mlq.executor.cgroups import JobCgroup, V1Driver, V2Driver
 from mlq.executor.images import ImageLayers
 from mlq.executor.network import JobNetwork
-from mlq.executor.request import LaunchRequest
+from mlq.executor.request import JOB_TOOL, LaunchRequest
 from mlq.executor.security import MASKED_PATHS, READONLY_PATHS, capability_mask
 
 # The minimal /dev every job gets (bound from the host's nodes).
@@ -73,6 +74,11 @@ def mounts(
     m += [(d.path, d.target(), "", "bind", "") for d in req.devices]
     m.append(("sysfs", "/sys", "sysfs", "ro,nosuid,nodev,noexec", ""))
     m.append(("tmpfs", "/tmp", "tmpfs", "nosuid,nodev", "mode=1777"))  # JOB_PRIVATE_DIRS
+    # mlq's own static `mlq checkpoint-done`, in every image: read-only, nosuid, nodev
+    # (it runs with the job's privileges, as any of its programs). Before the
+    # volumes, so its target is made in the job's own root (the overlay's upper
+    # layer, never the host's /, on image: host too) and never in a user's volume.
+    m.append((helper.job_tool_path(), JOB_TOOL, "", "bind,ro,nosuid,nodev,file", ""))
     for v in req.mounts:
         # opened as the job's user by the helper; no setuid file or device node in a
         # volume (or in any mount below it) works

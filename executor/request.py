@@ -24,6 +24,11 @@ from typing import Any, Literal
 from mlq.executor.asuser import HostUser
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# where every job finds mlq's own small `mlq` (checkpoint-done), whatever its image:
+# bound read-only by plan.mounts and appended to the job's PATH, last, so an mlq
+# the image has (or the host's, on image: host) comes first
+JOB_TOOL_DIR = "/.mlq/bin"
+JOB_TOOL = f"{JOB_TOOL_DIR}/mlq"
 # what every job has of its own, whatever its image (plan.mounts): a host directory
 # under one of these is not what the job sees there
 JOB_PRIVATE_DIRS = ("/tmp", "/dev", "/proc", "/sys")
@@ -233,9 +238,10 @@ class LaunchRequest:
         return int(getattr(signal, self.stop_signal))
 
     def env_list(self) -> list[str]:
-        """The job's environment; PATH defaults to the usual one, like Docker's."""
+        """The job's environment; PATH defaults to the usual one, like Docker's, and
+        ends with the job tool's directory, whoever set it (the job file too)."""
         env = dict(self.process.env)
-        env.setdefault("PATH", DEFAULT_PATH)
+        env["PATH"] = with_job_tool(env.get("PATH", DEFAULT_PATH))
         env.setdefault("HOSTNAME", self.hostname)
         return [f"{k}={v}" for k, v in env.items()]
 
@@ -252,6 +258,12 @@ class LaunchRequest:
     @classmethod
     def from_json(cls, text: str) -> LaunchRequest:
         return cls.from_dict(json.loads(text))
+
+
+def with_job_tool(path: str) -> str:
+    """PATH with ``JOB_TOOL_DIR`` last (once; an empty PATH becomes just that)."""
+    dirs = [d for d in path.split(":") if d != JOB_TOOL_DIR]
+    return ":".join([*dirs, JOB_TOOL_DIR]) if path else JOB_TOOL_DIR
 
 
 def _map(maps: list[IdMap], ident: int) -> int:

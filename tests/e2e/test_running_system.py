@@ -420,6 +420,48 @@ volumes:
     d.wait_for(job_id, "COMPLETED")
 
 
+def test_a_job_whose_image_has_no_mlq_reports_its_checkpoint_with_mlq_checkpoint_done(
+    make_daemon, daemon_home, unix_users
+):
+    from exec_helpers import make_rootfs
+
+    d = make_daemon()
+    rootfs = make_rootfs(daemon_home / "busybox")  # no mlq, no Python: the job's own mlq
+    gate = daemon_home / "gate"
+    gate.mkdir()
+    job_id = d.submit(
+        f"""
+name: ckpt
+team: nlp
+kind: training
+image: {rootfs}
+command: [/bin/sh, -c, 'mlq checkpoint-done && echo marked; mlq frobnicate; while [ ! -e /gate/open ]; do sleep 0.05; done']
+resources: {{cpus: 1, memory: 64Mi}}
+checkpoint: {{target: /ckpt}}
+volumes:
+  - {{source: {gate}, target: /gate, readonly: true}}
+""",
+        user=unix_users["alice"],
+    )
+    d.wait_for(job_id, "RUNNING")
+    deadline = time.monotonic() + 30
+    while "marked" not in d.log(job_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert d.log(job_id) == "marked\n"
+    assert "inside an mlq job only checkpoint-done is available" in d.log(job_id, stream="stderr")
+    # the next pass reads the mark (any event triggers one)
+    other = d.submit(
+        "name: poke\nteam: nlp\ncommand: [/bin/true]\nresources: {cpus: 1, memory: 32Mi}\n",
+        user=unix_users["alice"],
+    )
+    d.wait_for(other, "COMPLETED")
+    job = d.show(job_id)
+    assert job["checkpoint_at"] is not None
+    assert ts(job["checkpoint_at"]) >= ts(job["started_at"]) - 1
+    (gate / "open").touch()
+    d.wait_for(job_id, "COMPLETED")
+
+
 def test_checkpoint_done_outside_a_job_says_why_it_cannot(make_daemon):
     d = make_daemon()
     r = d.cli("checkpoint-done")
