@@ -260,7 +260,24 @@ def resume(
     typer.echo(f"Node {name}: {node['state']}")
 
 
+def dashboard(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
+    """Print a login URL for the web dashboard: open it within two minutes, once; the
+    browser then sees what you see with mlq queue, show, logs and nodes
+    (docs/dashboard.md)."""
+    resp = Client(sock).post("/v1/dashboard/login", {})
+    if json_out:
+        print_json(resp)
+        return
+    typer.echo(resp["url"])
+    typer.echo(
+        f"Signs a browser in as {resp['user']}: open it within "
+        f"{resp['expires_in_s']:.0f} s, once; do not share it.",
+        err=True,
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(node_app, name="node")
     app.command("nodes")(nodes)
     app.command("top")(top)
+    app.command("dashboard")(dashboard)

@@ -61,6 +61,14 @@ def server(
             help="HOST:PORT to serve Prometheus metrics on (off by default; docs/metrics.md)",
         ),
     ] = None,
+    dashboard_address: Annotated[
+        str | None,
+        typer.Option(
+            "--dashboard-address",
+            envvar="MLQ_DASHBOARD_ADDRESS",
+            help="HOST:PORT to serve the web dashboard on (off by default; docs/dashboard.md)",
+        ),
+    ] = None,
 ) -> None:
     """Run the mlq daemon: the API on a Unix socket, the store, the scheduling loop;
     with --listen, the control plane of a cluster of agents (docs/cluster.md)."""
@@ -80,6 +88,14 @@ def server(
             parse_address(metrics_address)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
+    if dashboard_address is not None:
+        from mlq.scheduler.daemon.dashboard import parse_address as parse_dashboard
+        from mlq.scheduler.errors import InvalidInput
+
+        try:
+            parse_dashboard(dashboard_address)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
     paths = ServerPaths.resolve(state_dir, socket, database_url, config)
     opts = None
     if listen:
@@ -93,6 +109,7 @@ def server(
         log_level="warning" if log_level == "info" else log_level,
         cluster_opts=opts,
         metrics_address=metrics_address,
+        dashboard_address=dashboard_address,
     )
 
 

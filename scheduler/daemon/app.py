@@ -71,13 +71,19 @@ class Daemon:
         self.nodes: Callable[[], list[Any]] = lambda: []
         self.fleet: Any = None  # the agents' nodes, when this is a control plane
         self.admin_nodes: frozenset[str] = frozenset()  # nodes whose root and admins count
+        self.dashboard: Any = None  # the web dashboard, when it is served (dashboard.py)
 
 
 async def caller(request: Request) -> Caller:
     """The caller, from the socket's peer credentials (set by ``PeerCredProtocol``), or
     the user a node's agent vouches for (``agentproxy.py``). ``async``: a plain
-    function would be run in a worker thread, a hop per request."""
+    function would be run in a worker thread, a hop per request. A request the web
+    dashboard makes in-process carries its session's caller (``mlq.caller``); no
+    server puts that key in a scope from anything a client sends."""
     daemon = request.app.state.daemon
+    given: Caller | None = request.scope.get("mlq.caller")
+    if given is not None:  # a dashboard session's viewer, set in-process (dashboard.py)
+        return given
     peer: Peer | None = request.scope.get("mlq.peer")
     if peer is not None:
         return Caller.of(peer, daemon.admin_group)
@@ -691,6 +697,17 @@ def build_app(daemon: Daemon) -> FastAPI:
             raise Conflict("this server runs no cluster (start it with --listen)")
         reply = await daemon.fleet.sync(node.name, body, request.scope.get("mlq.address", ""))
         return typed(reply)
+
+    @app.post("/v1/dashboard/login", response_model=S.DashboardLogin, tags=["meta"])
+    async def dashboard_login(who: Who) -> S.DashboardLogin:
+        """A login URL for the web dashboard, good once for two minutes, that signs the
+        browser in as the caller (``mlq dashboard``; docs/dashboard.md)."""
+        if daemon.dashboard is None:
+            raise Conflict(
+                "this server serves no web dashboard: an mlq admin starts it with "
+                "mlq server --dashboard-address HOST:PORT (docs/dashboard.md)"
+            )
+        return daemon.dashboard.login(who)  # type: ignore[no-any-return]
 
     @app.get("/v1/whoami", response_model=S.WhoAmI, tags=["meta"])
     async def whoami(who: Who) -> S.WhoAmI:

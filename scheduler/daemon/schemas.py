@@ -414,6 +414,12 @@ class WhoAmI(BaseModel):
     admin_of: list[str]
 
 
+class DashboardLogin(BaseModel):
+    url: str = Field(description="Open it in a browser: it is good once, for expires_in_s")
+    user: str
+    expires_in_s: float
+
+
 class ErrorOut(BaseModel):
     error: str
     message: str

@@ -132,12 +132,15 @@ def serve(
     log_level: str = "warning",
     cluster_opts: ClusterOptions | None = None,
     metrics_address: str | None = None,
+    dashboard_address: str | None = None,
 ) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT; ``metrics_address``:
-    serve Prometheus metrics there (docs/metrics.md)."""
+    serve Prometheus metrics there (docs/metrics.md); ``dashboard_address``: the web
+    dashboard (docs/dashboard.md)."""
     import uvicorn
     from mlq.scheduler.daemon.app import Daemon, build_app
     from mlq.scheduler.daemon.loop import Loop
+    from mlq.scheduler.daemon.notify import Notifier
     from mlq.scheduler.daemon.peer import PeerCredProtocol
 
     lock_fd = _lock_state_dir(paths.state_dir)
@@ -168,7 +171,12 @@ def serve(
         forbidden=forbidden,
         safety_interval=interval,
     )
+    # told of every job that ends or is preempted, from the commit on (recovery's too)
+    notifier = Notifier(store, cluster.notifications)
+    store.listeners.append(notifier.tell)
+    notifier.start()
     daemon = Daemon(store, cluster.admin_group)
+    daemon.webhook_rules = notifier.rules
     daemon.forbidden = loop.forbidden
     daemon.nodes = lambda: [s.view.snapshot_node() for s in loop.nodes.all()]
     daemon.loop = loop
@@ -188,6 +196,12 @@ def serve(
     if leadership is not None:
         loop.before_pass.insert(0, lambda: _still_leader(leadership))
     app = build_app(daemon)
+    dashboard = None
+    if dashboard_address:
+        from mlq.scheduler.daemon.dashboard import Dashboard
+
+        dashboard = Dashboard(app, daemon, dashboard_address)
+        loop.after_pass.append(dashboard.after_pass)
     metrics_server = None
     if metrics_address:
         from mlq.scheduler.daemon import metrics
@@ -206,6 +220,8 @@ def serve(
     ]  # fmt: skip
     if cluster_opts is not None:
         servers.append(_tls_server(app, cluster_opts, log_level))
+    if dashboard is not None:
+        servers.append(dashboard.server(log_level))
     # uvicorn re-raises the signal that stopped it once it has shut down; with the
     # default handlers that would end the process before the clean-up below runs.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -216,6 +232,7 @@ def serve(
         if metrics_server is not None:
             metrics_server.shutdown()
         loop.stop()  # running jobs keep running under their supervisors
+        notifier.stop()  # what it had not sent is lost (docs/notifications.md)
         if executor is not None:
             executor.close()  # and mlq's idle parent cgroups go
         store.close()
