@@ -33,6 +33,7 @@ from mlq.scheduler.spec import (
     load_yaml,
     validation_problems,
 )
+from mlq.scheduler.webhooks import Rules, parse_network
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 RESOURCE_RE = re.compile(
@@ -240,6 +241,33 @@ class UserCaps(Strict):
     max_spec_bytes: Bytes = 256 * 2**20
 
 
+def _network(v: object) -> object:
+    if isinstance(v, str):
+        try:
+            parse_network(v)
+        except ValueError:
+            raise ValueError(
+                "is not a network; use an address or CIDR such as 10.0.0.0/8"
+            ) from None
+    return v
+
+
+class NotifyConfig(Strict):
+    """Where and how job notifications are sent (docs/notifications.md)."""
+
+    # when any: the only hosts a webhook may name ("*.example.com" for subdomains)
+    hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field([], max_length=1000)
+    # addresses outside the public internet webhooks may reach (none by default)
+    networks: list[Annotated[str, BeforeValidator(_network)]] = Field([], max_length=1000)
+    timeout: Seconds = Field(5, ge=1, le=60)  # one attempt, connect to answer
+    attempts: int = Field(3, ge=1, le=10)
+    queue: int = Field(1000, ge=1, le=100_000)  # events waiting; more are dropped
+    senders: int = Field(4, ge=1, le=64)  # threads sending at once
+
+    def rules(self) -> Rules:
+        return Rules(tuple(self.hosts), tuple(parse_network(n) for n in self.networks))
+
+
 class ClusterConfig(Strict):
     node: NodeConfig = NodeConfig()
     admin_group: str = "mlq-admin"
@@ -247,6 +275,7 @@ class ClusterConfig(Strict):
     teams: list[TeamConfig] = []
     grants: list[GrantConfig] = DEFAULT_GRANTS
     user_caps: UserCaps = UserCaps()
+    notifications: NotifyConfig = NotifyConfig()
 
     @model_validator(mode="after")
     def _refs(self) -> ClusterConfig:

@@ -19,6 +19,7 @@ from mlq.executor.units import parse_cpus, parse_duration, parse_size
 from mlq.executor.yamlfile import load_yaml
 from mlq.scheduler.errors import InvalidInput, describe_validation_error
 from mlq.scheduler.textcheck import problems as text_problems
+from mlq.scheduler.webhooks import EVENTS, check_url
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -162,6 +163,21 @@ class Preemption(Strict):
     stop_signal: Literal["SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT"] = "SIGTERM"
 
 
+class Notify(Strict):
+    """``notify: {webhook: https://..., on: [end, preempt]}``: told when the job ends
+    (any final state) and when it is preempted (docs/notifications.md)."""
+
+    webhook: Annotated[str, BeforeValidator(check_url)]
+    on: list[Literal[EVENTS]] = Field(  # type: ignore[valid-type]
+        list(EVENTS), min_length=1, max_length=len(EVENTS)
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, data: Any) -> Any:
+        return {"webhook": data} if isinstance(data, str) else data  # notify: URL
+
+
 class Security(Strict):
     read_only_root: bool = False
     capabilities: list[Literal[CAPABILITIES]] = []  # type: ignore[valid-type]
@@ -270,6 +286,7 @@ class JobSpec(Strict):
     security: Security = Security()
     # host device nodes beyond the GPUs; an admin grants them
     devices: list[AbsPath] = Field([], max_length=MAX_DEVICES)
+    notify: Notify | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -10,10 +10,11 @@ transaction as the change itself.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
+
+log = logging.getLogger("mlq.store")
 
 
 def sqlite_url(state_dir: str | Path) -> str:
@@ -99,6 +102,18 @@ class TeamView:
     guarantee: dict[str, float] = field(default_factory=dict)
     limit: dict[str, float] = field(default_factory=dict)
     per_user: dict[str, float] = field(default_factory=dict)  # cluster.PerUser.as_map()
+    webhook: str = ""  # told when the team's jobs end or are preempted ("" none)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A committed change someone may want to be told of (docs/notifications.md):
+    ``event`` "ended" (a final state) or "preempted" (``requeued``: back to PENDING in
+    the same transaction); ``job``: the job's columns as that step left them."""
+
+    event: str
+    job: Columns
+    requeued: bool = False
 
 
 RUNNING_STATES = (states.STARTING, states.RUNNING, states.STOPPING)
@@ -119,6 +134,11 @@ def _ended(run: RunRow, state: str, now: float, checkpoint_at: float | None = No
         since = max(run.started_at, checkpoint_at or 0.0)
         run.lost_s = max(0.0, now - since)
     return run
+
+
+def _columns(job: Job) -> Columns:
+    """The job's columns, by name, as they are now."""
+    return {c.name: getattr(job, c.name) for c in Job.__table__.columns}
 
 
 def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: object) -> None:
@@ -162,6 +182,9 @@ class Store:
         # jobs written since the loop last asked (``changed_jobs``): None until a loop
         # keeps its active jobs between passes (``watch_jobs``)
         self._changed: set[int] | None = None
+        # told, after each commit, of the jobs it ended or preempted (the notifier);
+        # a listener must not block: it is called on the writer's thread
+        self.listeners: list[Callable[[list[Notice]], None]] = []
 
     def close(self) -> None:
         self.engine.dispose()
@@ -305,7 +328,7 @@ class Store:
     def _load_teams(self) -> list[TeamView]:
         with self.session() as s:
             views = {
-                t.name: TeamView(t.name, per_user=json.loads(t.per_user or "{}"))
+                t.name: TeamView(t.name, per_user=json.loads(t.per_user or "{}"), webhook=t.webhook)
                 for t in s.scalars(select(Team).order_by(Team.name))
             }
             for m in s.scalars(select(Member).order_by(Member.name)):
@@ -334,6 +357,16 @@ class Store:
             if row is None:
                 raise NotFound(f'team "{team}" does not exist; see mlq team list')
             row.per_user = json.dumps(limits)
+            s.add(row)
+        return self.team(team)
+
+    def set_webhook(self, team: str, url: str) -> TeamView:
+        """Set (or with "" clear) the team's webhook."""
+        with self.write(config=True) as s:
+            row = s.get(Team, team)
+            if row is None:
+                raise NotFound(f'team "{team}" does not exist; see mlq team list')
+            row.webhook = url
             s.add(row)
         return self.team(team)
 
@@ -648,7 +681,8 @@ class Store:
             )
             run = _run_of(job) if ends else None
             saved = job.checkpoint_at
-            for state, reason, fields in steps:
+            notices: list[Notice] = []
+            for n, (state, reason, fields) in enumerate(steps):
                 job.state = state
                 job.reason = reason
                 for k, v in fields.items():
@@ -657,8 +691,15 @@ class Store:
                 if run is not None and state not in RUNNING_STATES:  # the run ended here
                     s.add(_ended(run, state, time.time(), saved))
                     run = None
+                last = n == len(steps) - 1
+                if self.listeners and (
+                    state == states.PREEMPTED or (last and state in states.FINAL)
+                ):
+                    event = "preempted" if state == states.PREEMPTED else "ended"
+                    notices.append(Notice(event, _columns(job), requeued=not last))
             s.add(job)
         self._mark((job_id,))  # after the commit: a reader then sees the new row
+        self._tell(notices)
         return job
 
     def cancel_pending(self, ids: Iterable[int], reason: str) -> list[int]:
@@ -684,6 +725,7 @@ class Store:
         ids = list(ids)
         if not ids:
             return []
+        notices: list[Notice] = []
         with self._write_lock, self.engine.begin() as conn:
             q = select(t.c.id).where(t.c.id.in_(ids), t.c.state == states.PENDING)
             # rows locked in ID order (on PostgreSQL: two daemons changing them at once
@@ -697,7 +739,11 @@ class Store:
                     JobEvent.__table__.insert(),
                     [{"job_id": i, "at": now, "state": event, "reason": reason} for i in found],
                 )
+                if self.listeners and event in states.FINAL:
+                    rows = conn.execute(select(t).where(t.c.id.in_(found)).order_by(t.c.id))
+                    notices = [Notice("ended", dict(r._mapping)) for r in rows]
         self._mark(found)
+        self._tell(notices)
         return found
 
     def update_pending(
@@ -779,6 +825,17 @@ class Store:
                 setattr(job, k, v)
             s.add(job)
         self._mark((job_id,))
+
+    def _tell(self, notices: list[Notice]) -> None:
+        """Hand committed notices to the listeners; one that fails is logged, never
+        the writer's error (its change is committed)."""
+        if not notices:
+            return
+        for listener in self.listeners:
+            try:
+                listener(notices)
+            except Exception:
+                log.exception("a store listener failed on %d notices", len(notices))
 
     # -- what changed, for a loop that keeps its jobs between passes --------------------
 
