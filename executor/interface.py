@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mlq.executor import gpus as gpu_inventory
-from mlq.executor import rundir, runner
+from mlq.executor import network, rundir, runner
 from mlq.executor.asuser import HostUser
 from mlq.executor.cgroups import Stats
 from mlq.executor.gpus import NodeGpus, NodeSource
@@ -143,6 +143,8 @@ class LocalExecutor:
         self._pidfds: dict[str, int] = {}  # run id -> pidfd of an adopted supervisor
         self._gpus: NodeGpus | None = None
         self.images = ImagePrep(self.state_dir)
+        # NAT addresses of runs that ended while no executor watched them go now
+        network.reconcile(self.state_dir)
 
     def _dir(self, run_id: str) -> str:
         return str(rundir.run_dir(self.state_dir, run_id))

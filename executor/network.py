@@ -1,29 +1,80 @@
-"""Bridge networking: a veth pair per job, one end on the ``mlq0`` bridge.
+"""Bridge networking: a veth pair per job, one end on the node's bridge, and NAT.
 
 For ``network: bridge`` the launcher makes a named network namespace
 (``/run/netns/mlq-<run>``), a veth pair with pyroute2 whose host end joins the
-bridge and whose other end becomes the job's ``eth0`` with an address from the
-subnet and a default route via the bridge. The job's init joins that namespace,
-and the supervisor then removes the name, so the namespace (and the veth in it)
-lives exactly as long as the job. Addresses are leases: one file per address
-under ``<state>/net/<bridge>/``, made with O_EXCL and removed by the supervisor
-when the job ends. Jobs on one bridge reach each other; the bridge itself stays
-(like docker0). ``none`` needs nothing here: init brings up loopback.
+bridge (``mlq0`` unless the node's config names another) and whose other end
+becomes the job's ``eth0`` with an address from the subnet and a default route via
+the bridge. The job's init joins that namespace, and the supervisor then removes the
+name, so the namespace (and the veth in it) lives exactly as long as the job.
+Addresses are leases: one file per address under ``<state>/net/<bridge>/``, made
+with O_EXCL and removed by the supervisor when the job ends. Jobs on one bridge
+reach each other; the bridge itself stays (like docker0). ``none`` needs nothing
+here: init brings up loopback.
+
+Beyond the node, through nftables (the ``nft`` command, package nftables): mlq owns
+one table, ``ip mlq``, and touches no other. Per bridge it holds a set
+``<bridge>_nat`` of the addresses whose jobs may go out (their request says
+``nat``), chains that accept what they send to other interfaces and drop the rest
+of what the bridge's jobs send out (a NAT-off job reaches nothing beyond the node),
+drop connections from outside into the bridge (replies pass), and masquerade the
+set's traffic as the host. An address joins the set when its veth is set up and
+leaves it when the run's network is released (``release``, ``teardown``); each set
+up first drops elements whose lease is gone (a run that ended while nothing
+watched), and ``reconcile`` does that for every bridge of a state dir at start.
+``net.ipv4.ip_forward`` is turned on (and left on) the first time a NAT job needs it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import ipaddress
+import json
+import logging
 import os
+import re
+import shutil
+import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mlq.executor.errors import ExecutorError
 from mlq.executor.request import Network
 
+log = logging.getLogger("mlq.network")
+
 NETNS_DIR = "/run/netns"
+TABLE = "mlq"  # family ip: the one nftables table mlq owns
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+# an interface name (IFNAMSIZ - 1 bytes) that is also an nftables name
+BRIDGE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$")
+MAX_PREFIXLEN = 29  # the bridge's own address and room for five jobs
+
+
+def bridge_problem(name: str) -> str | None:
+    """Why ``name`` cannot be mlq's bridge, or None."""
+    if BRIDGE_RE.match(name):
+        return None
+    if len(name) > 15:
+        return f'"{name}" is longer than 15 characters, the most an interface name has'
+    return f'"{name}" is not an interface name: a letter, then letters, digits, _ . or -'
+
+
+def subnet_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a bridge's subnet, or None."""
+    try:
+        net = ipaddress.ip_network(text)
+    except ValueError as exc:
+        return f'"{text}" is not an IPv4 network in CIDR form like 10.88.0.0/16 ({exc})'
+    if net.version != 4:
+        return f'"{text}" is not an IPv4 network; bridge jobs get IPv4 addresses'
+    if net.prefixlen > MAX_PREFIXLEN:
+        return (
+            f'"{text}" is too small: /{net.prefixlen} leaves no room for the bridge and '
+            f"jobs; use /{MAX_PREFIXLEN} or larger (a smaller prefix length)"
+        )
+    return None
 
 
 @dataclass
@@ -35,6 +86,13 @@ class JobNetwork:
     prefixlen: int
     gateway: str
     lease: str
+    # empty in records from before NAT: the lease's directory names the bridge
+    bridge: str = ""
+    nat: bool = False
+    run: str = ""  # the run the lease is written for
+
+    def bridge_name(self) -> str:
+        return self.bridge or os.path.basename(os.path.dirname(self.lease))
 
 
 @contextmanager
@@ -46,6 +104,11 @@ def _locked(path: str):
         yield
     finally:
         os.close(fd)
+
+
+def _lock_path(lease: str) -> str:
+    """The state dir's network lock, from a lease path (``<state>/net/<bridge>/<ip>``)."""
+    return os.path.join(os.path.dirname(os.path.dirname(lease)), ".lock")
 
 
 def _ensure_bridge(ipr, net: Network, gateway: str, prefixlen: int) -> int:
@@ -77,6 +140,193 @@ def _lease(lease_dir: str, subnet: ipaddress.IPv4Network, run_id: str) -> tuple[
     raise ExecutorError(f"allocate an address in {subnet}: every address is leased")
 
 
+# ---------------------------------------------------------------- nftables
+
+
+def _nft_binary() -> str | None:
+    return shutil.which("nft") or next(
+        (p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None
+    )
+
+
+def _nft(*args: str, script: str | None = None) -> str:
+    """Run ``nft`` (a script on stdin with ``script``); its output, or ExecutorError."""
+    nft = _nft_binary()
+    if nft is None:
+        raise ExecutorError("nft is not installed (Debian package nftables)")
+    cmd = [nft, *args] + (["-f", "-"] if script is not None else [])
+    p = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=30)
+    if p.returncode != 0:
+        what = " ".join(args) if script is None else "a script"
+        raise ExecutorError(f"nft {what}: {p.stderr.strip() or f'exit {p.returncode}'}")
+    return p.stdout
+
+
+def nat_set(bridge: str) -> str:
+    """The set of the addresses on ``bridge`` whose jobs may go out."""
+    return f"{bridge}_nat"
+
+
+def _rules(bridge: str, subnet: str) -> tuple[str, str]:
+    """Two nft scripts that make (or remake: idempotent, atomic each) the table's part
+    for ``bridge``: its set and chains, then the entries that send its packets there.
+    Two, because nft reads an interval map's elements from the kernel before it adds
+    one, and the map is not there until the first script ran."""
+    t, br = f"ip {TABLE}", json.dumps(bridge)
+    out, into, snat = f"{bridge}_out", f"{bridge}_in", f"{bridge}_snat"
+    table = f"""add table {t}
+add set {t} {nat_set(bridge)} {{ type ipv4_addr; }}
+add map {t} from_bridge {{ type ifname : verdict; }}
+add map {t} to_bridge {{ type ifname : verdict; }}
+add map {t} from_subnet {{ type ipv4_addr : verdict; flags interval; }}
+add chain {t} forward {{ type filter hook forward priority filter; policy accept; }}
+add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+add chain {t} {out}
+add chain {t} {into}
+add chain {t} {snat}
+flush chain {t} forward
+flush chain {t} postrouting
+flush chain {t} {out}
+flush chain {t} {into}
+flush chain {t} {snat}
+add rule {t} forward iifname vmap @from_bridge
+add rule {t} forward oifname vmap @to_bridge
+add rule {t} postrouting ip saddr vmap @from_subnet
+add rule {t} {out} oifname {br} accept
+add rule {t} {out} ip saddr @{nat_set(bridge)} accept
+add rule {t} {out} counter drop
+add rule {t} {into} iifname {br} accept
+add rule {t} {into} ct state established,related accept
+add rule {t} {into} counter drop
+add rule {t} {snat} oifname {br} return
+add rule {t} {snat} ip saddr @{nat_set(bridge)} masquerade
+"""
+    entries = f"""add element {t} from_bridge {{ {br} : jump {out} }}
+add element {t} to_bridge {{ {br} : jump {into} }}
+add element {t} from_subnet {{ {subnet} : jump {snat} }}
+"""
+    return table, entries
+
+
+def ensure_table(bridge: str, subnet: str) -> None:
+    """Make or update mlq's table for ``bridge`` (other bridges' parts stay as they are)."""
+    for script in _rules(bridge, subnet):
+        _nft(script=script)
+
+
+def nat_elements(bridge: str) -> set[str]:
+    """The addresses in ``bridge``'s NAT set; empty if mlq's table or the set is absent."""
+    if _nft_binary() is None:
+        return set()
+    try:
+        text = _nft("-j", "list", "set", "ip", TABLE, nat_set(bridge))
+    except ExecutorError:
+        return set()  # no table, no set: nothing in it
+    found: set[str] = set()
+    for item in json.loads(text).get("nftables", []):
+        for e in (item.get("set") or {}).get("elem", []):
+            if isinstance(e, str):
+                found.add(e)
+    return found
+
+
+def _set_element(verb: str, bridge: str, address: str) -> None:
+    _nft(verb, "element", "ip", TABLE, nat_set(bridge), f"{{ {address} }}")
+
+
+def _prune(bridge: str, lease_dir: str) -> None:
+    """Drop the NAT set's addresses that no lease holds (runs that ended unwatched)."""
+    for address in nat_elements(bridge):
+        if not os.path.exists(os.path.join(lease_dir, address)):
+            _set_element("delete", bridge, address)
+
+
+def reconcile(state_dir: str) -> None:
+    """At start: for every bridge this state dir leased on, no NAT address without a lease."""
+    net_dir = os.path.join(state_dir, "net")
+    if not os.path.isdir(net_dir) or _nft_binary() is None:
+        return
+    try:
+        with _locked(os.path.join(net_dir, ".lock")):
+            for bridge in sorted(os.listdir(net_dir)):
+                lease_dir = os.path.join(net_dir, bridge)
+                if os.path.isdir(lease_dir) and not bridge_problem(bridge):
+                    _prune(bridge, lease_dir)
+    except (OSError, ExecutorError) as exc:
+        log.warning("reconcile the NAT addresses of %s: %s", net_dir, exc)
+
+
+def forget_bridge(bridge: str, subnet: str) -> None:
+    """Remove ``bridge``'s part of mlq's table, and the table once no bridge has one
+    (a bridge an admin no longer uses, once none of its jobs runs; tests)."""
+    t, br = ("ip", TABLE), json.dumps(bridge)
+    steps = [
+        ("delete", "element", *t, "from_bridge", f"{{ {br} }}"),
+        ("delete", "element", *t, "to_bridge", f"{{ {br} }}"),
+        ("delete", "element", *t, "from_subnet", f"{{ {subnet} }}"),
+        *(("delete", "chain", *t, f"{bridge}_{c}") for c in ("out", "in", "snat")),
+        ("delete", "set", *t, nat_set(bridge)),
+    ]
+    for step in steps:
+        with contextlib.suppress(ExecutorError):
+            _nft(*step)
+    try:
+        text = _nft("-j", "list", "table", *t)
+    except ExecutorError:
+        return  # no table
+    items = json.loads(text).get("nftables", [])
+    if not any((i.get("map") or {}).get("elem") for i in items):
+        _nft("delete", "table", *t)
+
+
+def _forwarding_on() -> None:
+    """NAT is routing: turn net.ipv4.ip_forward on if it is off (and leave it on)."""
+    with open(IP_FORWARD) as f:
+        if f.read().strip() != "0":
+            return
+    with open(IP_FORWARD, "w") as f:
+        f.write("1")
+    log.warning("turned on net.ipv4.ip_forward for NAT of bridge jobs (docs/executor.md)")
+
+
+def _firewall(net: Network, address: str, lease_dir: str) -> None:
+    """The table for the job's bridge, stale NAT addresses dropped, the job's address
+    in the NAT set or out of it. Under the state dir's network lock."""
+    if _nft_binary() is None:
+        with open(IP_FORWARD) as f:
+            forwarding = f.read().strip() != "0"
+        if net.nat or forwarding:
+            why = (
+                "its job reaches outside through NAT"
+                if net.nat
+                else "net.ipv4.ip_forward is on, and only mlq's table keeps a NAT-off job in"
+            )
+            raise ExecutorError(f"nft is not installed (Debian package nftables): {why}")
+        return  # the host routes nothing: a NAT-off job reaches nothing beyond it
+    ensure_table(net.bridge, net.subnet)
+    _prune(net.bridge, lease_dir)
+    if net.nat:
+        _set_element("add", net.bridge, address)
+        _forwarding_on()
+    elif address in nat_elements(net.bridge):
+        _set_element("delete", net.bridge, address)
+
+
+def _revoke(jn: JobNetwork) -> None:
+    """Take the run's address out of the NAT set unless another run leases it now.
+    Under the state dir's network lock."""
+    try:
+        with open(jn.lease) as f:
+            holder = f.read()
+    except FileNotFoundError:
+        holder = None
+    if holder is not None and holder != jn.run:
+        return  # the address went to another run, whose set-up decided
+    bridge = jn.bridge_name()
+    if jn.address in nat_elements(bridge):
+        _set_element("delete", bridge, jn.address)
+
+
 def setup(net: Network, run_key: str, state_dir: str) -> JobNetwork:
     """Make the job's namespace, veth pair and address; undone by ``teardown``.
 
@@ -84,25 +334,38 @@ def setup(net: Network, run_key: str, state_dir: str) -> JobNetwork:
     """
     from pyroute2 import IPRoute, NetNS, netns
 
-    try:
-        subnet = ipaddress.ip_network(net.subnet)
-    except ValueError as exc:
-        raise ExecutorError(f"network subnet {net.subnet}: {exc}") from None
+    for problem in (bridge_problem(net.bridge), subnet_problem(net.subnet)):
+        if problem:
+            raise ExecutorError(f"network: {problem}")
+    subnet = ipaddress.IPv4Network(net.subnet)
     gateway = str(next(subnet.hosts()))
     short = hashlib.sha256(run_key.encode()).hexdigest()[:10]
     name = f"mlq-{short}"
     host_if, peer_if = f"mlqv{short}", f"mlqp{short}"
     lease_dir = os.path.join(state_dir, "net", net.bridge)
-    with _locked(os.path.join(state_dir, "net", ".lock")):
-        address, lease = _lease(lease_dir, subnet, os.path.basename(run_key))
+    lock = os.path.join(state_dir, "net", ".lock")
+    run = os.path.basename(run_key)
+    with _locked(lock):
+        address, lease = _lease(lease_dir, subnet, run)
     jn = JobNetwork(
-        name, os.path.join(NETNS_DIR, name), host_if, address, subnet.prefixlen, gateway, lease
+        name,
+        os.path.join(NETNS_DIR, name),
+        host_if,
+        address,
+        subnet.prefixlen,
+        gateway,
+        lease,
+        net.bridge,
+        net.nat,
+        run,
     )
     try:
         netns.create(name)
         with IPRoute() as ipr:
-            with _locked(os.path.join(state_dir, "net", ".lock")):
+            with _locked(lock):
                 br = _ensure_bridge(ipr, net, gateway, subnet.prefixlen)
+                # before the job's link is up: its address goes out (NAT) or not at all
+                _firewall(net, address, lease_dir)
             ipr.link(
                 "add", ifname=host_if, kind="veth", peer={"ifname": peer_if, "net_ns_fd": name}
             )
@@ -120,10 +383,7 @@ def setup(net: Network, run_key: str, state_dir: str) -> JobNetwork:
     return jn
 
 
-def delete_host_link(host_if: str) -> None:
-    """Delete a run's host-side veth now, if it is still there. The kernel deletes it
-    when the job's network namespace goes, but that happens later, on a kernel work
-    queue (seconds on a loaded machine); a run that has ended should leave nothing."""
+def _delete_host_link(host_if: str) -> None:
     if not os.path.exists(f"/sys/class/net/{host_if}"):
         return
     from pyroute2 import IPRoute
@@ -136,10 +396,23 @@ def delete_host_link(host_if: str) -> None:
                 pass  # gone meanwhile
 
 
+def release(jn: JobNetwork) -> None:
+    """What remains of a run's network once it ended (the supervisor removed its
+    namespace's name and its lease): its host-side veth and its NAT address. The
+    kernel deletes the veth when the job's network namespace goes, but that happens
+    later, on a kernel work queue (seconds on a loaded machine); a run that has ended
+    should leave nothing."""
+    _delete_host_link(jn.host_if)
+    if jn.nat:
+        with _locked(_lock_path(jn.lease)):
+            try:
+                _revoke(jn)
+            except ExecutorError as exc:  # the next set-up on the bridge prunes it
+                log.warning("release NAT address %s of run %s: %s", jn.address, jn.run, exc)
+
+
 def teardown(jn: JobNetwork) -> None:
     """Remove what ``setup`` made (idempotent; the supervisor does the same at the end)."""
-    from pyroute2 import IPRoute
-
     if os.path.exists(jn.netns_path):
         try:
             from pyroute2 import netns
@@ -147,13 +420,16 @@ def teardown(jn: JobNetwork) -> None:
             netns.remove(jn.netns_name)
         except Exception:
             pass
-    with IPRoute() as ipr:
-        for idx in ipr.link_lookup(ifname=jn.host_if):
-            try:
-                ipr.link("del", index=idx)
-            except Exception:
-                pass
-    try:
-        os.unlink(jn.lease)
-    except FileNotFoundError:
-        pass
+    _delete_host_link(jn.host_if)
+    with _locked(_lock_path(jn.lease)):
+        try:
+            _revoke(jn)
+        except ExecutorError as exc:
+            log.warning("release NAT address %s: %s", jn.address, exc)
+        try:
+            with open(jn.lease) as f:
+                ours = f.read() in ("", jn.run) or not jn.run
+        except FileNotFoundError:
+            ours = False
+        if ours:
+            os.unlink(jn.lease)

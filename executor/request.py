@@ -155,12 +155,14 @@ class Namespaces:
 @dataclass
 class Network:
     """``none``: own namespace, loopback only. ``bridge``: a veth on ``bridge`` in
-    ``subnet``. ``host``: the node's own network namespace (the daemon allows it only
-    where an admin granted it)."""
+    ``subnet``; with ``nat`` the job reaches beyond the node, masqueraded as the host,
+    and without it nothing beyond the node (docs/executor.md "Network"). ``host``: the
+    node's own network namespace (the daemon allows it only where an admin granted it)."""
 
     mode: Literal["none", "bridge", "host"] = "none"
     bridge: str = "mlq0"
     subnet: str = "10.88.0.0/16"
+    nat: bool = True
 
 
 @dataclass

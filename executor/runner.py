@@ -118,6 +118,11 @@ def validate(req: LaunchRequest) -> None:
         req.stop_signal_number()
     except AttributeError:
         problems.append(f"stop_signal: {req.stop_signal} is not a signal name")
+    if req.network.mode == "bridge":
+        if problem := network.bridge_problem(req.network.bridge):
+            problems.append(f"network.bridge: {problem}")
+        if problem := network.subnet_problem(req.network.subnet):
+            problems.append(f"network.subnet: {problem}")
     if req.namespaces.user and not req.namespaces.uid_mappings:
         problems.append("namespaces.uid_mappings: a user namespace needs at least one mapping")
     for i, e in enumerate(req.env_list()):
@@ -437,7 +442,7 @@ def wait(ref: RunRef, timeout: float | None = None) -> Status | None:
         status = _recover(run_dir, "the supervisor ended without writing a status")
     net = (_read_json(os.path.join(run_dir, "launch.json")) or {}).get("network")
     if net:
-        network.delete_host_link(net["host_if"])
+        network.release(network.JobNetwork(**net))
     return status
 
 

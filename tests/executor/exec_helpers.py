@@ -57,9 +57,16 @@ def _alive(pid: int, starttime: int | None = None) -> bool:
     return rest[0] not in ("Z", "X") and (starttime is None or int(rest[19]) == starttime)
 
 
+def nat_addresses(bridge: str) -> set[str]:
+    """The addresses in ``bridge``'s NAT set of mlq's nftables table."""
+    from mlq.executor.network import nat_elements
+
+    return nat_elements(bridge)
+
+
 def leftovers(marker: str) -> list[str]:
     """What remains of the runs made under ``marker`` (a test's tmp dir): cgroups,
-    mounts, veths, network namespaces, supervisors and inits. Only this test's runs
+    mounts, veths, network namespaces, NAT addresses, supervisors and inits. Only this test's runs
     are looked at, so suites running side by side on the node do not confuse it."""
     found: list[str] = []
     base = Path(marker)
@@ -91,6 +98,13 @@ def leftovers(marker: str) -> list[str]:
                 found.append(f"veth {net['host_if']}")
             if Path(net["netns_path"]).exists():
                 found.append(f"netns {net['netns_path']}")
+            if net.get("nat") and net["address"] in nat_addresses(net["bridge"]):
+                try:
+                    holder = Path(net["lease"]).read_text()
+                except OSError:
+                    holder = None
+                if holder != net.get("run"):  # ended, and no other run leases it now
+                    found.append(f"NAT address {net['address']} of {run_dir.name}")
     with open("/proc/self/mountinfo") as f:
         found += [line.split()[4] for line in f if marker in line]
     return found

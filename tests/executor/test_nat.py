@@ -1,0 +1,179 @@
+"""NAT for bridge jobs, for real: an "outside" network namespace on a veth of its own,
+a TCP server in it that answers with the address it sees, and jobs on a bridge that
+reach it masqueraded as the host, or (NAT off) not at all; nothing stays behind.
+
+The outside namespace routes the bridge's subnet back through the host, so that a
+job's packets would reach it even unmasqueraded wherever the host forwards them: only
+mlq's table keeps a NAT-off job in, and only masquerading hides a NAT job's address.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from exec_helpers import finish, request
+from mlq.executor import Network, Outcome, kill_now, start
+from mlq.executor.interface import LocalExecutor
+from mlq.executor.network import IP_FORWARD, TABLE, forget_bridge, nat_elements, nat_set
+from mlq.executor.status import read_status
+
+PY = os.path.realpath(sys.executable)
+NAT = Network(mode="bridge", bridge="mlqnat0", subnet="10.233.0.0/24")
+NO_NAT = Network(mode="bridge", bridge="mlqnat0", subnet="10.233.0.0/24", nat=False)
+OUTSIDE = "10.234.0.2"  # the server, in the outside namespace
+HOST_SIDE = "10.234.0.1"  # the host's address on the link to it
+PORT = 7100
+
+SERVER = f"""
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", {PORT})); s.listen(8)
+print("listening", flush=True)
+while True:
+    c, addr = s.accept(); c.sendall(f"seen {{addr[0]}}\\n".encode()); c.close()
+"""
+
+# connect once, say what the server saw (or why not), then stay up for ``argv[1]`` s
+CLIENT = f"""
+import socket, sys, time
+try:
+    c = socket.create_connection(("{OUTSIDE}", {PORT}), timeout=4)
+    print(c.recv(100).decode().strip(), flush=True)
+except OSError as e:
+    print("blocked", e, flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def _nft_text() -> str:
+    p = subprocess.run(["nft", "list", "table", "ip", TABLE], capture_output=True, text=True)
+    return p.stdout if p.returncode == 0 else ""
+
+
+@pytest.fixture
+def outside():
+    """The outside network: a namespace with its own address and a server; removed after."""
+    tag = str(os.getpid() % 100000)
+    ns, host_if = f"mlqt-out-{tag}", f"mlqto{tag}"
+    with open(IP_FORWARD) as f:
+        forwarding = f.read().strip()
+    server = None
+    try:
+        _ip("netns", "add", ns)
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _ip("addr", "add", f"{HOST_SIDE}/24", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("-n", ns, "addr", "add", f"{OUTSIDE}/24", "dev", "eth0")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        # a way back to the bridge's jobs, as a router on a real network could have
+        _ip("-n", ns, "route", "add", NAT.subnet, "via", HOST_SIDE)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, PY, "-c", SERVER],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        yield ns
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        with open(IP_FORWARD, "w") as f:
+            f.write(forwarding)  # the executor leaves it on; this machine gets it back
+        assert not Path("/run/netns", ns).exists()
+        assert not Path("/sys/class/net", host_if).exists()
+
+
+@pytest.fixture(autouse=True)
+def remove_test_bridge():
+    """The bridge and its part of mlq's table stay between jobs (like docker0); this
+    test's own ones go after it, and nothing of them is left."""
+    yield
+    from pyroute2 import IPRoute
+
+    forget_bridge(NAT.bridge, NAT.subnet)
+    with IPRoute() as ipr:
+        for idx in ipr.link_lookup(ifname=NAT.bridge):
+            ipr.link("del", index=idx)
+    assert NAT.bridge not in _nft_text()
+
+
+def _first_line(handle, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = Path(handle.stdout).read_text()
+        if text.endswith("\n"):
+            return text.strip()
+        time.sleep(0.05)
+    pytest.fail(f"run {handle.run_id} said nothing within {timeout}s")
+
+
+def test_a_bridge_job_reaches_outside_masqueraded_as_the_host(state_dir, outside):
+    job = start(request(state_dir, [PY, "-c", CLIENT, "60"], network=NAT))
+    try:
+        assert _first_line(job) == f"seen {HOST_SIDE}"  # the host's address, not 10.233.x
+        assert job.address in nat_elements(NAT.bridge)
+    finally:
+        kill_now(job)
+    assert finish(job).state != Outcome.COMPLETED
+    # its address left the NAT set with its veth and its lease
+    assert nat_elements(NAT.bridge) == set()
+    assert os.listdir(Path(state_dir, "net", NAT.bridge)) == []
+
+
+def test_a_job_of_a_class_with_nat_off_reaches_nothing_outside(state_dir, outside):
+    # a NAT job beside it: the host forwards, the table is there, and it gets out
+    nat_job = start(request(state_dir, [PY, "-c", CLIENT, "60"], network=NAT))
+    shut = start(request(state_dir, [PY, "-c", CLIENT, "0"], network=NO_NAT))
+    try:
+        assert _first_line(nat_job) == f"seen {HOST_SIDE}"
+        assert shut.address not in nat_elements(NAT.bridge)
+        assert finish(shut).state == Outcome.COMPLETED
+        assert Path(shut.stdout).read_text().startswith("blocked")
+    finally:
+        kill_now(nat_job)
+    finish(nat_job)
+    assert nat_elements(NAT.bridge) == set()
+
+
+def test_a_nat_address_whose_run_ended_unwatched_is_dropped_at_the_next_start(state_dir, outside):
+    # the run ends and its supervisor removes its lease, but nobody waits on it (the
+    # daemon is down): its NAT address stays until an executor starts on the state dir
+    job = start(request(state_dir, [PY, "-c", CLIENT, "0"], network=NAT))
+    deadline = time.monotonic() + 30
+    while read_status(job.run_dir, job.cgroup_version) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while Path(state_dir, "net", NAT.bridge, job.address).exists():
+        time.sleep(0.05)  # the supervisor's last steps
+    assert job.address in nat_elements(NAT.bridge)
+    LocalExecutor(state_dir)  # a daemon's start
+    assert nat_elements(NAT.bridge) == set()
+    assert finish(job).state == Outcome.COMPLETED
+    assert Path(job.stdout).read_text().strip() == f"seen {HOST_SIDE}"
+
+
+def test_the_table_is_mlqs_own_and_set_up_again_changes_nothing(state_dir, outside):
+    before = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    for _ in range(2):
+        assert finish(start(request(state_dir, [PY, "-c", CLIENT, "0"], network=NAT))).state == (
+            Outcome.COMPLETED
+        )
+    after = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert set(after.split("\n")) - set(before.split("\n")) <= {f"table ip {TABLE}"}
+    text = _nft_text()
+    # one part for the bridge however many jobs set it up, and no address of theirs left
+    assert text.count(f"chain {NAT.bridge}_out ") == 1
+    assert text.count(f'"{NAT.bridge}" : jump {NAT.bridge}_out') == 1
+    assert f"set {nat_set(NAT.bridge)} " in text and nat_elements(NAT.bridge) == set()
