@@ -51,10 +51,12 @@ def team_list(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
             _quota_text(t["guarantee"]),
             _quota_text(t["limit"]),
             ", ".join(f"{k} {v:g}" for k, v in t.get("per_user", {}).items()),
+            t.get("webhook") or "",
         ]
         for t in resp["teams"]
     ]
-    console().print(table(["TEAM", "MEMBERS", "ADMINS", "GUARANTEE", "LIMIT", "PER USER"], rows))
+    heads = ["TEAM", "MEMBERS", "ADMINS", "GUARANTEE", "LIMIT", "PER USER", "WEBHOOK"]
+    console().print(table(heads, rows))
 
 
 @team_app.command("create")
@@ -110,6 +112,28 @@ def user_limit(
         return
     limits = ", ".join(f"{k} {v:g}" for k, v in t["per_user"].items()) or "none"
     typer.echo(f"Team {team}: per-user limits {limits}")
+
+
+@team_app.command("set-webhook")
+def set_webhook(
+    team: str,
+    url: Annotated[str | None, typer.Argument(help="An http:// or https:// URL")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="No team webhook")] = False,
+    json_out: JsonOpt = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Tell a URL when the team's jobs end or are preempted (team admins and mlq
+    admins; docs/notifications.md). A Slack or Mattermost incoming webhook shows the
+    payload's text; --clear removes it."""
+    from mlq.scheduler.errors import InvalidInput
+
+    if clear == (url is not None):
+        raise InvalidInput("give a URL, or --clear")
+    t = Client(sock).put(f"/v1/teams/{team}/webhook", {"url": url or ""})
+    if json_out:
+        print_json(t)
+        return
+    typer.echo(f"Team {team}: webhook {t['webhook'] or 'none'}")
 
 
 @team_app.command("add-member")

@@ -164,18 +164,23 @@ class Preemption(Strict):
 
 
 class Notify(Strict):
-    """``notify: {webhook: https://..., on: [end, preempt]}``: told when the job ends
-    (any final state) and when it is preempted (docs/notifications.md)."""
+    """``notify: {webhook: https://..., events: [end, preempt]}`` (or ``notify: URL``):
+    told when the job ends (any final state) and when it is preempted
+    (docs/notifications.md)."""
 
     webhook: Annotated[str, BeforeValidator(check_url)]
-    on: list[Literal[EVENTS]] = Field(  # type: ignore[valid-type]
+    events: list[Literal[EVENTS]] = Field(  # type: ignore[valid-type]
         list(EVENTS), min_length=1, max_length=len(EVENTS)
     )
 
     @model_validator(mode="before")
     @classmethod
     def _short(cls, data: Any) -> Any:
-        return {"webhook": data} if isinstance(data, str) else data  # notify: URL
+        if isinstance(data, str):  # notify: URL
+            return {"webhook": data}
+        if isinstance(data, dict) and True in data:  # YAML 1.1 reads a bare on: as true
+            raise ValueError('"on" reads as true in YAML; write events: [end, preempt]')
+        return data
 
 
 class Security(Strict):

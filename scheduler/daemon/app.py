@@ -26,6 +26,7 @@ from mlq.scheduler.daemon import holds, update
 from mlq.scheduler.daemon import schemas as S
 from mlq.scheduler.daemon.auth import (
     Caller,
+    is_team_admin,
     may_see_private,
     require_admin,
     require_member_manager,
@@ -41,6 +42,7 @@ from mlq.scheduler.daemon.submit import as_jobs, cgroup_limits, check_caps, job_
 from mlq.scheduler.errors import Conflict, InvalidInput, MlqError, NotFound, Refused, status_of
 from mlq.scheduler.estimate import estimate_starts
 from mlq.scheduler.store import Store
+from mlq.scheduler.webhooks import Rules, check_url, shown
 from pydantic import BaseModel
 
 JobIdParam = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="A job ID")]
@@ -71,6 +73,7 @@ class Daemon:
         self.nodes: Callable[[], list[Any]] = lambda: []
         self.fleet: Any = None  # the agents' nodes, when this is a control plane
         self.admin_nodes: frozenset[str] = frozenset()  # nodes whose root and admins count
+        self.webhook_rules = Rules()  # where webhooks may go (the config's notifications)
         self.dashboard: Any = None  # the web dashboard, when it is served (dashboard.py)
 
 
@@ -157,6 +160,10 @@ def build_app(daemon: Daemon) -> FastAPI:
             body.workdir,
             body.dependency,
         )
+        if resolved.notify is not None:  # a name is checked again, resolved, when sent
+            problem = daemon.webhook_rules.url_problem(resolved.notify.webhook)
+            if problem is not None:
+                raise InvalidInput(f"notify.webhook: {problem}")
         if body.dry_run:
             return S.SubmitResponse(
                 jobs=[],
@@ -392,19 +399,39 @@ def build_app(daemon: Daemon) -> FastAPI:
 
     # -- teams, quotas, classes ---------------------------------------------------------
 
-    def team_out(t: Any) -> S.TeamOut:
+    def team_out(t: Any, who: Caller | None = None) -> S.TeamOut:
+        # a webhook's path often holds its secret: whole for the team's admins and
+        # mlq admins, its scheme and host for everyone else
+        hook = t.webhook if who is not None and is_team_admin(who, t.name, store) else ""
         return S.TeamOut(
             name=t.name, members=t.members, admins=t.admins, guarantee=t.guarantee,
             limit=t.limit, per_user=t.per_user,
+            webhook=hook or (shown(t.webhook) if t.webhook else ""),
         )  # fmt: skip
 
     @app.get("/v1/teams", response_model=S.TeamList, tags=["teams"])
-    async def teams() -> S.TeamList:
-        return S.TeamList(teams=[team_out(t) for t in store.teams()])
+    async def teams(who: Who) -> S.TeamList:
+        return S.TeamList(teams=[team_out(t, who) for t in store.teams()])
 
     @app.get("/v1/teams/{name}", response_model=S.TeamOut, tags=["teams"])
-    async def team(name: str) -> S.TeamOut:
-        return team_out(store.team(name))
+    async def team(name: str, who: Who) -> S.TeamOut:
+        return team_out(store.team(name), who)
+
+    @app.put("/v1/teams/{name}/webhook", response_model=S.TeamOut, tags=["teams"])
+    async def set_webhook(name: str, body: S.WebhookSet, who: Who) -> S.TeamOut:
+        """The team's webhook, told when its jobs end or are preempted ("" clears it):
+        its team admins and mlq admins set it (mlq team set-webhook)."""
+        require_team_admin(who, name, store, daemon.admin_group, "set the webhook of")
+        store.team(name)  # a team that does not exist is NotFound before the URL is judged
+        if body.url:
+            try:
+                check_url(body.url)
+            except ValueError as exc:
+                raise InvalidInput(f'webhook: "{shown(body.url)}" {exc}') from None
+            problem = daemon.webhook_rules.url_problem(body.url)
+            if problem is not None:
+                raise InvalidInput(f"webhook: {problem}")
+        return team_out(store.set_webhook(name, body.url), who)
 
     @app.post("/v1/teams", response_model=S.TeamOut, tags=["teams"])
     async def create_team(body: S.TeamCreate, who: Who) -> S.TeamOut:

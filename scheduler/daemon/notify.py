@@ -135,15 +135,15 @@ class Notifier:
                 log.exception("notifications: an event could not be handled")
 
     def deliveries(self, n: Notice) -> list[Delivery]:
-        """The POSTs one notice makes: the job's webhook if its ``on`` wants the event,
+        """The POSTs one notice makes: the job's webhook if its ``events`` want it,
         and its team's. A multi-node job is told once, by its first part."""
         job = n.job
         if job.get("gang_rank") not in (None, 0):
             return []
         urls: list[tuple[str, str]] = []
         notify = _spec_notify(job.get("spec"))
-        on = notify.get("on") if notify is not None else None
-        if notify is not None and wants(n, on if isinstance(on, list) else list(EVENTS)):
+        wanted = notify.get("events") if notify is not None else None
+        if notify is not None and wants(n, wanted if isinstance(wanted, list) else list(EVENTS)):
             urls.append((str(notify.get("webhook") or ""), "job"))
         team = next((t for t in self.store.teams() if t.name == job.get("team")), None)
         if team is not None and team.webhook:
@@ -259,12 +259,12 @@ class Notifier:
         return Attempt(status, f"answered {status} {answer.reason}".rstrip(), retry=retry)
 
 
-def wants(n: Notice, on: list[str]) -> bool:
-    """Whether a job's ``notify.on`` asks for this notice: ``end`` for every final
+def wants(n: Notice, events: list[str]) -> bool:
+    """Whether a job's ``notify.events`` asks for this notice: ``end`` for every final
     state (a preemption that does not requeue is one), ``preempt`` for preemptions."""
     if n.event == "preempted":
-        return "preempt" in on or ("end" in on and not n.requeued)
-    return "end" in on
+        return "preempt" in events or ("end" in events and not n.requeued)
+    return "end" in events
 
 
 def payload(n: Notice, nodes: list[str]) -> dict[str, object]:

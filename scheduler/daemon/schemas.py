@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from mlq.scheduler.models import Job, JobEvent
 from mlq.scheduler.textcheck import problems as text_problems
+from mlq.scheduler.webhooks import shown
 from pydantic import BaseModel, Field, model_validator
 
 MAX_ID = 2**63 - 1
@@ -188,6 +189,8 @@ class JobDetail(JobOut):
             spec["env"] = {k: HIDDEN for k in spec.get("env") or {}}
             cmd = spec.get("command") or []
             spec["command"] = cmd[:1] + ([HIDDEN] if len(cmd) > 1 else [])
+            if isinstance(spec.get("notify"), dict) and spec["notify"].get("webhook"):
+                spec["notify"]["webhook"] = shown(spec["notify"]["webhook"])  # its path: a secret
         return cls(
             **base,
             uid=j.uid,
@@ -345,6 +348,15 @@ class TeamOut(BaseModel):
     per_user: dict[str, float] = Field(
         {}, description='Limits on each user of the team: "jobs" running, "gpus" held'
     )
+    webhook: str = Field(
+        "",
+        description="Told when the team's jobs end or are preempted: the whole URL for "
+        "its team admins and mlq admins, its scheme and host for others; empty if none",
+    )
+
+
+class WebhookSet(Checked):
+    url: str = Field(max_length=4096, description="An http(s) URL; empty clears the webhook")
 
 
 class TeamList(BaseModel):

@@ -177,5 +177,5 @@ def test_what_others_see_of_a_webhook_is_its_scheme_and_host():
     spec = parse_spec({"name": "j", "team": "t", "command": ["x"], "notify": "https://h/x"})
     assert json.loads(spec.model_dump_json())["notify"] == {
         "webhook": "https://h/x",
-        "on": ["end", "preempt"],
+        "events": ["end", "preempt"],
     }

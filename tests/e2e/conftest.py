@@ -18,8 +18,11 @@ from mlq.cli.client import Client  # noqa: E402
 TERMINAL = {"COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED", "PREEMPTED"}
 
 
-def cluster(users: dict, gpus: int | str = 0, cpus: int = 16, extra_teams: str = "") -> str:
-    """``gpus``: that many declared H100s, or "discover" for NVML (the fake, in tests)."""
+def cluster(
+    users: dict, gpus: int | str = 0, cpus: int = 16, extra_teams: str = "", extra: str = ""
+) -> str:
+    """``gpus``: that many declared H100s, or "discover" for NVML (the fake, in tests);
+    ``extra``: more top-level keys of the config."""
     if gpus == "discover":
         source = "gpus: discover"
     else:
@@ -37,6 +40,7 @@ teams:
 grants:
   # the usual data paths, and the checkout: some jobs run mlq itself from it
   - {{to: "*", volume_paths: [/home, /srv, /data, /scratch, /mnt, /tmp, /var/tmp, {ROOT}]}}
+{extra}
 """
 
 
