@@ -109,11 +109,13 @@ class TeamView:
 class Notice:
     """A committed change someone may want to be told of (docs/notifications.md):
     ``event`` "ended" (a final state) or "preempted" (``requeued``: back to PENDING in
-    the same transaction); ``job``: the job's columns as that step left them."""
+    the same transaction); ``job``: the job's columns as that step left them; ``at``:
+    when the step was written."""
 
     event: str
     job: Columns
     requeued: bool = False
+    at: float = 0.0
 
 
 RUNNING_STATES = (states.STARTING, states.RUNNING, states.STOPPING)
@@ -696,7 +698,7 @@ class Store:
                     state == states.PREEMPTED or (last and state in states.FINAL)
                 ):
                     event = "preempted" if state == states.PREEMPTED else "ended"
-                    notices.append(Notice(event, _columns(job), requeued=not last))
+                    notices.append(Notice(event, _columns(job), not last, time.time()))
             s.add(job)
         self._mark((job_id,))  # after the commit: a reader then sees the new row
         self._tell(notices)
@@ -741,7 +743,7 @@ class Store:
                 )
                 if self.listeners and event in states.FINAL:
                     rows = conn.execute(select(t).where(t.c.id.in_(found)).order_by(t.c.id))
-                    notices = [Notice("ended", dict(r._mapping)) for r in rows]
+                    notices = [Notice("ended", dict(r._mapping), at=now) for r in rows]
         self._mark(found)
         self._tell(notices)
         return found

@@ -40,6 +40,7 @@ log = logging.getLogger("mlq.notify")
 EVENT_NAMES = {"ended": "job.ended", "preempted": "job.preempted"}
 MAX_ANSWER = 64 * 1024  # what is read of an answer (and then dropped)
 MAX_TEXT_REASON = 300  # the reason's share of the one-line summary
+DROP_LOG_S = 10.0  # a full queue says so at most this often (with the count)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ class Notifier:
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self.counts = {"sent": 0, "failed": 0, "dropped": 0, "refused": 0}
+        self._counts_lock = threading.Lock()
+        self._dropped_unsaid = 0  # drops since the last log line about them
+        self._drop_said_at = -DROP_LOG_S
 
     # -- the store's side: never blocks ---------------------------------------------
 
@@ -90,17 +94,29 @@ class Notifier:
         for n in notices:
             self._put(n)
 
+    def _count(self, what: str) -> None:
+        with self._counts_lock:
+            self.counts[what] += 1
+
     def _put(self, item: Notice | Delivery) -> None:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            self.counts["dropped"] += 1
+            # a thousand cancelled jobs must not write a thousand lines: one line, then
+            # one every DROP_LOG_S with how many went since
             job = item.job.get("id") if isinstance(item, Notice) else item.job_id
+            with self._counts_lock:
+                self.counts["dropped"] += 1
+                self._dropped_unsaid += 1
+                now = time.monotonic()
+                if now - self._drop_said_at < DROP_LOG_S:
+                    return
+                dropped, self._dropped_unsaid, self._drop_said_at = self._dropped_unsaid, 0, now
             log.warning(
-                "notifications: %d events wait to be sent already; dropped one for job %s",
-                self._queue.maxsize,
-                job,
-            )
+                "notifications: %d events wait to be sent already; dropped %d (the last "
+                "for job %s)",
+                self._queue.maxsize, dropped, job,
+            )  # fmt: skip
 
     # -- the senders ----------------------------------------------------------------
 
@@ -180,13 +196,13 @@ class Notifier:
         for n in range(1, self.attempts + 1):
             attempt = self.post(d.url, d.body, {"X-Mlq-Event": d.event, "X-Mlq-Delivery": d.id})
             if attempt.ok:
-                self.counts["sent"] += 1
+                self._count("sent")
                 log.info("notified %s of %s of job %d", where, d.event, d.job_id)
                 return attempt
             if not attempt.retry or n == self.attempts or self._stopping.is_set():
                 break
             self._stopping.wait(self.backoff * 2 ** (n - 1))
-        self.counts["failed"] += 1
+        self._count("failed")
         log.warning(
             "could not notify %s of %s of job %d: %s (%d attempt%s)",
             where, d.event, d.job_id, attempt.error, n, "" if n == 1 else "s",
@@ -202,7 +218,7 @@ class Notifier:
         port = parts.port or (443 if https else 80)
         refused = self.rules.host_problem(host)
         if refused is not None:
-            self.counts["refused"] += 1
+            self._count("refused")
             return Attempt(0, f"refused: {refused}")
         deadline = time.monotonic() + self.timeout
         try:
@@ -213,11 +229,12 @@ class Notifier:
         for a in addresses:  # a name that leads anywhere forbidden is refused whole
             problem = self.rules.address_problem(a)
             if problem is not None:
-                self.counts["refused"] += 1
+                self._count("refused")
                 return Attempt(0, f"refused: {host} resolves to {problem}")
         if not addresses:
             return Attempt(0, f"resolve {host}: no address", retry=True)
-        conn = _connection(host, port, addresses[0], https, self.timeout)
+        left = max(0.1, deadline - time.monotonic())  # resolving took its share
+        conn = _connection(host, port, addresses[0], https, left)
         timer = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, (conn,))
         timer.daemon = True
         timer.start()
@@ -279,7 +296,7 @@ def payload(n: Notice, nodes: list[str]) -> dict[str, object]:
     return {
         "event": EVENT_NAMES[n.event],
         "text": summary(n, nodes),
-        "at": iso(time.time()),
+        "at": iso(n.at or time.time()),
         "job": view,
     }
 

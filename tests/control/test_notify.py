@@ -147,11 +147,14 @@ def test_only_the_listed_hosts_may_be_named_when_the_admin_lists_some():
     assert "notifications.hosts" in (rules.url_problem("https://evil.test/x") or "")
 
 
-def test_a_full_queue_drops_the_event_and_never_waits(h):
+def test_a_full_queue_drops_the_event_never_waits_and_says_so_once_not_per_event(h, caplog):
     n = Notifier(h.store, NotifyConfig(queue=1))  # not started: nothing drains it
     notice = Notice("ended", {"id": 7, "team": "nlp"})
-    n.tell([notice, notice, notice])
-    assert n.counts["dropped"] == 2
+    with caplog.at_level("WARNING", logger="mlq.notify"):
+        n.tell([notice] * 1000)
+    assert n.counts["dropped"] == 999
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == "notifications: 1 events wait to be sent already; dropped 1 (the last for job 7)"
 
 
 @pytest.mark.parametrize(
