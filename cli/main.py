@@ -24,7 +24,7 @@ app = typer.Typer(
 RUN_ERROR, RUN_CANNOT_EXEC, RUN_NOT_FOUND = 125, 126, 127
 
 # Each module defines ``register(app)``; the order is the order of ``mlq --help``.
-COMMAND_MODULES = ("jobs", "nodes", "admin", "serve", "plan", "run")
+COMMAND_MODULES = ("jobs", "nodes", "admin", "checkpoints", "serve", "plan", "run")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"mlq.cli.{_name}").register(app)

@@ -23,7 +23,9 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 CHECKPOINT_MARK = ".mlq-checkpoint-done"
@@ -47,6 +49,68 @@ def checkpoint_mark(state_dir: str | Path, key: str | int) -> float | None:
         return mark.lstat().st_mtime  # the job's file: never follow its symlink
     except OSError:
         return None
+
+
+@dataclass(frozen=True)
+class CheckpointVolume:
+    key: str  # the directory's name under <state>/checkpoints
+    path: str
+    modified: float  # the directory's mtime
+
+
+def checkpoint_volumes(state_dir: str | Path) -> list[CheckpointVolume]:
+    """The checkpoint volumes on this node (directories only; a removal's leftover,
+    ``.removing-*``, is not one), by name."""
+    root = os.path.join(state_dir, "checkpoints")
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return []
+    out = []
+    for e in entries:
+        if e.name.startswith(".") or not e.is_dir(follow_symlinks=False):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            out.append(CheckpointVolume(e.name, e.path, e.stat(follow_symlinks=False).st_mtime))
+    return sorted(out, key=lambda v: v.key)
+
+
+def checkpoint_bytes(path: str) -> int:
+    """The disk space a volume takes (as ``du``: allocated blocks, each inode once,
+    never following a symlink)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+    return total
+
+
+def remove_checkpoint(state_dir: str | Path, key: str) -> None:
+    """Remove a job's checkpoint volume: renamed aside first (so no run ever finds
+    half of it), then deleted without following any symlink the job left in it; a
+    leftover of an earlier removal goes too."""
+    root = os.path.join(state_dir, "checkpoints")
+    gone = os.path.join(root, f".removing-{key}")
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(gone)  # an earlier removal that was cut short
+    os.rename(checkpoint_dir(state_dir, key), gone)
+    shutil.rmtree(gone)
 
 
 def _dropped(run_dir: Path, stream: str) -> int:

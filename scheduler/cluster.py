@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from mlq.executor.units import parse_cpus, parse_size
+from mlq.scheduler.checkpoints import DEFAULT_RETENTION_S
 from mlq.scheduler.errors import InvalidInput
 from mlq.scheduler.grants import (
     DEFAULT_VOLUME_PATHS,
@@ -275,6 +276,10 @@ class ClusterConfig(Strict):
     teams: list[TeamConfig] = []
     grants: list[GrantConfig] = DEFAULT_GRANTS
     user_caps: UserCaps = UserCaps()
+    # how long a finished job's checkpoint volume is kept after the job ended, then
+    # removed by the daemon's sweep (null: kept for ever); a job that can still run
+    # keeps its volume whatever this says (scheduler/checkpoints.py, docs/daemon.md)
+    checkpoint_retention: Seconds | None = DEFAULT_RETENTION_S
     notifications: NotifyConfig = NotifyConfig()
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from mlq.executor.units import format_cpus, format_duration, format_size
 from mlq.scheduler import accounting, grants, states, wire
 from mlq.scheduler.cluster import PerUser, PriorityClass, parse_quota_value
-from mlq.scheduler.daemon import holds, update
+from mlq.scheduler.daemon import checkpoint_api, holds, update
 from mlq.scheduler.daemon import schemas as S
 from mlq.scheduler.daemon.auth import (
     Caller,
@@ -75,6 +75,8 @@ class Daemon:
         self.admin_nodes: frozenset[str] = frozenset()  # nodes whose root and admins count
         self.webhook_rules = Rules()  # where webhooks may go (the config's notifications)
         self.dashboard: Any = None  # the web dashboard, when it is served (dashboard.py)
+        # this machine's checkpoint volumes (checkpoints.Checkpoints), when it runs jobs
+        self.checkpoints: Any = None
 
 
 async def caller(request: Request) -> Caller:
@@ -641,6 +643,8 @@ def build_app(daemon: Daemon) -> FastAPI:
         loop = need_loop()
         loop.resume(name)
         return S.NodeList(nodes=node_views(store, loop))
+
+    checkpoint_api.add_routes(app, daemon, caller)  # /v1/checkpoints: mlq admins'
 
     @app.get("/v1/status", response_model=S.StatusOut, tags=["meta"])
     async def status() -> S.StatusOut:

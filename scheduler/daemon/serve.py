@@ -183,6 +183,19 @@ def serve(
     daemon.on_change = loop.ask
     daemon.stop_running = loop.cancel_running
     daemon.requeue_running = loop.requeue_running
+    if executor is not None:
+        # this machine's checkpoint volumes: swept after their retention, at most every
+        # MLQ_CHECKPOINT_SWEEP_INTERVAL seconds (60), after a pass
+        from mlq.scheduler.daemon.checkpoints import Checkpoints
+
+        daemon.checkpoints = Checkpoints(
+            store,
+            str(paths.state_dir),
+            loop.clock,
+            cluster.checkpoint_retention,
+            float(os.environ.get("MLQ_CHECKPOINT_SWEEP_INTERVAL", "60")),
+        )
+        loop.after_pass.append(lambda *_: daemon.checkpoints.tick())
     if cluster_opts is not None:
         from mlq.scheduler.daemon.fleet import Fleet
 
