@@ -24,6 +24,7 @@ from mlq.scheduler.store import Store
 
 log = logging.getLogger("mlq.checkpoints")
 SWEEP_INTERVAL_S = 60.0
+CHUNK = 500  # job IDs read from the store at a time
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,11 @@ class Checkpoints:
             policy.Volume(v.key, v.modified) for v in rundir.checkpoint_volumes(self.state_dir)
         ]
         ids = [j for v in volumes if (j := policy.job_id_of(v.key)) is not None]
-        owners = {
-            r.id: policy.Owner(r.id, r.user, r.team, r.state, r.ended_at)
-            for r in (self.store.jobs(ids=ids, with_spec=False) if ids else [])
-            if r.id is not None
-        }
+        owners = {}
+        for at in range(0, len(ids), CHUNK):  # a bounded IN (...) however many volumes
+            for r in self.store.jobs(ids=ids[at : at + CHUNK], with_spec=False):
+                if r.id is not None:
+                    owners[r.id] = policy.Owner(r.id, r.user, r.team, r.state, r.ended_at)
         return policy.judge(volumes, owners, self.retention_s, self.clock.time())
 
     def listing(self, sizes: bool = True) -> list[Listed]:
