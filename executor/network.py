@@ -53,26 +53,27 @@ MAX_PREFIXLEN = 29  # the bridge's own address and room for five jobs
 
 
 def bridge_problem(name: str) -> str | None:
-    """Why ``name`` cannot be mlq's bridge, or None."""
+    """Why ``name`` cannot be mlq's bridge ("is ..."; the caller shows the name), or None."""
     if BRIDGE_RE.match(name):
         return None
     if len(name) > 15:
-        return f'"{name}" is longer than 15 characters, the most an interface name has'
-    return f'"{name}" is not an interface name: a letter, then letters, digits, _ . or -'
+        return "is longer than 15 characters, the most an interface name has"
+    return "is not an interface name: a letter, then letters, digits, _ . or -"
 
 
 def subnet_problem(text: str) -> str | None:
-    """Why ``text`` cannot be a bridge's subnet, or None."""
+    """Why ``text`` cannot be a bridge's subnet ("is ..."), or None."""
     try:
         net = ipaddress.ip_network(text)
     except ValueError as exc:
-        return f'"{text}" is not an IPv4 network in CIDR form like 10.88.0.0/16 ({exc})'
+        why = str(exc).replace(f"{text} ", "").replace(f"'{text}' ", "")
+        return f"is not an IPv4 network in CIDR form like 10.88.0.0/16 ({why})"
     if net.version != 4:
-        return f'"{text}" is not an IPv4 network; bridge jobs get IPv4 addresses'
+        return "is not an IPv4 network; bridge jobs get IPv4 addresses"
     if net.prefixlen > MAX_PREFIXLEN:
         return (
-            f'"{text}" is too small: /{net.prefixlen} leaves no room for the bridge and '
-            f"jobs; use /{MAX_PREFIXLEN} or larger (a smaller prefix length)"
+            f"is too small: /{net.prefixlen} leaves no room for the bridge and its jobs; "
+            f"use a /{MAX_PREFIXLEN} or larger"
         )
     return None
 
@@ -332,11 +333,17 @@ def setup(net: Network, run_key: str, state_dir: str) -> JobNetwork:
 
     ``run_key`` (the run directory) names the interfaces; it is unique on the node.
     """
-    from pyroute2 import IPRoute, NetNS, netns
+    from pyroute2 import IPRoute, NetNS, config, netns
 
-    for problem in (bridge_problem(net.bridge), subnet_problem(net.subnet)):
-        if problem:
-            raise ExecutorError(f"network: {problem}")
+    # NetNS works through a forked child, stopped with SIGTERM: with the caller's
+    # Python handler still in place there, the child wrote the signal to the wakeup fd
+    # it shares with the caller's event loop, and the daemon took it for its own
+    # SIGTERM and shut down. The child dies of it instead.
+    config.disable_mp_signal = True
+    if problem := bridge_problem(net.bridge):
+        raise ExecutorError(f'network.bridge: "{net.bridge}" {problem}')
+    if problem := subnet_problem(net.subnet):
+        raise ExecutorError(f'network.subnet: "{net.subnet}" {problem}')
     subnet = ipaddress.IPv4Network(net.subnet)
     gateway = str(next(subnet.hosts()))
     short = hashlib.sha256(run_key.encode()).hexdigest()[:10]

@@ -120,9 +120,9 @@ def validate(req: LaunchRequest) -> None:
         problems.append(f"stop_signal: {req.stop_signal} is not a signal name")
     if req.network.mode == "bridge":
         if problem := network.bridge_problem(req.network.bridge):
-            problems.append(f"network.bridge: {problem}")
+            problems.append(f'network.bridge: "{req.network.bridge}" {problem}')
         if problem := network.subnet_problem(req.network.subnet):
-            problems.append(f"network.subnet: {problem}")
+            problems.append(f'network.subnet: "{req.network.subnet}" {problem}')
     if req.namespaces.user and not req.namespaces.uid_mappings:
         problems.append("namespaces.uid_mappings: a user namespace needs at least one mapping")
     for i, e in enumerate(req.env_list()):
