@@ -267,6 +267,7 @@ def class_list(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
             c["default_memory"],
             c["default_time_limit"] or "none",
             c["log_limit"],
+            "on" if c.get("nat", True) else "off",
         ]
         for c in resp["classes"]
     ]
@@ -283,6 +284,7 @@ def class_list(json_out: JsonOpt = False, sock: SocketOpt = None) -> None:
                 "MEMORY",
                 "TIME LIMIT",
                 "LOG LIMIT",
+                "NAT",
             ],
             rows,
         )
@@ -313,6 +315,13 @@ def class_set(
         str | None,
         typer.Option("--log-limit", help="Newest output kept per stream of a run, e.g. 100Mi"),
     ] = None,
+    nat: Annotated[
+        bool | None,
+        typer.Option(
+            "--nat/--no-nat",
+            help="Whether the class's bridge jobs reach beyond the node, masqueraded as it",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     sock: SocketOpt = None,
 ) -> None:
@@ -329,6 +338,7 @@ def class_set(
         "default_memory": memory,
         "default_time_limit": time_limit,
         "log_limit": log_limit,
+        "nat": nat,
     }
     resp = Client(sock).put(f"/v1/classes/{name}", body)
     print_json(resp) if json_out else typer.echo(f"Set class {name} (value {resp['value']})")

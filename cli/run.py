@@ -112,7 +112,8 @@ def run(
     spec = spec.in_dir(os.getcwd())
     uid, gid = int(os.environ.get("SUDO_UID", 0)), int(os.environ.get("SUDO_GID", 0))
     devices, visible = _pick_gpus(spec, cluster)
-    # the class's log limit, as under the daemon: a chatty job cannot fill the state dir
+    # the class's log limit and NAT, as under the daemon: a chatty job cannot fill the
+    # state dir, and a bridge job goes out only where its class lets it
     klass = cluster.class_named(spec.priority_class or spec.kind)
     log_limit = klass.log_limit if klass else DEFAULT_LOG_LIMIT
     run_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
@@ -127,6 +128,9 @@ def run(
         visible_devices=visible,
         checkpoint_key=spec.name,  # the same job name finds its checkpoint again
         log_limit=log_limit,
+        bridge=cluster.node.bridge.name,
+        bridge_subnet=cluster.node.bridge.subnet,
+        nat=klass.nat if klass else True,
         user_name=user_name(uid),
         home=home_of(uid),
     )

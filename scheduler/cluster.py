@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from mlq.executor.network import bridge_problem, subnet_problem
 from mlq.executor.units import parse_cpus, parse_size
 from mlq.scheduler.checkpoints import DEFAULT_RETENTION_S
 from mlq.scheduler.errors import InvalidInput
@@ -101,6 +102,9 @@ class PriorityClass(Strict):
     # the newest bytes of each of a run's stdout and stderr that are kept (older
     # output is dropped, and mlq logs says how much)
     log_limit: Bytes = DEFAULT_LOG_LIMIT
+    # network: bridge jobs of the class reach beyond the node, masqueraded as it;
+    # false: they reach the node and each other only (docs/executor.md "Network")
+    nat: bool = True
 
 
 DEFAULT_CLASSES = (
@@ -141,6 +145,27 @@ class GpuDecl(Strict):
     mig: list[MigSlice] | None = None  # None: not in MIG mode
 
 
+def _bridge_name(v: object) -> object:
+    if isinstance(v, str) and (problem := bridge_problem(v)):
+        raise ValueError(problem)
+    return v
+
+
+def _bridge_subnet(v: object) -> object:
+    if isinstance(v, str) and (problem := subnet_problem(v)):
+        raise ValueError(problem)
+    return v
+
+
+class BridgeConfig(Strict):
+    """Where the node's ``network: bridge`` jobs get their veth: the bridge (made if
+    missing, kept like docker0) and the IPv4 subnet its jobs' addresses come from (the
+    first address is the bridge's own)."""
+
+    name: Annotated[str, BeforeValidator(_bridge_name)] = "mlq0"
+    subnet: Annotated[str, BeforeValidator(_bridge_subnet)] = "10.88.0.0/16"
+
+
 class NodeConfig(Strict):
     name: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
     cpus: Millicores | Literal["auto"] = "auto"
@@ -156,6 +181,8 @@ class NodeConfig(Strict):
     # where the node sits in the network: its switches, outermost first, such as
     # spine1/rack3; a multi-node job's parts go under the lowest common switch
     topology: str = Field("", max_length=255, pattern=r"^[A-Za-z0-9_.:/-]*$")
+    # the bridge of network: bridge jobs, and their subnet
+    bridge: BridgeConfig = BridgeConfig()
 
     @model_validator(mode="after")
     def _declared(self) -> NodeConfig:

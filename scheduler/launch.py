@@ -34,7 +34,9 @@ def build_launch_request(
     visible_devices: str | None = None,
     extra_env: dict[str, str] | None = None,
     checkpoint_key: str | int | None = None,
+    bridge: str | None = None,
     bridge_subnet: str | None = None,
+    nat: bool = True,
     additional_gids: Sequence[int] = (),
     volume_paths: Sequence[str] = (),
     denied_paths: Sequence[str] = (),
@@ -54,7 +56,10 @@ def build_launch_request(
     ``additional_gids`` are the user's supplementary groups (host gids);
     ``volume_paths`` where its volumes may lead (empty: anywhere its user reaches)
     and ``denied_paths`` where no user-named path may lead, both checked by the
-    executor on the path as resolved with the user's credentials.
+    executor on the path as resolved with the user's credentials. ``bridge`` and
+    ``bridge_subnet``: the node's bridge for ``network: bridge`` (its config's
+    ``node.bridge``; None: the executor's default); ``nat``: whether such a job reaches
+    beyond the node (its class's ``nat``).
     """
     from mlq.executor.request import (
         CPU_PERIOD_US,
@@ -113,7 +118,9 @@ def build_launch_request(
         )
         user = User(uid=0, gid=0, additional_gids=list(additional_gids))
 
-    network = Network(mode=spec.network)
+    network = Network(mode=spec.network, nat=nat)
+    if bridge:
+        network.bridge = bridge
     if bridge_subnet:
         network.subnet = bridge_subnet
     return LaunchRequest(

@@ -967,6 +967,7 @@ def _class_row(c: PriorityClass) -> PriorityClassRow:
         default_memory=c.defaults.memory,
         default_time_limit=c.defaults.time_limit,
         log_limit=c.log_limit,
+        nat=c.nat,
     )
 
 
@@ -982,4 +983,5 @@ def _class_model(r: PriorityClassRow) -> PriorityClass:
             cpus=f"{r.default_cpus}m", memory=r.default_memory, time_limit=r.default_time_limit
         ),
         log_limit=r.log_limit if r.log_limit is not None else DEFAULT_LOG_LIMIT,
+        nat=r.nat,
     )

@@ -71,6 +71,10 @@ class AgentConfig:
     cpus: int  # millicores
     memory: int  # bytes
     topology: str = ""  # its switches, outermost first (the node config's topology)
+    # the node config's bridge for network: bridge jobs, put in every request it runs
+    # (the control plane knows only its own node's)
+    bridge: str = "mlq0"
+    bridge_subnet: str = "10.88.0.0/16"
 
 
 _CLOSED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
@@ -385,6 +389,8 @@ class Agent:
             if request.run_id != rid or Path(request.state_dir) != self.cfg.state_dir:
                 raise ValueError("the order does not match this node (run id or state dir)")
             request.alive = Alive(str(self.dir / "alive"), self.lease_s * wire.SELF_FENCE)
+            request.network.bridge = self.cfg.bridge
+            request.network.subnet = self.cfg.bridge_subnet
             if request.root.image != "host":
                 while not self._stop.is_set():
                     verdict = self.executor.image(request.root.image, request.host_user())

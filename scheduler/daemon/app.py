@@ -503,6 +503,7 @@ def build_app(daemon: Daemon) -> FastAPI:
             default_memory=format_size(d.memory),
             default_time_limit=format_duration(d.time_limit) if d.time_limit else None,
             log_limit=format_size(c.log_limit),
+            nat=c.nat,
         )
 
     @app.get("/v1/classes", response_model=S.ClassList, tags=["classes"])
@@ -521,11 +522,8 @@ def build_app(daemon: Daemon) -> FastAPI:
         for key in ("cpus", "memory", "time_limit"):
             if (v := getattr(body, f"default_{key}")) is not None:
                 defaults[key] = v
-        updates = {
-            k: getattr(body, k)
-            for k in ("value", "preempts", "preemptible", "min_run_time", "order", "log_limit")
-            if getattr(body, k) is not None
-        }
+        keys = ("value", "preempts", "preemptible", "min_run_time", "order", "log_limit", "nat")
+        updates = {k: getattr(body, k) for k in keys if getattr(body, k) is not None}
         from mlq.scheduler.spec import validation_problems
         from pydantic import ValidationError
 

@@ -22,7 +22,7 @@ from mlq.executor.gpus import wiring
 from mlq.executor.rundir import CHECKPOINT_MARK
 from mlq.scheduler import grants, states
 from mlq.scheduler.clock import Clock
-from mlq.scheduler.cluster import DEFAULT_LOG_LIMIT
+from mlq.scheduler.cluster import DEFAULT_LOG_LIMIT, BridgeConfig, PriorityClass
 from mlq.scheduler.daemon.logs import run_id
 from mlq.scheduler.daemon.nodeset import NodeSet
 from mlq.scheduler.daemon.outcomes import StopCause, could_not_start
@@ -36,11 +36,21 @@ log = logging.getLogger("mlq.loop")
 
 
 class Launcher:
-    def __init__(self, store: Store, clock: Clock, specs: SpecCache, nodes: NodeSet) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        specs: SpecCache,
+        nodes: NodeSet,
+        bridge: BridgeConfig | None = None,
+    ) -> None:
+        """``bridge``: the node config's bridge for ``network: bridge`` jobs (a node's
+        agent puts its own config's in the requests it runs)."""
         self.store = store
         self.clock = clock
         self.specs = specs
         self.nodes = nodes
+        self.bridge = bridge or BridgeConfig()
 
     def start(self, job: Any, start: Start, env: dict[str, str] | None = None) -> None:
         """``env``: more of the job's environment (a multi-node job's part: gangs.py)."""
@@ -77,6 +87,7 @@ class Launcher:
             self.failed(job, "; ".join(beyond))
             return
         allowed = grants.allowed_for(all_grants, job.team, job.priority_class)
+        klass = self.klass(job.priority_class)
         request = build_launch_request(
             spec,
             job_id=job.id,
@@ -92,7 +103,10 @@ class Launcher:
             additional_gids=supplementary_groups(job.uid, job.gid),
             volume_paths=() if job.uid == 0 else allowed.volume_paths,
             denied_paths=slot.forbidden,
-            log_limit=self.log_limit(job.priority_class),
+            log_limit=klass.log_limit if klass is not None else DEFAULT_LOG_LIMIT,
+            bridge=self.bridge.name,
+            bridge_subnet=self.bridge.subnet,
+            nat=klass.nat if klass is not None else True,
             user_name=job.user,
             home=home_of(job.uid),
         )
@@ -146,9 +160,8 @@ class Launcher:
                 ended_at=self.clock.time(),
             )
 
-    def log_limit(self, klass: str) -> int:
-        c = next((c for c in self.store.classes() if c.name == klass), None)
-        return c.log_limit if c is not None else DEFAULT_LOG_LIMIT
+    def klass(self, name: str) -> PriorityClass | None:
+        return next((c for c in self.store.classes() if c.name == name), None)
 
     def stop(
         self,

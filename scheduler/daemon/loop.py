@@ -92,7 +92,9 @@ class Loop:
         if self.node is not None and self.executor is not None:
             carver = Carver(self.node, self.store, self.cluster.node, self.executor)
             self.nodes.add(Slot(self.node, self.executor, carver, self.state_dir, self.forbidden))
-        self.launcher = Launcher(self.store, self.clock, self.specs, self.nodes)
+        self.launcher = Launcher(
+            self.store, self.clock, self.specs, self.nodes, bridge=self.cluster.node.bridge
+        )
         self.stats.started = self.clock.time()
         self._lock = threading.Lock()  # one pass at a time
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

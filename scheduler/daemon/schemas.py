@@ -398,6 +398,9 @@ class ClassOut(BaseModel):
     default_memory: str
     default_time_limit: str | None
     log_limit: str
+    nat: bool = Field(
+        True, description="Whether the class's bridge jobs reach beyond the node (NAT)"
+    )
 
 
 class ClassList(BaseModel):
@@ -414,6 +417,7 @@ class ClassSet(Checked):
     default_memory: Any = None
     default_time_limit: Any = None
     log_limit: Any = None
+    nat: bool | None = None
 
 
 class WhoAmI(BaseModel):

@@ -362,7 +362,7 @@ def serve_agent(
     cfg = AgentConfig(
         name=name, servers=servers, ca=ca, cert=cert, key=key, state_dir=state_dir,
         socket=socket_path, cpus=node.cpu_millicores(), memory=node.memory_bytes(),
-        topology=node.topology,
+        topology=node.topology, bridge=node.bridge.name, bridge_subnet=node.bridge.subnet,
     )  # fmt: skip
     agent = Agent(cfg, executor)
     log.info("node %s: %s", name, executor.inventory().summary())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,61 @@ def leftovers(marker: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         found += [line.split()[4] for line in f if marker in line]
     return found
+
+
+# A TCP server that answers each connection with the address it sees, then closes it.
+SEEN_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(8)
+print("listening", flush=True)
+while True:
+    c, addr = s.accept(); c.sendall(f"seen {addr[0]}\\n".encode()); c.close()
+"""
+
+
+@contextlib.contextmanager
+def outside_network(tag: str, route_back: str, prefix: str = "10.234.0", port: int = 7100):
+    """A network outside the node: a namespace ``mlqt-out-<tag>`` on a veth pair of its
+    own (the host's end ``mlqto<tag>`` is ``<prefix>.1``, the namespace's ``<prefix>.2``)
+    with a ``SEEN_SERVER`` on ``port``, and a route back to ``route_back`` through the
+    host, as a router on a real network could have. Yields (server address, host's
+    address on the link); removes all of it, and restores ``net.ipv4.ip_forward``."""
+    ns, host_if = f"mlqt-out-{tag}", f"mlqto{tag}"
+    outside, host_side = f"{prefix}.2", f"{prefix}.1"
+    forward = Path("/proc/sys/net/ipv4/ip_forward")
+    forwarding = forward.read_text().strip()
+    server = None
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    try:
+        ip("netns", "add", ns)
+        ip("link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        ip("addr", "add", f"{host_side}/24", "dev", host_if)
+        ip("link", "set", host_if, "up")
+        ip("-n", ns, "addr", "add", f"{outside}/24", "dev", "eth0")
+        ip("-n", ns, "link", "set", "eth0", "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "route", "add", route_back, "via", host_side)
+        py = os.path.realpath(sys.executable)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, py, "-c", SEEN_SERVER, str(port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        yield outside, host_side
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        forward.write_text(forwarding)  # the executor leaves it on: the machine gets it back
+        assert not Path("/run/netns", ns).exists()
+        assert not Path("/sys/class/net", host_if).exists()
 
 
 def make_rootfs(root: Path, files: dict[str, str] | None = None) -> Path:

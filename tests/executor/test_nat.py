@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from exec_helpers import finish, request
+from exec_helpers import finish, outside_network, request
 from mlq.executor import Network, Outcome, kill_now, start
 from mlq.executor.interface import LocalExecutor
-from mlq.executor.network import IP_FORWARD, TABLE, forget_bridge, nat_elements, nat_set
+from mlq.executor.network import TABLE, forget_bridge, nat_elements, nat_set
 from mlq.executor.status import read_status
 
 PY = os.path.realpath(sys.executable)
@@ -28,15 +28,6 @@ NO_NAT = Network(mode="bridge", bridge="mlqnat0", subnet="10.233.0.0/24", nat=Fa
 OUTSIDE = "10.234.0.2"  # the server, in the outside namespace
 HOST_SIDE = "10.234.0.1"  # the host's address on the link to it
 PORT = 7100
-
-SERVER = f"""
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", {PORT})); s.listen(8)
-print("listening", flush=True)
-while True:
-    c, addr = s.accept(); c.sendall(f"seen {{addr[0]}}\\n".encode()); c.close()
-"""
 
 # connect once, say what the server saw (or why not), then stay up for ``argv[1]`` s
 CLIENT = f"""
@@ -50,10 +41,6 @@ time.sleep(float(sys.argv[1]))
 """
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
 def _nft_text() -> str:
     p = subprocess.run(["nft", "list", "table", "ip", TABLE], capture_output=True, text=True)
     return p.stdout if p.returncode == 0 else ""
@@ -61,39 +48,9 @@ def _nft_text() -> str:
 
 @pytest.fixture
 def outside():
-    """The outside network: a namespace with its own address and a server; removed after."""
-    tag = str(os.getpid() % 100000)
-    ns, host_if = f"mlqt-out-{tag}", f"mlqto{tag}"
-    with open(IP_FORWARD) as f:
-        forwarding = f.read().strip()
-    server = None
-    try:
-        _ip("netns", "add", ns)
-        _ip("link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        _ip("addr", "add", f"{HOST_SIDE}/24", "dev", host_if)
-        _ip("link", "set", host_if, "up")
-        _ip("-n", ns, "addr", "add", f"{OUTSIDE}/24", "dev", "eth0")
-        _ip("-n", ns, "link", "set", "eth0", "up")
-        _ip("-n", ns, "link", "set", "lo", "up")
-        # a way back to the bridge's jobs, as a router on a real network could have
-        _ip("-n", ns, "route", "add", NAT.subnet, "via", HOST_SIDE)
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", ns, PY, "-c", SERVER],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
-        yield ns
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
-        with open(IP_FORWARD, "w") as f:
-            f.write(forwarding)  # the executor leaves it on; this machine gets it back
-        assert not Path("/run/netns", ns).exists()
-        assert not Path("/sys/class/net", host_if).exists()
+    with outside_network(str(os.getpid() % 100000), NAT.subnet, port=PORT) as (server, host):
+        assert (server, host) == (OUTSIDE, HOST_SIDE)
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -37,10 +37,13 @@ print(open("/sys/class/net/eth0/operstate").read().strip())
 
 @pytest.fixture(autouse=True)
 def remove_test_bridge():
-    """The bridge stays between jobs (like docker0); this test's own one goes after it."""
+    """The bridge stays between jobs (like docker0); this test's own one goes after it,
+    with its part of mlq's nftables table."""
     yield
+    from mlq.executor.network import forget_bridge
     from pyroute2 import IPRoute
 
+    forget_bridge(NET.bridge, NET.subnet)
     with IPRoute() as ipr:
         for idx in ipr.link_lookup(ifname=NET.bridge):
             ipr.link("del", index=idx)
