@@ -13,8 +13,10 @@ nothing of teams, quotas or priorities; scheduler/launch.py builds requests.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
+import re
 import signal
 import types
 import typing
@@ -150,6 +152,37 @@ class Namespaces:
     user: bool = False
     uid_mappings: list[IdMap] = field(default_factory=list)
     gid_mappings: list[IdMap] = field(default_factory=list)
+
+
+# an interface name (IFNAMSIZ - 1 bytes) that is also an nftables name
+BRIDGE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$")
+MAX_PREFIXLEN = 29  # the bridge's own address and room for five jobs
+
+
+def bridge_problem(name: str) -> str | None:
+    """Why ``name`` cannot be mlq's bridge ("is ..."; the caller shows the name), or None."""
+    if BRIDGE_RE.match(name):
+        return None
+    if len(name) > 15:
+        return "is longer than 15 characters, the most an interface name has"
+    return "is not an interface name: a letter, then letters, digits, _ . or -"
+
+
+def subnet_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a bridge's subnet ("is ..."), or None."""
+    try:
+        net = ipaddress.ip_network(text)
+    except ValueError as exc:
+        why = str(exc).replace(f"{text} ", "").replace(f"'{text}' ", "")
+        return f"is not an IPv4 network in CIDR form like 10.88.0.0/16 ({why})"
+    if net.version != 4:
+        return "is not an IPv4 network; bridge jobs get IPv4 addresses"
+    if net.prefixlen > MAX_PREFIXLEN:
+        return (
+            f"is too small: /{net.prefixlen} leaves no room for the bridge and its jobs; "
+            f"use a /{MAX_PREFIXLEN} or larger"
+        )
+    return None
 
 
 @dataclass

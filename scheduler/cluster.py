@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from mlq.executor.network import bridge_problem, subnet_problem
+from mlq.executor.request import bridge_problem, subnet_problem
 from mlq.executor.units import parse_cpus, parse_size
 from mlq.scheduler.checkpoints import DEFAULT_RETENTION_S
 from mlq.scheduler.errors import InvalidInput
