@@ -252,35 +252,46 @@ def forget_bridge(bridge: str, subnet: str) -> None:
 
 def _forwarding_on() -> None:
     """NAT is routing: turn net.ipv4.ip_forward on if it is off (and leave it on)."""
-    with open(IP_FORWARD) as f:
-        if f.read().strip() != "0":
-            return
+    if _forwarding():
+        return
     with open(IP_FORWARD, "w") as f:
         f.write("1")
     log.warning("turned on net.ipv4.ip_forward for NAT of bridge jobs (docs/executor.md)")
 
 
+def _forwarding() -> bool:
+    with open(IP_FORWARD) as f:
+        return f.read().strip() != "0"
+
+
 def _firewall(net: Network, address: str, lease_dir: str) -> None:
     """The table for the job's bridge, stale NAT addresses dropped, the job's address
-    in the NAT set or out of it. Under the state dir's network lock."""
-    if _nft_binary() is None:
-        with open(IP_FORWARD) as f:
-            forwarding = f.read().strip() != "0"
-        if net.nat or forwarding:
-            why = (
-                "its job reaches outside through NAT"
-                if net.nat
-                else "net.ipv4.ip_forward is on, and only mlq's table keeps a NAT-off job in"
-            )
-            raise ExecutorError(f"nft is not installed (Debian package nftables): {why}")
-        return  # the host routes nothing: a NAT-off job reaches nothing beyond it
-    ensure_table(net.bridge, net.subnet)
-    _prune(net.bridge, lease_dir)
-    if net.nat:
-        _set_element("add", net.bridge, address)
-        _forwarding_on()
-    elif address in nat_elements(net.bridge):
-        _set_element("delete", net.bridge, address)
+    in the NAT set or out of it. Under the state dir's network lock. Without nft (or a
+    kernel without nf_tables) only a NAT-off job on a host that forwards nothing runs:
+    nothing it sends is routed beyond the node then."""
+    try:
+        if _nft_binary() is None:
+            raise ExecutorError("nft is not installed (Debian package nftables)")
+        ensure_table(net.bridge, net.subnet)
+        _prune(net.bridge, lease_dir)
+        if net.nat:
+            _set_element("add", net.bridge, address)
+            _forwarding_on()
+        elif address in nat_elements(net.bridge):
+            _set_element("delete", net.bridge, address)
+    except ExecutorError as exc:
+        if net.nat:
+            raise ExecutorError(f"NAT for the job: {exc}") from None
+        if _forwarding():
+            raise ExecutorError(
+                f"keep the NAT-off job in: {exc}; net.ipv4.ip_forward is on, and only "
+                "mlq's nftables table keeps what it sends from being routed out"
+            ) from None
+        log.warning(
+            "bridge %s: %s; NAT-off jobs stay in while the host forwards nothing",
+            net.bridge,
+            exc,
+        )
 
 
 def _revoke(jn: JobNetwork) -> None:

@@ -22,6 +22,17 @@ from mlq.executor.interface import LocalExecutor
 from mlq.executor.network import TABLE, forget_bridge, nat_elements, nat_set
 from mlq.executor.status import read_status
 
+
+def _kernel_has_nftables() -> bool:
+    p = subprocess.run(["nft", "list", "tables"], capture_output=True)
+    return p.returncode == 0
+
+
+# nft is installed where the suite runs (scripts/test); a tests/vm guest kernel may lack
+# the nf_tables modules, and there only this file is skipped
+pytestmark = pytest.mark.skipif(
+    not _kernel_has_nftables(), reason="this kernel has no nf_tables (nft list tables fails)"
+)
 PY = os.path.realpath(sys.executable)
 NAT = Network(mode="bridge", bridge="mlqnat0", subnet="10.233.0.0/24")
 NO_NAT = Network(mode="bridge", bridge="mlqnat0", subnet="10.233.0.0/24", nat=False)
@@ -134,3 +145,26 @@ def test_the_table_is_mlqs_own_and_set_up_again_changes_nothing(state_dir, outsi
     assert text.count(f"chain {NAT.bridge}_out ") == 1
     assert text.count(f'"{NAT.bridge}" : jump {NAT.bridge}_out') == 1
     assert f"set {nat_set(NAT.bridge)} " in text and nat_elements(NAT.bridge) == set()
+
+
+def test_without_nft_a_nat_job_is_refused_naming_the_package_and_a_nat_off_one_runs(
+    state_dir, monkeypatch
+):
+    import mlq.executor.network as network
+    from mlq.executor import LaunchError
+
+    monkeypatch.setattr(network, "_nft_binary", lambda: None)
+    forward = Path(network.IP_FORWARD)
+    was = forward.read_text().strip()
+    forward.write_text("0")  # the host routes nothing: a NAT-off job cannot get out
+    try:
+        with pytest.raises(LaunchError, match=r"nft is not installed \(Debian package nftables\)"):
+            start(request(state_dir, [PY, "-c", "pass"], network=NAT))
+        shut = start(request(state_dir, [PY, "-c", CLIENT, "0"], network=NO_NAT))
+        assert finish(shut).state == Outcome.COMPLETED
+        forward.write_text("1")  # now only mlq's table could keep one in: refused
+        with pytest.raises(LaunchError, match="only mlq's nftables table keeps"):
+            start(request(state_dir, [PY, "-c", "pass"], network=NO_NAT))
+    finally:
+        forward.write_text(was)
+    assert os.listdir(Path(state_dir, "net", NAT.bridge)) == []
