@@ -35,6 +35,8 @@ if [ ! -d "$mods/lib/modules/$(uname -r)" ]; then
   mods=/tmp/mods
 fi
 for m in overlay veth bridge; do modprobe -d "$mods" "$m"; done
+# nftables for NAT of bridge jobs, where the kernel has it (else those tests skip)
+for m in nf_tables nft_chain_nat nft_masq nft_ct; do modprobe -q -d "$mods" "$m" || true; done
 mount -t overlay etc -o lowerdir=/etc,upperdir=/run/mlq-etc/up,workdir=/run/mlq-etc/work /etc
 ip link set lo up
 {

@@ -38,6 +38,8 @@ BUSYBOX = Path("/bin/busybox")
 # init loads from the 9p root for the executor's tests
 ROOT_MODULES = ["virtio_pci", "9pnet_virtio", "9p"]
 GUEST_MODULES = ["overlay", "veth", "bridge"]
+# for mlq's nftables table (NAT of bridge jobs); a kernel without them skips those tests
+NFT_MODULES = ["nf_tables", "nft_chain_nat", "nft_masq", "nft_ct"]
 XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
@@ -139,7 +141,7 @@ def _build(scratch: Path) -> Path:
     _run(["depmod", "-b", str(unpacked), release])
     deps = _module_deps(tree)
     root_mods = _closure(deps, ROOT_MODULES)
-    kept = _closure(deps, ROOT_MODULES + GUEST_MODULES)
+    kept = _closure(deps, ROOT_MODULES + GUEST_MODULES + NFT_MODULES)
     dest = entry / "modules" / "lib" / "modules" / release
     for rel in kept:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
