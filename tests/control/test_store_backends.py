@@ -519,3 +519,30 @@ def test_a_postgresql_server_that_does_not_answer_is_one_line_naming_the_url(tmp
     message = str(err.value)
     assert message.startswith(f"open database postgresql+psycopg://mlq:***@/mlq?host={tmp_path}: ")
     assert "\n" not in message and "secret" not in message
+
+
+def test_a_class_nat_switch_round_trips_and_the_config_seeds_it(store):
+    """What `mlq class set batch --no-nat` does to the store; a class of the config
+    with ``nat: false`` is stored so, and the others keep schema 9's default."""
+    config = ClusterConfig.model_validate(
+        {
+            "priority_classes": [
+                {"name": "serve", "value": 900, "nat": False},
+                {"name": "batch", "value": 1},
+            ]
+        }
+    )
+    store.seed(config)
+    assert {c.name: c.nat for c in store.classes()} == {"serve": False, "batch": True}
+    batch = next(c for c in store.classes() if c.name == "batch")
+    store.set_class(batch.model_copy(update={"nat": False}))
+    fresh = Store(store.url)
+    try:
+        assert {c.name: c.nat for c in fresh.classes()} == {"serve": False, "batch": False}
+        with fresh.engine.connect() as conn:
+            stored = conn.execute(
+                text("SELECT nat FROM priority_classes WHERE name = 'batch'")
+            ).scalar()
+        assert stored in (False, 0)
+    finally:
+        fresh.close()

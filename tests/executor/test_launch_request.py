@@ -81,3 +81,32 @@ def test_the_request_runs_and_the_job_sees_its_environment(tmp_path):
         "bert-finetune",
     ]
     assert json.loads((state / "runs" / "7-0" / "request.json").read_text())["run_id"] == "7-0"
+
+
+def test_a_bridge_job_gets_the_nodes_bridge_and_its_classs_nat(tmp_path):
+    spec = resolve(parse_spec(dict(JOB, network="bridge")), list(DEFAULT_CLASSES))
+    default = build_launch_request(spec, job_id=1, state_dir=str(tmp_path))
+    assert (default.network.bridge, default.network.subnet, default.network.nat) == (
+        "mlq0",
+        "10.88.0.0/16",
+        True,
+    )
+    req = build_launch_request(
+        spec,
+        job_id=1,
+        state_dir=str(tmp_path),
+        bridge="mlqlab0",
+        bridge_subnet="10.99.0.0/24",
+        nat=False,
+    )
+    assert (req.network.mode, req.network.bridge, req.network.subnet, req.network.nat) == (
+        "bridge",
+        "mlqlab0",
+        "10.99.0.0/24",
+        False,
+    )
+    assert LaunchRequest.from_json(req.to_json()) == req
+    # a request from before nat existed reads as NAT on, as schema 9 defaults classes
+    old = json.loads(default.to_json())
+    del old["network"]["nat"]
+    assert LaunchRequest.from_dict(old).network.nat is True
