@@ -109,8 +109,9 @@ class TeamView:
 class Notice:
     """A committed change someone may want to be told of (docs/notifications.md):
     ``event`` "ended" (a final state) or "preempted" (``requeued``: back to PENDING in
-    the same transaction); ``job``: the job's columns as that step left them; ``at``:
-    when the step was written."""
+    the same transaction); ``job``: the job's columns as that step left them, but its
+    spec (a queue of notices must not hold a megabyte a job); ``at``: when the step
+    was written."""
 
     event: str
     job: Columns
@@ -139,8 +140,8 @@ def _ended(run: RunRow, state: str, now: float, checkpoint_at: float | None = No
 
 
 def _columns(job: Job) -> Columns:
-    """The job's columns, by name, as they are now."""
-    return {c.name: getattr(job, c.name) for c in Job.__table__.columns}
+    """The job's columns but its spec, by name, as they are now."""
+    return {c.name: getattr(job, c.name) for c in Job.__table__.columns if c.name != "spec"}
 
 
 def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: object) -> None:
@@ -742,7 +743,8 @@ class Store:
                     [{"job_id": i, "at": now, "state": event, "reason": reason} for i in found],
                 )
                 if self.listeners and event in states.FINAL:
-                    rows = conn.execute(select(t).where(t.c.id.in_(found)).order_by(t.c.id))
+                    cols = [c for c in t.c if c.name != "spec"]
+                    rows = conn.execute(select(*cols).where(t.c.id.in_(found)).order_by(t.c.id))
                     notices = [Notice("ended", dict(r._mapping), at=now) for r in rows]
         self._mark(found)
         self._tell(notices)

@@ -157,7 +157,7 @@ class Notifier:
         if job.get("gang_rank") not in (None, 0):
             return []
         urls: list[tuple[str, str]] = []
-        notify = _spec_notify(job.get("spec"))
+        notify = _spec_notify(dict(self.store.specs([int(str(job["id"]))])).get(job["id"]))
         wanted = notify.get("events") if notify is not None else None
         if notify is not None and wants(n, wanted if isinstance(wanted, list) else list(EVENTS)):
             urls.append((str(notify.get("webhook") or ""), "job"))
