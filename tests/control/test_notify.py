@@ -14,6 +14,7 @@ from mlq.scheduler import states
 from mlq.scheduler.cluster import NotifyConfig
 from mlq.scheduler.daemon.notify import Delivery, Notifier, payload, wants
 from mlq.scheduler.errors import Conflict, InvalidInput
+from mlq.scheduler.models import Job
 from mlq.scheduler.spec import parse_spec
 from mlq.scheduler.store import Notice
 from mlq.scheduler.webhooks import Rules, parse_network, shown
@@ -41,6 +42,12 @@ def notifier(h, config: NotifyConfig = LOCAL) -> Notifier:
     n = Notifier(h.store, config, backoff=0.05)
     h.store.listeners.append(n.tell)
     return n
+
+
+def columns(h, job_id: int) -> dict:
+    """A job's columns but its spec, as the store puts them in a notice."""
+    row = h.store.job(job_id)
+    return {c.name: getattr(row, c.name) for c in Job.__table__.columns if c.name != "spec"}
 
 
 def delivery(url: str) -> Delivery:
@@ -95,6 +102,24 @@ def test_a_requeued_preemption_is_a_preempt_event_and_the_end_of_the_job_is_not_
     assert (notice.event, notice.requeued, notice.job["node"]) == ("preempted", True, "n1")
     assert wants(notice, ["preempt"]) and not wants(notice, ["end"])
     assert payload(notice, ["n1"])["job"]["requeued"] is True
+
+
+def test_a_multi_node_job_is_told_once_by_its_first_part_and_a_teams_hook_too(h):
+    job = h.submit(notify="https://hooks.example.com/x")
+    h.store.set_webhook("nlp", "https://chat.example.com/team")
+    row = columns(h, job) | {"state": "FAILED", "gang_id": job, "node": "n1"}
+    n = Notifier(h.store, NotifyConfig())
+    assert n.deliveries(Notice("ended", {**row, "gang_rank": 1})) == []
+    told = n.deliveries(Notice("ended", {**row, "gang_rank": 0}))
+    assert [(d.url, d.source) for d in told] == [
+        ("https://hooks.example.com/x", "job"),
+        ("https://chat.example.com/team", "team"),
+    ]
+    assert json.loads(told[0].body)["job"]["nodes"] == ["n1"]
+    # a job that asked for preemptions only is not told of its end; its team still is
+    only = h.submit(notify={"webhook": "https://hooks.example.com/x", "events": ["preempt"]})
+    told = n.deliveries(Notice("ended", columns(h, only) | {"state": "FAILED"}))
+    assert [d.source for d in told] == ["team"]
 
 
 def test_a_server_that_fails_twice_with_500_gets_a_third_attempt(h, hooks):

@@ -61,6 +61,10 @@ def test_a_job_that_ends_sends_one_post_with_its_fields(make_daemon, unix_users,
     assert other.json()["spec"]["notify"]["webhook"] == f"http://127.0.0.1:{port}/…"
     time.sleep(0.5)
     assert len(hook.requests) == 1
+    # the daemon's log names the webhook by its scheme and host, never its secret path
+    logged = (d.home / "server.log").read_text()
+    assert f"notified job webhook http://127.0.0.1:{port}/… of job.ended of job {job_id}" in logged
+    assert "secret-token" not in logged
 
 
 def test_a_preempted_job_sends_a_preempt_event(make_daemon, unix_users, hooks):
