@@ -13,7 +13,7 @@ import pytest
 from exec_helpers import make_rootfs, run
 from mlq.executor import Checkpoint, Outcome, Root, User, helper
 from mlq.executor.errors import ExecutorError
-from mlq.executor.request import JOB_TOOL_DIR, with_job_tool
+from mlq.executor.request import DEFAULT_PATH, JOB_TOOL_DIR, with_job_tool
 from mlq.executor.rundir import CHECKPOINT_MARK, checkpoint_dir, checkpoint_mark
 
 MARK_ENV = {"MLQ_CHECKPOINT_MARK": f"/ckpt/{CHECKPOINT_MARK}"}
@@ -116,7 +116,7 @@ def test_on_the_host_image_the_tool_is_there_and_the_hosts_root_is_untouched(sta
     assert st.state == Outcome.COMPLETED
     assert out.splitlines() == [
         "mlq",
-        f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{JOB_TOOL_DIR}",
+        f"{DEFAULT_PATH}:{JOB_TOOL_DIR}",
     ]
     assert not os.path.lexists("/.mlq")
 
