@@ -65,6 +65,16 @@ def outside():
 
 
 @pytest.fixture(autouse=True)
+def forwarding_restored():
+    """A NAT job turns net.ipv4.ip_forward on and the executor leaves it on; this
+    machine gets its own setting back after each test."""
+    forward = Path("/proc/sys/net/ipv4/ip_forward")
+    was = forward.read_text().strip()
+    yield
+    forward.write_text(was)
+
+
+@pytest.fixture(autouse=True)
 def remove_test_bridge():
     """The bridge and its part of mlq's table stay between jobs (like docker0); this
     test's own ones go after it, and nothing of them is left."""
@@ -167,4 +177,21 @@ def test_without_nft_a_nat_job_is_refused_naming_the_package_and_a_nat_off_one_r
             start(request(state_dir, [PY, "-c", "pass"], network=NO_NAT))
     finally:
         forward.write_text(was)
+    assert os.listdir(Path(state_dir, "net", NAT.bridge)) == []
+
+
+def test_a_nat_job_whose_supervisor_was_lost_leaves_no_nat_address(state_dir):
+    # a node crash or a SIGKILL of the supervisor: adopt finishes the run, and its
+    # lease and NAT address go with its veth and namespace
+    import signal
+
+    from mlq.executor import adopt
+
+    h = start(request(state_dir, ["/bin/sleep", "60"], network=NAT))
+    assert h.address in nat_elements(NAT.bridge)
+    os.kill(h.supervisor_pid, signal.SIGKILL)
+    os.waitpid(h.supervisor_pid, 0)
+    st = adopt(h.run_dir)
+    assert st.state == Outcome.FAILED and "lost" in st.error
+    assert nat_elements(NAT.bridge) == set()
     assert os.listdir(Path(state_dir, "net", NAT.bridge)) == []
