@@ -126,7 +126,11 @@ def _nft(*args: str, script: str | None = None) -> str:
     if nft is None:
         raise ExecutorError("nft is not installed (Debian package nftables)")
     cmd = [nft, *args] + (["-f", "-"] if script is not None else [])
-    p = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=30)
+    feed = {"input": script} if script is not None else {"stdin": subprocess.DEVNULL}
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30, **feed)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ExecutorError(f"nft {' '.join(args) or '-f -'}: {exc}") from None
     if p.returncode != 0:
         what = " ".join(args) if script is None else "a script"
         raise ExecutorError(f"nft {what}: {p.stderr.strip() or f'exit {p.returncode}'}")
