@@ -73,8 +73,16 @@ class Attempt:
 class Notifier:
     """Sends notifications from its own threads; ``tell`` is the store's listener."""
 
-    def __init__(self, store: Store, config: NotifyConfig, backoff: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: NotifyConfig,
+        backoff: float = 1.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.store = store
+        # the system's CAs verify each https webhook's certificate (tests pass their own)
+        self.tls = tls or ssl.create_default_context()
         self.rules: Rules = config.rules()
         self.timeout = float(config.timeout)
         self.attempts = config.attempts
@@ -233,8 +241,7 @@ class Notifier:
                 return Attempt(0, f"refused: {host} resolves to {problem}")
         if not addresses:
             return Attempt(0, f"resolve {host}: no address", retry=True)
-        left = max(0.1, deadline - time.monotonic())  # resolving took its share
-        conn = _connection(host, port, addresses[0], https, left)
+        conn = _connection(host, port, addresses, self.tls if https else None, deadline)
         timer = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, (conn,))
         timer.daemon = True
         timer.start()
@@ -255,6 +262,8 @@ class Notifier:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
             conn.connect()
+        except ssl.SSLCertVerificationError as exc:  # the same certificate next time
+            return Attempt(0, f"TLS: {exc.verify_message or exc}")
         except OSError as exc:  # nothing was sent: trying again is safe
             return Attempt(0, f"connect: {_why(exc, deadline, self.timeout)}", retry=True)
         headers = {"Content-Type": "application/json", "User-Agent": "mlq", **headers}
@@ -331,22 +340,32 @@ def _spec_notify(spec: object) -> dict[str, object] | None:
 
 
 def _connection(
-    host: str, port: int, address: str, https: bool, timeout: float
+    host: str, port: int, addresses: list[str], tls: ssl.SSLContext | None, deadline: float
 ) -> http.client.HTTPConnection:
-    """A connection that names ``host`` (Host header, TLS server name and certificate)
-    and connects to ``address``, the one the rules checked."""
+    """A connection that names ``host`` (Host header; with ``tls``, the TLS server name
+    and the certificate's) and connects only to ``addresses``, the ones the rules
+    checked, in turn, as ``socket.create_connection`` tries a name's addresses, all
+    within the attempt's ``deadline`` (resolving took its share)."""
+    timeout = max(0.05, deadline - time.monotonic())
     conn: http.client.HTTPConnection
-    if https:
-        conn = http.client.HTTPSConnection(
-            host, port, timeout=timeout, context=ssl.create_default_context()
-        )
+    if tls is not None:
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=tls)
     else:
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
 
     def to_checked(
         _addr: tuple[str, int], timeout: float | None = None, source: object = None
     ) -> socket.socket:
-        return socket.create_connection((address, port), timeout)
+        error: OSError = OSError(f"no address of {host} to connect to")
+        for address in addresses:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"connect to {host}: no answer in time")
+            try:
+                return socket.create_connection((address, port), left)
+            except OSError as exc:
+                error = exc
+        raise error
 
     conn._create_connection = to_checked  # type: ignore[attr-defined]
     return conn

@@ -20,7 +20,7 @@ from mlq.scheduler.store import Notice
 from mlq.scheduler.webhooks import Rules, parse_network, shown
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from hook_server import Hook  # noqa: E402
+from hook_server import Hook, tls_contexts  # noqa: E402
 
 LOCAL = NotifyConfig(networks=["127.0.0.1"], timeout=2, attempts=3)
 
@@ -120,6 +120,21 @@ def test_a_multi_node_job_is_told_once_by_its_first_part_and_a_teams_hook_too(h)
     only = h.submit(notify={"webhook": "https://hooks.example.com/x", "events": ["preempt"]})
     told = n.deliveries(Notice("ended", columns(h, only) | {"state": "FAILED"}))
     assert [d.source for d in told] == ["team"]
+
+
+def test_https_names_the_host_connects_to_the_checked_address_and_verifies_the_certificate(
+    h, hooks, tmp_path
+):
+    server, client = tls_contexts(tmp_path, ["localhost"])
+    hook = hooks(tls=server)
+    n = Notifier(h.store, NotifyConfig(networks=["127.0.0.1", "::1"], timeout=2), tls=client)
+    by_name = hook.url.replace("127.0.0.1", "localhost")  # resolves to ::1 first, maybe
+    attempt = n.deliver(delivery(by_name))
+    assert attempt.ok, attempt.error
+    assert hook.requests[0]["headers"]["Host"].startswith("localhost:")
+    # a certificate that does not name the URL's host fails, and is not tried again
+    attempt = n.deliver(delivery(hook.url))
+    assert not attempt.ok and attempt.error.startswith("TLS: ") and len(hook.requests) == 1
 
 
 def test_a_server_that_fails_twice_with_500_gets_a_third_attempt(h, hooks):
