@@ -24,7 +24,7 @@ app = typer.Typer(
 RUN_ERROR, RUN_CANNOT_EXEC, RUN_NOT_FOUND = 125, 126, 127
 
 # Each module defines ``register(app)``; the order is the order of ``mlq --help``.
-COMMAND_MODULES = ("jobs", "nodes", "admin", "checkpoints", "serve", "plan", "run")
+COMMAND_MODULES = ("jobs", "nodes", "admin", "checkpoints", "serve", "plan", "run", "execute")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"mlq.cli.{_name}").register(app)
@@ -38,13 +38,14 @@ def main() -> None:
     argument); 3 refused (not allowed, beyond a grant or a cap); 4 the daemon
     cannot be reached; 130 interrupted. Never a traceback.
 
-    ``mlq run`` exits with its job's exit code, so its own errors cannot use those
-    numbers: as ``docker run``, 125 for an error of mlq (any of the above), 126 for a
-    command that cannot be executed, 127 for one that does not exist.
+    ``mlq run`` and ``mlq exec`` exit with their command's exit code, so their own
+    errors cannot use those numbers: as ``docker run`` and ``docker exec``, 125 for
+    an error of mlq (any of the above), 126 for a command that cannot be executed,
+    127 for one that does not exist.
     """
     from mlq.scheduler.errors import MlqError
 
-    running_a_job = sys.argv[1:2] == ["run"]
+    running_a_job = sys.argv[1:2] in (["run"], ["exec"])
 
     def code(usual: int) -> int:
         return RUN_ERROR if running_a_job else usual

@@ -12,12 +12,13 @@ live is the executor's business (``rundir.py``).
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from mlq.executor import execin, network, rundir, runner
 from mlq.executor import gpus as gpu_inventory
-from mlq.executor import network, rundir, runner
 from mlq.executor.asuser import HostUser
 from mlq.executor.cgroups import Stats
 from mlq.executor.gpus import NodeGpus, NodeSource
@@ -234,6 +235,18 @@ class LocalExecutor:
     def destroy(self, gpu: int, start: int, uuid: str | None = None) -> NodeGpus:
         self._gpus = gpu_inventory.destroy(self.inventory(), gpu, start, uuid=uuid)
         return self._gpus
+
+    def exec_in(
+        self,
+        run_id: str,
+        args: list[str],
+        stdio: tuple[int, int, int],
+        tty: bool = False,
+        env: dict[str, str] | None = None,
+        report: int | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """``args`` inside the running ``run_id``, as its command (mlq exec; execin.py)."""
+        return execin.start(self.state_dir, run_id, args, stdio, tty=tty, env=env, report=report)
 
     def close(self) -> None:
         """Stop preparing images; release mlq's parent cgroups if no run is left under

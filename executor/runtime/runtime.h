@@ -26,6 +26,7 @@
  *   logs.c        the job's output pipes, copied into capped and rotated files
  *   status.c      status.json, logcut.json, supervisor.json
  *   util.c        errors, the supervisor's log, small file helpers, the trace
+ *   exec.c        `mlq-runtime exec`: a command inside a running job (mlq exec)
  *
  * There is no global state: the plan (read-only once read) and each part's state
  * are passed explicitly.  Signals need none either: the supervisor reads them from a
@@ -179,6 +180,9 @@ struct plan {
     /* "trace PATH": per-step timings (bench/launch); opened once the plan is read */
     int trace_fd;
 };
+
+/* exec.c: `mlq-runtime exec PLAN INIT_PID [--tty] [--env K=V]... -- ARGS...` */
+int exec_main(int argc, char **argv);
 
 /* plan.c: read the whole plan or nothing; ERR's message names the line. */
 int plan_read(struct plan *p, const char *path, struct rt_err *err);

@@ -365,6 +365,8 @@ static void remove_trees(struct supervisor *s)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "exec") == 0)
+        return exec_main(argc, argv); /* mlq exec: exec.c */
     if (argc != 2) {
         fprintf(stderr, "usage: mlq-runtime PLAN (started by mlq's executor)\n");
         return 2;

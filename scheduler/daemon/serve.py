@@ -223,6 +223,14 @@ def serve(
         loop.after_pass.append(m.after_pass)
         metrics_server = metrics.serve(m, metrics_address)
     loop.start()
+    exec_server = None
+    if executor is not None:  # mlq exec into this node's jobs (execserver.py)
+        from mlq.scheduler.daemon.execserver import ExecServer, exec_socket_path
+
+        exec_server = ExecServer(
+            exec_socket_path(str(paths.socket)), store, loop, cluster.admin_group
+        )
+        exec_server.start()
     servers = [
         uvicorn.Server(
             uvicorn.Config(
@@ -244,6 +252,8 @@ def serve(
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
+        if exec_server is not None:
+            exec_server.stop()  # commands it started run on, as their jobs do
         loop.stop()  # running jobs keep running under their supervisors
         notifier.stop()  # what it had not sent is lost (docs/notifications.md)
         if executor is not None:
