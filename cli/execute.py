@@ -149,8 +149,16 @@ def exec_(
         command = command[1:]
     if not command:
         raise InvalidInput("mlq exec: give the command after the job ID, e.g. mlq exec 12 -- ls")
+    raise typer.Exit(run_in_job(job_id, command, interactive, tty, sock))
+
+
+def run_in_job(
+    job_id: int, command: list[str], interactive: bool, tty: bool, sock: str | None
+) -> int:
+    """``command`` in running job ``job_id`` with this process's stdio (or a pty it
+    relays); its exit code. ``mlq exec`` and ``mlq submit -i`` (interactive jobs)."""
     if tty and not sys.stdin.isatty():
-        raise MlqError("mlq exec -t: stdin is not a terminal; leave out -t to pipe into it")
+        raise MlqError("-t: stdin is not a terminal; leave out -t to pipe into it")
     s = _connect(sock)
     request: dict[str, Any] = {"job": job_id, "args": command, "tty": tty}
     null = -1
@@ -177,23 +185,20 @@ def exec_(
             saved = termios.tcgetattr(sys.stdin.fileno())
             ttymod.setraw(sys.stdin.fileno(), termios.TCSANOW)  # keep what was typed ahead
             try:
-                code = _relay(s, master)
+                return _relay(s, master)
             finally:
                 termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
-        else:
-            lines = _Lines(s)
-            code = None
-            while code is None:
-                for message in lines.feed():
-                    got = _outcome(message)
-                    if got is not None:
-                        code = got
+        lines = _Lines(s)
+        while True:
+            for message in lines.feed():
+                got = _outcome(message)
+                if got is not None:
+                    return got
     finally:
         for fd in (null, master, slave):
             if fd >= 0:
                 os.close(fd)
         s.close()
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

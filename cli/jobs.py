@@ -37,14 +37,34 @@ def submit(
             "IDs joined by :, types by ,",
         ),
     ] = None,
+    interactive: Annotated[
+        bool,
+        typer.Option(
+            "--interactive",
+            "-i",
+            help="Wait for it to start and run its command here, stdin and all (srun --pty)",
+        ),
+    ] = False,
+    tty: Annotated[
+        bool, typer.Option("--tty", "-t", help="With -i: give its command a terminal")
+    ] = False,
     json_out: JsonOpt = False,
     sock: SocketOpt = None,
 ) -> None:
-    """Queue a job file; prints the job ID."""
+    """Queue a job file; prints the job ID. With -i (-it for a terminal) the job is
+    interactive: once it starts, its command runs attached to this terminal, and mlq
+    submit exits as it does (docs/daemon.md "Interactive jobs")."""
     from mlq.executor.yamlfile import load_yaml
     from mlq.scheduler.errors import InvalidInput
 
     data = load_yaml(file)
+    if tty and not interactive:
+        raise InvalidInput("-t gives an interactive job a terminal: use it with -i (-it)")
+    if interactive:
+        if json_out or dry_run:
+            raise InvalidInput("-i runs the job here: not with --json or --dry-run")
+        if isinstance(data, dict):
+            data = {**data, "interactive": True}
     client = Client(sock)
     try:
         resp = client.post(
@@ -80,7 +100,36 @@ def submit(
             f"IDs {jobs[0]['id']}-{jobs[-1]['id']}"
         )
     else:
-        typer.echo(f"Submitted job {jobs[0]['id']}")
+        typer.echo(f"Submitted job {jobs[0]['id']}", err=interactive)
+    if interactive:
+        raise typer.Exit(_attach(client, jobs[0]["id"], tty, sock))
+
+
+def _attach(client: Client, job_id: int, tty: bool, sock: str | None) -> int:
+    """Wait for interactive job ``job_id`` to start (Ctrl-C cancels it, as srun), then
+    run its command in it with this terminal; the command's exit code."""
+    from mlq.cli.execute import run_in_job
+    from mlq.executor.request import JOB_TOOL
+
+    said = ""
+    try:
+        while True:
+            job = client.get(f"/v1/jobs/{job_id}")
+            if job["state"] == "RUNNING":
+                break
+            if job["state"] not in ("PENDING", "STARTING"):
+                typer.echo(f"Job {job_id} ended {job['state']}: {job['reason']}", err=True)
+                return 1
+            if job["state"] == "PENDING" and job["reason"] != said:
+                said = job["reason"]
+                typer.echo(f"Job {job_id} is waiting: {said}", err=True)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        client.post("/v1/jobs/cancel", {"ids": [job_id], "now": True})
+        typer.echo(f"Cancelled job {job_id}", err=True)
+        return 130
+    command = [JOB_TOOL, "__interactive-run", "--", *job["spec"]["command"]]
+    return run_in_job(job_id, command, True, tty, sock)
 
 
 def _submit_dir() -> str | None:

@@ -63,6 +63,7 @@ def build_launch_request(
     """
     from mlq.executor.request import (
         CPU_PERIOD_US,
+        JOB_TOOL,
         Checkpoint,
         Device,
         HostPaths,
@@ -127,7 +128,8 @@ def build_launch_request(
         run_id=run_id or f"{job_id}-{restart_count}",
         state_dir=state_dir,
         process=Process(
-            args=list(spec.command),
+            # an interactive job waits for the command mlq submit -i runs in it
+            args=[JOB_TOOL, "__interactive-hold"] if spec.interactive else list(spec.command),
             env=env,
             cwd=spec.workdir or "/",
             user=user,

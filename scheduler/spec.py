@@ -292,6 +292,9 @@ class JobSpec(Strict):
     # host device nodes beyond the GPUs; an admin grants them
     devices: list[AbsPath] = Field([], max_length=MAX_DEVICES)
     notify: Notify | None = None
+    # mlq submit -i: the job waits, once started, for the command mlq submit runs in
+    # it with the submitter's terminal (cli/jobs.py); it ends as that command does
+    interactive: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -336,6 +339,10 @@ class JobSpec(Strict):
             )
         if self.resources.nodes > 1 and self.array is not None:
             raise ValueError("resources.nodes: an array of multi-node jobs is not supported")
+        if self.interactive and (self.array is not None or self.resources.nodes > 1):
+            raise ValueError(
+                "interactive: one terminal drives one job; not an array or a multi-node job"
+            )
         argv = sum(len(a.encode()) + 1 for a in self.command)
         envp = sum(len(k) + len(v.encode()) + 2 for k, v in self.env.items())
         if argv + envp > 1 << 20:

@@ -162,3 +162,57 @@ def test_the_exec_socket_survives_hostile_requests(make_daemon, unix_users):
         os.close(root_dir)
         (gate / "open").touch()
     d.wait_for(job, "COMPLETED")
+
+
+ASKS = """
+name: asks
+team: nlp
+command: [/bin/sh, -c, 'read x; echo "got $x"; test -t 0 && echo TTY; exit 4']
+resources: {cpus: 1, memory: 64Mi}
+time_limit: 5m
+"""
+
+
+def test_an_interactive_job_runs_its_command_with_the_submitters_stdin_and_ends_as_it_did(
+    make_daemon, unix_users
+):
+    d = make_daemon()
+    alice = unix_users["alice"]
+    path = d.job_file("asks.yaml", ASKS)
+    p = subprocess.run(
+        [MLQ, "submit", "-i", str(path)], input="hello\n", capture_output=True, text=True,
+        timeout=60, env=d.env(), cwd=str(d.home), **as_user(alice),
+    )  # fmt: skip
+    assert p.returncode == 4, p.stderr
+    assert p.stdout == "got hello\n"  # no terminal without -t
+    job = int(p.stderr.split("Submitted job ")[1].split()[0])
+    ended = d.wait_for(job, {"FAILED", "COMPLETED"})
+    assert ended["state"] == "FAILED" and ended["exit_code"] == 4  # the job ends as it did
+
+    # -it: a terminal; the job is COMPLETED when its command exits 0
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.setgroups(os.getgrouplist(alice.pw_name, alice.pw_gid))
+        os.setgid(alice.pw_gid)
+        os.setuid(alice.pw_uid)
+        os.chdir(d.home)
+        os.execve(MLQ, [MLQ, "submit", "-it", str(path)], d.env())
+    out = b""
+    deadline = time.monotonic() + 60
+    try:
+        os.write(fd, b"typed\n")
+        while b"TTY" not in out:
+            assert time.monotonic() < deadline, out
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:
+                    break
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 4
+        assert b"got typed" in out
+    finally:
+        os.close(fd)
+
+    r = d.cli("submit", "-t", str(path), user=alice)
+    assert r.code == 2 and "-i" in r.err
