@@ -7,6 +7,7 @@ SO_PEERCRED exactly as in production.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -45,6 +46,10 @@ def unix_users() -> Iterator[dict[str, pwd.struct_passwd]]:
                     cmd += ["--groups", ",".join(extra[key])]
                 subprocess.run(cmd, check=True)
                 made_users.append(u)
+            # a user left by an earlier session may lack its groups: give them again
+            for g in extra.get(key, []):
+                if u not in grp.getgrnam(g).gr_mem:
+                    subprocess.run(["usermod", "--append", "--groups", g, u], check=True)
         yield {k: pwd.getpwnam(u) for k, u in USERS.items()}
     finally:
         for u in made_users:
