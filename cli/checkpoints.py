@@ -41,8 +41,8 @@ def list_(
     json_out: JsonOpt = False,
     sock: SocketOpt = None,
 ) -> None:
-    """Each checkpoint volume on this node: its job, owner, state, when the job ended,
-    its size and when it will be removed (mlq admins)."""
+    """Each checkpoint volume on every node: its node, job, owner, state, when the
+    job ended, its size and when it will be removed (mlq admins)."""
     resp = Client(sock).get("/v1/checkpoints", sizes=not no_sizes)
     if json_out:
         print_json(resp)
@@ -52,6 +52,7 @@ def list_(
     rows = [
         [
             c["job_id"] if c["job_id"] is not None else c["key"],
+            c["node"],
             c["user"] or "",
             c["team"] or "",
             c["state"] or "",
@@ -64,7 +65,7 @@ def list_(
     keep = resp["retention_s"]
     kept = "for ever" if keep is None else f"for {format_duration(int(keep))}"
     title = f"Checkpoint volumes (kept {kept} after their job ends)"
-    columns = ["JOB", "USER", "TEAM", "STATE", "ENDED", "SIZE", "REMOVED"]
+    columns = ["JOB", "NODE", "USER", "TEAM", "STATE", "ENDED", "SIZE", "REMOVED"]
     console().print(table(columns, rows, title=title))
 
 

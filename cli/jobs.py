@@ -105,16 +105,30 @@ def submit(
         raise typer.Exit(_attach(client, jobs[0]["id"], tty, sock))
 
 
-def _attach(client: Client, job_id: int, tty: bool, sock: str | None) -> int:
-    """Wait for interactive job ``job_id`` to start (Ctrl-C cancels it, as srun), then
-    run its command in it with this terminal; the command's exit code."""
+def attach(
+    job_id: Annotated[int, typer.Argument(help="An interactive job's ID", min=1)],
+    tty: Annotated[bool, typer.Option("--tty", "-t", help="Give its command a terminal")] = False,
+    sock: SocketOpt = None,
+) -> None:
+    """Run an interactive job's command with this terminal, once it runs (what mlq
+    submit -i does; from the job's node, where mlq submit -i ran on another)."""
+    raise typer.Exit(_attach(Client(sock), job_id, tty, sock, cancel=False))
+
+
+def _attach(client: Client, job_id: int, tty: bool, sock: str | None, cancel: bool = True) -> int:
+    """Wait for interactive job ``job_id`` to start (Ctrl-C cancels it, as srun, when
+    ``cancel``), then run its command in it with this terminal; the command's exit
+    code."""
     from mlq.cli.execute import run_in_job
     from mlq.executor.request import JOB_TOOL
+    from mlq.scheduler.errors import Conflict, InvalidInput
 
     said = ""
     try:
         while True:
             job = client.get(f"/v1/jobs/{job_id}")
+            if not job["spec"].get("interactive"):
+                raise InvalidInput(f"job {job_id} is not interactive: mlq exec runs commands in it")
             if job["state"] == "RUNNING":
                 break
             if job["state"] not in ("PENDING", "STARTING"):
@@ -125,11 +139,23 @@ def _attach(client: Client, job_id: int, tty: bool, sock: str | None) -> int:
                 typer.echo(f"Job {job_id} is waiting: {said}", err=True)
             time.sleep(0.2)
     except KeyboardInterrupt:
+        if not cancel:
+            return 130
         client.post("/v1/jobs/cancel", {"ids": [job_id], "now": True})
         typer.echo(f"Cancelled job {job_id}", err=True)
         return 130
     command = [JOB_TOOL, "__interactive-run", "--", *job["spec"]["command"]]
-    return run_in_job(job_id, command, True, tty, sock)
+    try:
+        return run_in_job(job_id, command, True, tty, sock)
+    except Conflict as exc:
+        if "not running on node" not in str(exc):
+            raise
+        # a cluster: the job landed on another node, where its terminal attaches
+        flag = " -t" if tty else ""
+        raise Conflict(
+            f"job {job_id} runs on node {job['node']}: attach from there with "
+            f"mlq attach{flag} {job_id} (it waits for you until its time limit)"
+        ) from None
 
 
 def _submit_dir() -> str | None:
@@ -486,6 +512,7 @@ def register(app: typer.Typer) -> None:
     app.command("history")(history)
     app.command("report")(report)
     app.command("logs")(logs)
+    app.command("attach")(attach)
     app.command("checkpoint-done")(checkpoint_done)
 
 

@@ -7,6 +7,7 @@ pay for FastAPI. Every ``MlqError`` becomes one line on stderr and its exit code
 """
 
 import importlib
+import re
 import sys
 
 import typer
@@ -38,14 +39,21 @@ def main() -> None:
     argument); 3 refused (not allowed, beyond a grant or a cap); 4 the daemon
     cannot be reached; 130 interrupted. Never a traceback.
 
-    ``mlq run`` and ``mlq exec`` exit with their command's exit code, so their own
-    errors cannot use those numbers: as ``docker run`` and ``docker exec``, 125 for
+    ``mlq run``, ``mlq exec``, ``mlq attach`` and ``mlq submit -i`` exit with their
+    command's exit code, so their own errors cannot use those numbers: as ``docker run`` and ``docker exec``, 125 for
     an error of mlq (any of the above), 126 for a command that cannot be executed,
     127 for one that does not exist.
     """
     from mlq.scheduler.errors import MlqError
 
-    running_a_job = sys.argv[1:2] in (["run"], ["exec"])
+    args = sys.argv[1:]
+    running_a_job = (
+        args[:1] in (["run"], ["exec"], ["attach"])
+        or (
+            args[:1] == ["submit"]  # -i: an interactive job's command's code
+            and any(a == "--interactive" or re.fullmatch(r"-[a-z]*i[a-z]*", a) for a in args[1:])
+        )
+    )
 
     def code(usual: int) -> int:
         return RUN_ERROR if running_a_job else usual

@@ -62,7 +62,20 @@ class News:
     marks: bool = True
 
 
+class Volumes(Protocol):
+    """A node's checkpoint volumes (rundir.LocalVolumes; an agent's: remote.RemoteVolumes)."""
+
+    def list(self, sizes: bool = False) -> list[rundir.VolumeInfo]: ...
+
+    def remove(self, key: str) -> int: ...
+
+
 class Executor(Protocol):
+    @property
+    def volumes(self) -> Volumes:
+        """Its node's checkpoint volumes, for the daemon's sweep."""
+        ...
+
     def start(self, request: LaunchRequest) -> Started:
         """Launch a run; returns once its command runs, or raises (nothing is left)."""
         ...
@@ -144,6 +157,7 @@ class LocalExecutor:
         self._pidfds: dict[str, int] = {}  # run id -> pidfd of an adopted supervisor
         self._gpus: NodeGpus | None = None
         self.images = ImagePrep(self.state_dir)
+        self.volumes = rundir.LocalVolumes(self.state_dir)  # its checkpoint volumes
         # NAT addresses of runs that ended while no executor watched them go now
         network.reconcile(self.state_dir)
 

@@ -101,6 +101,35 @@ def checkpoint_bytes(path: str) -> int:
     return total
 
 
+@dataclass(frozen=True)
+class VolumeInfo:
+    """A checkpoint volume as a node reports it (its agent, over the wire, too)."""
+
+    key: str
+    modified: float
+    bytes: int | None = None  # asked for: sizes walk every file
+
+
+class LocalVolumes:
+    """This machine's checkpoint volumes, as the daemon's sweep sees a node's (an
+    agent's node answers the same two calls over the wire: scheduler/daemon/remote.py)."""
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.state_dir = str(state_dir)
+
+    def list(self, sizes: bool = False) -> list[VolumeInfo]:
+        return [
+            VolumeInfo(v.key, v.modified, checkpoint_bytes(v.path) if sizes else None)
+            for v in checkpoint_volumes(self.state_dir)
+        ]
+
+    def remove(self, key: str) -> int:
+        """Remove the volume ``key``; the bytes it took."""
+        size = checkpoint_bytes(checkpoint_dir(self.state_dir, key))
+        remove_checkpoint(self.state_dir, key)
+        return size
+
+
 def remove_checkpoint(state_dir: str | Path, key: str) -> None:
     """Remove a job's checkpoint volume: renamed aside first (so no run ever finds
     half of it), then deleted without following any symlink the job left in it; a

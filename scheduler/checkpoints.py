@@ -116,21 +116,25 @@ def choose(
     can still run is never chosen."""
     named = list(dict.fromkeys(job_ids))
     if named:
-        by_id = {job_id_of(e.volume.key): e for e in entries}
+        by_id: dict[int | None, list[Entry]] = {}
+        for e in entries:  # a requeued job may have left a volume on each of its nodes
+            by_id.setdefault(job_id_of(e.volume.key), []).append(e)
         problems = []
         chosen = []
         for jid in named:
-            e = by_id.get(jid)
-            if e is None:
-                problems.append(f"job {jid} has no checkpoint volume on this node")
-            elif e.fate == Fate.ACTIVE:
-                state = e.owner.state if e.owner else "active"
-                problems.append(
-                    f"job {jid} is {state}: its checkpoint volume is kept while the job "
-                    "can still run (cancel it first)"
-                )
-            elif older_than_s is None or _age(e, now) >= older_than_s:
-                chosen.append(e)
+            found = by_id.get(jid, [])
+            if not found:
+                problems.append(f"job {jid} has no checkpoint volume on any node")
+            for e in found:
+                if e.fate == Fate.ACTIVE:
+                    state = e.owner.state if e.owner else "active"
+                    problems.append(
+                        f"job {jid} is {state}: its checkpoint volume is kept while the job "
+                        "can still run (cancel it first)"
+                    )
+                    break
+                if older_than_s is None or _age(e, now) >= older_than_s:
+                    chosen.append(e)
         if problems:
             raise PruneRefused(problems)
         return chosen

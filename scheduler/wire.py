@@ -50,6 +50,9 @@ class Fetched(Strict):
     data: str = ""  # base64
     limit: int | None = None
     runs: list[str] = []  # for a "has" fetch: which of the asked runs it has
+    # for "volumes": [key, modified, bytes or None] each; for "drop": [key, bytes] of
+    # each removed (a volume it could not remove is logged on the node and left out)
+    volumes: list[tuple[str, float, int | None]] = Field([], max_length=1_000_000)
 
 
 class NodeFacts(Strict):
@@ -85,12 +88,16 @@ class Order(Strict):
 
 class Fetch(Strict):
     id: str
-    kind: Literal["log", "has"]
+    # log: a piece of a run's output; has: which runs it keeps; volumes: its checkpoint
+    # volumes (with their sizes if ``sizes``); drop: remove the volumes ``keys``
+    kind: Literal["log", "has", "volumes", "drop"]
     run_id: str = ""
     stream: str = "stdout"
     offset: int = 0
     limit: int = 0
     runs: list[str] = []
+    sizes: bool = False
+    keys: list[str] = Field([], max_length=100_000)
 
 
 class SyncReply(Strict):

@@ -13,7 +13,8 @@
  * signal); its own failures exit 125, an exec that fails 126 (127: not found), as
  * `docker exec`'s. REPORT: the caller's connection (mlq exec's, passed on by the
  * daemon): the exit code is written there as `{"exit": N}`, and when its other end
- * goes away the command gets SIGHUP, then SIGKILL 5 s later. The parent stays
+ * goes away the command's process group (its own: it calls setsid) gets SIGHUP, then
+ * SIGKILL 5 s later; other signals to this process go to that group too. The parent stays
  * outside the job's cgroup, so that it is alive to reap the command when the job is
  * killed (the end of the job's pid namespace waits for that zombie); the command
  * gets SIGKILL if the parent dies.
@@ -307,15 +308,15 @@ int exec_main(int argc, char **argv)
         struct pollfd pf[2] = {{.fd = sfd, .events = POLLIN}, {.fd = report, .events = POLLRDHUP}};
         int n = poll(pf, report >= 0 && hup_at < 0 ? 2 : 1, sfd < 0 || hup_at >= 0 ? 200 : -1);
         if (n > 0 && pf[1].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
-            kill(child, SIGHUP); /* mlq exec went away: as a terminal's hangup */
+            kill(-child, SIGHUP); /* mlq exec went away: as a terminal's hangup, to its group */
             hup_at = now_ms();
         }
         if (hup_at >= 0 && now_ms() - hup_at > 5000)
-            kill(child, SIGKILL);
+            kill(-child, SIGKILL);
         struct signalfd_siginfo si;
         while (sfd >= 0 && pf[0].revents & POLLIN && read(sfd, &si, sizeof si) == sizeof si) {
             if (si.ssi_signo != SIGCHLD)
-                kill(child, (int)si.ssi_signo); /* a stop for the command */
+                kill(-child, (int)si.ssi_signo); /* a stop for the command's process group */
             pf[0].revents = 0;
         }
         int status;

@@ -38,12 +38,15 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+from mlq.executor import rundir
 from mlq.executor.interface import LocalExecutor
 from mlq.executor.request import Alive, LaunchRequest
 from mlq.executor.status import Outcome, Status
 from mlq.scheduler import pki, wire
+from mlq.scheduler.errors import Conflict, Refused
 
 log = logging.getLogger("mlq.agent")
 
@@ -241,6 +244,33 @@ class Agent:
             self.runs[run_id] = run
             log.info("re-adopted run %s (epoch %d): %s", run_id, run.epoch, run.state)
 
+    # -- mlq exec (execserver.py) ---------------------------------------------------
+
+    def exec_target(self, caller: Any, job_id: int) -> tuple[LocalExecutor, str]:
+        """The run of ``job_id`` running on this node, for its owner or root of this
+        node (``caller``: an ``auth.Caller``); the refusal otherwise."""
+        with self._lock:
+            live = sorted(
+                r for r, run in self.runs.items() if run.job_id == job_id and run.state == "running"
+            )
+        if not live:
+            raise Conflict(
+                f"job {job_id} is not running on node {self.cfg.name}: `mlq show {job_id}` "
+                "names its node; run mlq exec there"
+            )
+        rid = live[-1]
+        request = rundir.run_dir(self.cfg.state_dir, rid) / "request.json"
+        try:
+            owner = (json.loads(request.read_bytes()).get("submitter") or {}).get("uid")
+        except (OSError, ValueError):
+            owner = None
+        if caller.peer.uid != 0 and caller.peer.uid != owner:
+            raise Refused(
+                f"{caller.user} may not exec into job {job_id}: a command there runs as its "
+                "owner; only they and root of this node may"
+            )
+        return self.executor, rid
+
     # -- the sync ---------------------------------------------------------------------
 
     def facts(self) -> wire.NodeFacts:
@@ -432,6 +462,17 @@ class Agent:
         try:
             if f.kind == "has":
                 return wire.Fetched(id=f.id, runs=[r for r in f.runs if self.executor.has_run(r)])
+            if f.kind == "volumes":
+                found = self.executor.volumes.list(sizes=f.sizes)
+                return wire.Fetched(id=f.id, volumes=[(v.key, v.modified, v.bytes) for v in found])
+            if f.kind == "drop":
+                removed = []
+                for key in f.keys:
+                    try:
+                        removed.append((key, 0.0, self.executor.volumes.remove(key)))
+                    except OSError as exc:
+                        log.warning("remove checkpoint volume %s: %s", key, exc)
+                return wire.Fetched(id=f.id, volumes=removed)
             skipped, data, limit = self.executor.read_log(f.run_id, f.stream, f.offset, f.limit)
             return wire.Fetched(
                 id=f.id, skipped=skipped, data=base64.b64encode(data).decode(), limit=limit

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 
 class CheckpointOut(BaseModel):
+    node: str = Field(description="The node that holds it")
     key: str = Field(description="The volume's directory under <state>/checkpoints")
     job_id: int | None = Field(description="Its job; None for a name that is not a job ID")
     user: str | None = None
@@ -57,6 +58,7 @@ def out(x: Listed) -> CheckpointOut:
     e = x.entry
     o = e.owner
     return CheckpointOut(
+        node=x.node,
         key=e.volume.key,
         job_id=job_id_of(e.volume.key),
         user=o.user if o else None,
@@ -77,13 +79,14 @@ def add_routes(
 
     def volumes() -> Any:
         if daemon.checkpoints is None:
-            raise Conflict("this daemon runs no jobs on its own machine: it keeps no checkpoints")
+            raise Conflict("this daemon keeps no checkpoint volumes (it has no nodes)")
         return daemon.checkpoints
 
     @app.get("/v1/checkpoints", response_model=CheckpointList, tags=["checkpoints"])
     def list_checkpoints(who: who_dep, sizes: bool = True) -> CheckpointList:
-        """This node's checkpoint volumes, each with its job and when it goes. mlq
-        admins only: the list names every user's jobs."""
+        """Every node's checkpoint volumes, each with its node, its job and when it
+        goes (a node that does not answer is left out). mlq admins only: the list
+        names every user's jobs."""
         require_admin(who, "list the checkpoint volumes", daemon.admin_group)
         ck = volumes()
         return CheckpointList(

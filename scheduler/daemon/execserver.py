@@ -16,8 +16,10 @@ one command:
 
 Who may: the job's owner and mlq admins (it runs as the job's user: a team admin may
 cancel a member's job, never act as the member). The kernel names the caller
-(SO_PEERCRED). Only a RUNNING job on this server's own node; the executor refuses fds
-that could reach outside the job. At most ``MAX_EXECS`` running, ``PER_USER`` per user;
+(SO_PEERCRED). Only a RUNNING job on this process's own node: ``mlq server`` serves
+it for its node (``daemon_target``), a cluster's agent for its own (``Agent.exec_target``:
+there the job's owner and root of the node, whose admins are not the cluster's). The
+executor refuses fds that could reach outside the job. At most ``MAX_EXECS`` running, ``PER_USER`` per user;
 a request line is read within ``REQUEST_TIMEOUT_S`` and at most ``REQUEST_MAX`` bytes,
 so no client can hold the daemon's threads.
 """
@@ -30,6 +32,7 @@ import os
 import socket
 import subprocess
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from mlq.scheduler import states
@@ -45,6 +48,7 @@ MAX_EXECS = 64
 PER_USER = 8
 REQUEST_MAX = 256 * 1024
 REQUEST_TIMEOUT_S = 10.0
+CONNECTIONS = 128  # being read at once; more are closed at once (a flood holds nothing)
 
 
 def exec_socket_path(api_socket: str) -> str:
@@ -52,13 +56,43 @@ def exec_socket_path(api_socket: str) -> str:
     return api_socket + ".exec"
 
 
+# (who asks, the job's ID) -> (the executor that runs it here, its run's ID), or raise
+# the refusal: where the job is and who may are the server's or the agent's to know
+Target = Callable[[Caller, int], tuple[Any, str]]
+
+
+def daemon_target(store: Store, loop: Any) -> Target:
+    """``mlq server``'s: the store says whose the job is and where it runs."""
+
+    def target(caller: Caller, job_id: int) -> tuple[Any, str]:
+        job = store.job(job_id)  # NotFound names the job
+        if not (caller.is_admin or job.user == caller.user):
+            raise Refused(
+                f"{caller.user} may not exec into job {job_id}: it belongs to {job.user} "
+                "(a command there runs as its owner; only they and mlq admins may)"
+            )
+        if job.state != states.RUNNING:
+            raise Conflict(
+                f"job {job_id} is {job.state}, not RUNNING: mlq exec enters running jobs"
+            )
+        executor = loop.executor_of(job) if loop is not None else None
+        if executor is None or not hasattr(executor, "exec_in"):
+            raise Conflict(
+                f"job {job_id} runs on node {job.node}: run mlq exec on that node "
+                "(its agent's socket)"
+            )
+        return executor, run_id(job)
+
+    return target
+
+
 class ExecServer:
-    def __init__(self, path: str, store: Store, loop: Any, admin_group: str) -> None:
+    def __init__(self, path: str, target: Target, admin_group: str) -> None:
         self.path = path
-        self.store = store
-        self.loop = loop
+        self.target = target
         self.admin_group = admin_group
         self._sock: socket.socket | None = None
+        self._slots = threading.BoundedSemaphore(CONNECTIONS)
         self._lock = threading.Lock()
         self._running: dict[int, list[subprocess.Popen[bytes]]] = {}  # uid -> its execs
 
@@ -87,6 +121,9 @@ class ExecServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return  # closed
+            if not self._slots.acquire(blocking=False):
+                conn.close()
+                continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     # -- one connection ----------------------------------------------------------------
@@ -122,6 +159,7 @@ class ExecServer:
             for fd in fds:
                 os.close(fd)
             conn.close()  # the runtime holds its own copy
+            self._slots.release()
 
     def _start(
         self, caller: Caller, request: dict[str, Any], fds: list[int], report: int
@@ -131,24 +169,9 @@ class ExecServer:
             raise InvalidInput(
                 "mlq exec passes its stdin, stdout and stderr: 3 files, not " + str(len(fds))
             )
-        job = self.store.job(job_id)  # NotFound names the job
-        if not (caller.is_admin or job.user == caller.user):
-            raise Refused(
-                f"{caller.user} may not exec into job {job_id}: it belongs to {job.user} "
-                "(a command there runs as its owner; only they and mlq admins may)"
-            )
-        if job.state != states.RUNNING:
-            raise Conflict(
-                f"job {job_id} is {job.state}, not RUNNING: mlq exec enters running jobs"
-            )
-        executor = self.loop.executor_of(job) if self.loop is not None else None
-        if executor is None or not hasattr(executor, "exec_in"):
-            raise Conflict(
-                f"job {job_id} runs on node {job.node}: run mlq exec on that node "
-                "(its agent's socket)"
-            )
+        executor, rid = self.target(caller, job_id)
         stdio = (fds[0], fds[1], fds[2])
-        return executor.exec_in(run_id(job), args, stdio, tty=tty, env=env, report=report)  # type: ignore[no-any-return]
+        return executor.exec_in(rid, args, stdio, tty=tty, env=env, report=report)  # type: ignore[no-any-return]
 
 
 def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:

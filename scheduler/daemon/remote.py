@@ -28,6 +28,7 @@ from mlq.executor.gpus import MigChangeFailed, NodeGpus
 from mlq.executor.imageprep import Verdict
 from mlq.executor.interface import Executor, Found, News, Started
 from mlq.executor.request import LaunchRequest
+from mlq.executor.rundir import VolumeInfo
 from mlq.executor.status import Status
 from mlq.scheduler import wire
 
@@ -176,6 +177,11 @@ class RemoteNode:
         )
         return got.skipped, base64.b64decode(got.data), got.limit
 
+    @property
+    def volumes(self) -> RemoteVolumes:
+        """The node's checkpoint volumes, asked of its agent (rundir.LocalVolumes's calls)."""
+        return RemoteVolumes(self)
+
     def checkpoint_mark(self, key: str | int) -> float | None:
         with self._lock:
             return self.marks.get(int(key))
@@ -205,3 +211,24 @@ class RemoteNode:
 
 if TYPE_CHECKING:  # a RemoteNode is an Executor (mypy checks it here)
     _is_executor: type[Executor] = RemoteNode
+
+
+class RemoteVolumes:
+    """An agent's checkpoint volumes: ``list`` and ``remove`` as ``rundir.LocalVolumes``,
+    each a fetch the agent answers on its next sync (NodeUnreachable when it does not)."""
+
+    def __init__(self, node: RemoteNode) -> None:
+        self.node = node
+
+    def list(self, sizes: bool = False) -> list[VolumeInfo]:
+        got = self.node._ask(wire.Fetch(id=f"f{next(_ids)}", kind="volumes", sizes=sizes))
+        return [VolumeInfo(k, m, b) for k, m, b in got.volumes]
+
+    def remove(self, key: str) -> int:
+        got = self.node._ask(wire.Fetch(id=f"f{next(_ids)}", kind="drop", keys=[key]))
+        for k, _, size in got.volumes:
+            if k == key:
+                return size or 0
+        raise OSError(
+            f"node {self.node.name} could not remove checkpoint volume {key} (its log says why)"
+        )

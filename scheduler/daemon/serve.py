@@ -183,19 +183,19 @@ def serve(
     daemon.on_change = loop.ask
     daemon.stop_running = loop.cancel_running
     daemon.requeue_running = loop.requeue_running
-    if executor is not None:
-        # this machine's checkpoint volumes: swept after their retention, at most every
-        # MLQ_CHECKPOINT_SWEEP_INTERVAL seconds (60), after a pass
-        from mlq.scheduler.daemon.checkpoints import Checkpoints
+    # every node's checkpoint volumes (this machine's, and in a cluster each agent's):
+    # swept after their retention, at most every MLQ_CHECKPOINT_SWEEP_INTERVAL seconds
+    # (60), after a pass
+    from mlq.scheduler.daemon.checkpoints import Checkpoints
 
-        daemon.checkpoints = Checkpoints(
-            store,
-            str(paths.state_dir),
-            loop.clock,
-            cluster.checkpoint_retention,
-            float(os.environ.get("MLQ_CHECKPOINT_SWEEP_INTERVAL", "60")),
-        )
-        loop.after_pass.append(lambda *_: daemon.checkpoints.tick())
+    daemon.checkpoints = Checkpoints(
+        store,
+        lambda: [(s.name, s.executor.volumes) for s in loop.nodes.all() if s.up],
+        loop.clock,
+        cluster.checkpoint_retention,
+        float(os.environ.get("MLQ_CHECKPOINT_SWEEP_INTERVAL", "60")),
+    )
+    loop.after_pass.append(lambda *_: daemon.checkpoints.tick())
     if cluster_opts is not None:
         from mlq.scheduler.daemon.fleet import Fleet
 
@@ -225,10 +225,10 @@ def serve(
     loop.start()
     exec_server = None
     if executor is not None:  # mlq exec into this node's jobs (execserver.py)
-        from mlq.scheduler.daemon.execserver import ExecServer, exec_socket_path
+        from mlq.scheduler.daemon.execserver import ExecServer, daemon_target, exec_socket_path
 
         exec_server = ExecServer(
-            exec_socket_path(str(paths.socket)), store, loop, cluster.admin_group
+            exec_socket_path(str(paths.socket)), daemon_target(store, loop), cluster.admin_group
         )
         exec_server.start()
     servers = [
@@ -379,6 +379,11 @@ def serve_agent(
     worker = threading.Thread(target=agent.run, name="mlq-agent", daemon=True)
     worker.start()
     _clear_stale_socket(socket_path)
+    from mlq.scheduler.daemon.execserver import ExecServer, exec_socket_path
+
+    # mlq exec into this node's jobs; no admin group counts here (a node's admins are
+    # not the cluster's): their owners, and root of this node
+    exec_server = ExecServer(exec_socket_path(str(socket_path)), agent.exec_target, "")
     server = uvicorn.Server(
         uvicorn.Config(
             proxy_app(agent.link), uds=str(socket_path), http=PeerCredProtocol, loop="uvloop",
@@ -389,8 +394,10 @@ def serve_agent(
         signal.signal(sig, lambda *_: None)
     try:
         os.umask(0o022)
+        exec_server.start()
         run_servers([server])
     finally:
+        exec_server.stop()
         agent.stop()
         executor.close()
         os.close(lock_fd)

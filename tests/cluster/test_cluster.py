@@ -581,3 +581,72 @@ def test_mlq_requeue_of_a_two_node_job_stops_and_restarts_every_part(
         assert f"Requeued by {bob.pw_name}" in [r for s, r in cluster.events(p) if s == "STOPPING"]
         out = cluster.cli("logs", str(p), user=bob, node="n1").out
         assert "checkpointed" in out and f"start restart=1 rank={rank}" in out, out
+
+
+def test_mlq_exec_enters_a_job_from_its_node_as_its_owner_and_nowhere_else(
+    cluster: ClusterLab, unix_users
+) -> None:
+    start(cluster, nodes=("n1", "n2"))
+    alice, bob = unix_users["alice"], unix_users["bob"]
+    job = submit(cluster, bob, "n1", "sleeper", "nlp", 1, cmd="sleep 120")
+    cluster.wait(lambda: cluster.job(job)["state"] == "RUNNING", 30, str(cluster.events(job)))
+    node = cluster.job(job)["node"]
+    other = "n2" if node == "n1" else "n1"
+    script = "id -un; echo $MLQ_JOB_ID; hostname"
+    r = cluster.cli("exec", str(job), "--", "sh", "-c", script, user=bob, node=node)
+    assert r.code == 0, r.err
+    assert r.out.split() == [bob.pw_name, str(job), "sleeper"]
+    # the agent of another node has no such run: it says where to go
+    r = cluster.cli("exec", str(job), "--", "id", user=bob, node=other)
+    assert r.code == 125 and f"job {job} is not running on node {other}" in r.err
+    # another user on the job's own node: refused by its agent
+    r = cluster.cli("exec", str(job), "--", "id", user=alice, node=node)
+    assert r.code == 125 and f"{alice.pw_name} may not exec into job {job}" in r.err
+    assert cluster.cli("cancel", str(job), user=bob, node=node).code == 0
+
+
+SAVER = """
+name: {name}
+team: nlp
+kind: batch
+command: [/bin/sh, -c, "echo weights > $MLQ_CHECKPOINT_DIR/w; {cmd}"]
+resources: {{cpus: 500m, memory: 128Mi}}
+checkpoint: {{target: /ckpt}}
+"""
+
+
+def test_checkpoint_volumes_on_agents_nodes_are_listed_kept_while_needed_and_swept(
+    cluster: ClusterLab, unix_users, monkeypatch
+) -> None:
+    monkeypatch.setenv("MLQ_CHECKPOINT_SWEEP_INTERVAL", "0.5")
+    config = cluster.home / "cluster.yaml"
+    config.write_text(config.read_text() + "\ncheckpoint_retention: 6s\n")
+    start(cluster, nodes=("n1", "n2"))
+    bob = unix_users["bob"]
+    ids = {}
+    for name, cmd in (("done", "true"), ("kept", "sleep 120")):
+        f = cluster.job_file(f"{name}.yaml", SAVER.format(name=name, cmd=cmd))
+        r = cluster.cli("submit", str(f), "--json", user=bob, node="n1")
+        assert r.code == 0, r.err
+        ids[name] = r.json()["jobs"][0]["id"]
+    done, kept = ids["done"], ids["kept"]
+    cluster.wait(lambda: cluster.job(done)["state"] == "COMPLETED", 30, str(cluster.events(done)))
+    cluster.wait(lambda: cluster.job(kept)["state"] == "RUNNING", 30, str(cluster.events(kept)))
+    where = {j: cluster.job(j)["node"] for j in (done, kept)}
+    volume = {j: cluster.home / where[j] / "checkpoints" / str(j) for j in (done, kept)}
+    assert volume[done].is_dir() and volume[kept].is_dir()
+    # the control plane lists both, each on its agent's node, as an admin asks
+    r = cluster.cli("checkpoints", "list", "--json", socket=cluster.cp_socket(0))
+    assert r.code == 0, r.err
+    listed = {c["job_id"]: c for c in r.json()["checkpoints"]}
+    assert listed[done]["node"] == where[done] and listed[done]["fate"] in ("retained", "due")
+    assert listed[kept]["node"] == where[kept] and listed[kept]["fate"] == "active"
+    assert listed[done]["bytes"] > 0
+    # past the retention the sweep removes the finished job's volume on its node
+    cluster.wait(lambda: not volume[done].exists(), 60, f"{volume[done]} is still there")
+    assert volume[kept].is_dir()  # its job can still run
+    # a prune naming the running job removes nothing
+    r = cluster.cli("checkpoints", "prune", str(kept), socket=cluster.cp_socket(0))
+    assert r.code == 1 and "can still run" in r.err
+    assert volume[kept].is_dir()
+    assert cluster.cli("cancel", str(kept), user=bob, node="n1").code == 0

@@ -6,13 +6,18 @@ from __future__ import annotations
 import os
 
 import pytest
-from mlq.executor.rundir import checkpoint_dir
+from mlq.executor.rundir import LocalVolumes, checkpoint_dir
 from mlq.scheduler import checkpoints as policy
 from mlq.scheduler import states
 from mlq.scheduler.checkpoints import Fate
 from mlq.scheduler.daemon.checkpoints import Checkpoints
 
 DAY = 86400.0
+
+
+def nodes(h):
+    """The harness's one node, its volumes in its state dir (as mlq server's own)."""
+    return lambda: [("testnode", LocalVolumes(h.loop.state_dir))]
 
 
 def volume(h, job_id: int | str) -> str:
@@ -25,7 +30,7 @@ def volume(h, job_id: int | str) -> str:
 
 
 def test_the_sweep_removes_a_finished_jobs_volume_after_the_retention_only(h):
-    ck = Checkpoints(h.store, h.loop.state_dir, h.clock, retention_s=DAY)
+    ck = Checkpoints(h.store, nodes(h), h.clock, retention_s=DAY)
     done, requeued, pending = h.submit(), h.submit(), h.submit()
     h.store.update_fields(done, state=states.COMPLETED, ended_at=h.clock.time())
     # requeued: back in the queue with its restart count raised, its volume in use
@@ -50,7 +55,7 @@ def test_the_sweep_removes_a_finished_jobs_volume_after_the_retention_only(h):
 
 
 def test_the_sweep_runs_at_most_once_an_interval_in_its_own_thread(h):
-    ck = Checkpoints(h.store, h.loop.state_dir, h.clock, retention_s=0, interval_s=60)
+    ck = Checkpoints(h.store, nodes(h), h.clock, retention_s=0, interval_s=60)
     job = h.submit()
     h.store.update_fields(job, state=states.FAILED, ended_at=h.clock.time())
     path = volume(h, job)
@@ -68,7 +73,7 @@ def test_the_sweep_runs_at_most_once_an_interval_in_its_own_thread(h):
 
 
 def test_a_listing_gives_each_volume_its_job_size_and_time_of_removal(h):
-    ck = Checkpoints(h.store, h.loop.state_dir, h.clock, retention_s=DAY)
+    ck = Checkpoints(h.store, nodes(h), h.clock, retention_s=DAY)
     done, running = h.submit(), h.submit()
     h.store.update_fields(done, state=states.TIMEOUT, ended_at=h.clock.time())
     h.store.update_fields(running, state=states.RUNNING)

@@ -216,3 +216,39 @@ def test_an_interactive_job_runs_its_command_with_the_submitters_stdin_and_ends_
 
     r = d.cli("submit", "-t", str(path), user=alice)
     assert r.code == 2 and "-i" in r.err
+
+
+def test_an_interactive_job_whose_terminal_goes_away_ends_hung_up_and_one_can_attach_later(
+    make_daemon, unix_users
+):
+    d = make_daemon()
+    alice = unix_users["alice"]
+    path = d.job_file("asks.yaml", ASKS)
+    p = subprocess.Popen(
+        [MLQ, "submit", "-i", str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=d.env(), cwd=str(d.home), **as_user(alice),
+    )  # fmt: skip
+    job = int(p.stderr.readline().split()[-1])  # "Submitted job N"
+    d.wait_for(job, "RUNNING")
+    time.sleep(1)  # its command now waits on stdin
+    p.kill()  # the terminal goes away (ssh dropped): the command is hung up
+    p.wait()
+    ended = d.wait_for(job, {"FAILED", "COMPLETED"})
+    assert ended["state"] == "FAILED" and ended["exit_code"] == 128 + 1  # SIGHUP
+
+    # a job file may say interactive: true itself; mlq attach gives it a terminal later
+    later = d.job_file(
+        "later.yaml", ASKS.replace("name: asks", "name: later") + "interactive: true\n"
+    )
+    job = d.submit(later.read_text(), user=alice)
+    d.wait_for(job, "RUNNING")
+    r = subprocess.run(
+        [MLQ, "attach", str(job)], input="later\n", capture_output=True, text=True,
+        timeout=60, env=d.env(), **as_user(alice),
+    )  # fmt: skip
+    assert r.returncode == 4 and r.stdout == "got later\n", r.stderr
+    assert d.wait_for(job, {"FAILED"})["exit_code"] == 4
+    # attach to a job that is not interactive: refused, saying what to use
+    plain = d.submit(ASKS.replace("name: asks", "name: plain"), user=alice)
+    r = d.cli("attach", str(plain), user=alice)
+    assert r.code == 125 and "not interactive" in r.err

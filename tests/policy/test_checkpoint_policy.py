@@ -56,7 +56,7 @@ def test_a_prune_that_names_a_job_that_can_still_run_removes_nothing():
         policy.choose(entries, NOW, None, [1, 2, 3])
     assert info.value.problems == [
         "job 2 is RUNNING: its checkpoint volume is kept while the job can still run (cancel it first)",
-        "job 3 has no checkpoint volume on this node",
+        "job 3 has no checkpoint volume on any node",
     ]
     assert [e.volume.key for e in policy.choose(entries, NOW, None, [1])] == ["1"]
     assert policy.choose(entries, NOW, None) == []  # nothing is past the retention
