@@ -33,7 +33,7 @@ ERRORS = {cls.__name__: cls for cls in HTTP_STATUS}  # the daemon's refusals, by
 
 
 def _connect(sock: str | None) -> socket.socket:
-    from mlq.scheduler.daemon.execserver import exec_socket_path
+    from mlq.scheduler.paths import exec_socket_path  # light: not the daemon's modules
 
     path = exec_socket_path(socket_path(sock))
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

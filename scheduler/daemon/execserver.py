@@ -51,11 +51,6 @@ REQUEST_TIMEOUT_S = 10.0
 CONNECTIONS = 128  # being read at once; more are closed at once (a flood holds nothing)
 
 
-def exec_socket_path(api_socket: str) -> str:
-    """The exec socket beside the API's: one home for its name (the CLI asks it)."""
-    return api_socket + ".exec"
-
-
 # (who asks, the job's ID) -> (the executor that runs it here, its run's ID), or raise
 # the refusal: where the job is and who may are the server's or the agent's to know
 Target = Callable[[Caller, int], tuple[Any, str]]

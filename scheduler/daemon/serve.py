@@ -225,7 +225,8 @@ def serve(
     loop.start()
     exec_server = None
     if executor is not None:  # mlq exec into this node's jobs (execserver.py)
-        from mlq.scheduler.daemon.execserver import ExecServer, daemon_target, exec_socket_path
+        from mlq.scheduler.daemon.execserver import ExecServer, daemon_target
+        from mlq.scheduler.paths import exec_socket_path
 
         exec_server = ExecServer(
             exec_socket_path(str(paths.socket)), daemon_target(store, loop), cluster.admin_group
@@ -379,7 +380,8 @@ def serve_agent(
     worker = threading.Thread(target=agent.run, name="mlq-agent", daemon=True)
     worker.start()
     _clear_stale_socket(socket_path)
-    from mlq.scheduler.daemon.execserver import ExecServer, exec_socket_path
+    from mlq.scheduler.daemon.execserver import ExecServer
+    from mlq.scheduler.paths import exec_socket_path
 
     # mlq exec into this node's jobs; no admin group counts here (a node's admins are
     # not the cluster's): their owners, and root of this node
