@@ -123,39 +123,12 @@ static int child_setup(const struct plan *p, int userfd, int tty, struct rt_err 
         return -1;
     if (userfd >= 0 && setns(userfd, CLONE_NEWUSER) < 0)
         return fail(err, "namespaces", errno, "enter the job's user namespace");
-    if (drop_bounding(p, err) < 0 || set_ids(p, err) < 0)
-        return -1;
-    if (!p->nnp && p->seccomp && install_seccomp(p, err) < 0)
-        return -1;
-    if (set_caps(p, err) < 0)
-        return -1;
-    /* the job's working directory, entered as its user (init.c says why) */
-    if (p->cwd && chdir(p->cwd) < 0)
-        return fail(err, "cwd", errno, "chdir `%s`", p->cwd);
-    if (p->nnp && set_no_new_privs(err) < 0)
+    if (become_command(p, err) < 0) /* security.c: as init.c's command */
         return -1;
     if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
         for (int i = 3; i < 1024; i++)
             close(i);
     return 0;
-}
-
-static const char *find_in_path(char **env, const char *name, char *buf, size_t size)
-{
-    if (strchr(name, '/'))
-        return name;
-    const char *path = "/usr/local/bin:/usr/bin:/bin";
-    for (char **e = env; e && *e; e++)
-        if (strncmp(*e, "PATH=", 5) == 0)
-            path = *e + 5;
-    char *copy = strdup(path), *save = NULL;
-    for (char *dir = copy ? strtok_r(copy, ":", &save) : NULL; dir; dir = strtok_r(NULL, ":", &save))
-        if (pathf(buf, size, "%s/%s", *dir ? dir : ".", name) == 0 && access(buf, X_OK) == 0) {
-            free(copy);
-            return buf;
-        }
-    free(copy);
-    return NULL;
 }
 
 int exec_main(int argc, char **argv)
@@ -270,8 +243,8 @@ int exec_main(int argc, char **argv)
             _exit(EXEC_FAILED);
         }
         char buf[PATH_BUF];
-        const char *exe = find_in_path(env, args[0], buf, sizeof buf);
-        if (!exe) {
+        const char *exe = find_exec(&plan, args[0], buf, sizeof buf); /* init.c's */
+        if (exe == args[0] && !strchr(exe, '/')) {
             say("mlq exec: %s: not found in the job's PATH", args[0]);
             _exit(127);
         }

@@ -27,7 +27,7 @@ static void name_init(const struct init_args *a)
     }
 }
 
-static const char *find_exec(const struct plan *p, const char *name, char *buf, size_t size)
+const char *find_exec(const struct plan *p, const char *name, char *buf, size_t size)
 {
     if (strchr(name, '/'))
         return name;
@@ -74,20 +74,7 @@ static int command_setup(const struct plan *p, int errfd, int usync_r, int usync
     if (write_file("/proc/self/oom_score_adj", "0") < 0)
         return fail(err, "oom_score_adj", errno, "write `/proc/self/oom_score_adj` 0");
     trace(p, "cmd: ids");
-    /* the bounding set needs CAP_SETPCAP, so before the user switch */
-    if (drop_bounding(p, err) < 0 || set_ids(p, err) < 0)
-        return -1;
-    /* without no_new_privs a filter needs CAP_SYS_ADMIN: installed while it is held */
-    if (!p->nnp && p->seccomp && install_seccomp(p, err) < 0)
-        return -1;
-    if (set_caps(p, err) < 0)
-        return -1;
-    /* as the job's user with the job's capabilities: a chdir as root could leave it
-     * in a directory it may not search, from where relative names reach what the
-     * lock on the way keeps from it */
-    if (p->cwd && chdir(p->cwd) < 0)
-        return fail(err, "cwd", errno, "chdir `%s`", p->cwd);
-    if (p->nnp && set_no_new_privs(err) < 0)
+    if (become_command(p, err) < 0) /* security.c: in the order it says why */
         return -1;
     int null = open("/dev/null", O_RDONLY);
     if (null < 0)

@@ -257,6 +257,10 @@ int set_ids(const struct plan *p, struct rt_err *err);
 int set_caps(const struct plan *p, struct rt_err *err);
 int set_no_new_privs(struct rt_err *err);
 int install_seccomp(const struct plan *p, struct rt_err *err);
+/* bounding set, ids, seccomp (without no_new_privs), caps, cwd, no_new_privs */
+int become_command(const struct plan *p, struct rt_err *err);
+/* init.c: NAME as the job's PATH finds it (NAME itself if not found: exec says why) */
+const char *find_exec(const struct plan *p, const char *name, char *buf, size_t size);
 int write_id_maps(const struct plan *p, pid_t pid, struct rt_err *err);
 
 /* ---------- logs.c (the supervisor) ---------- */

@@ -199,3 +199,26 @@ int write_id_maps(const struct plan *p, pid_t pid, struct rt_err *err)
         return -1;
     return 0;
 }
+
+/* The job's command's privileges, from the bounding set to no_new_privs, in the one
+ * order both the command (init.c) and mlq exec's command (exec.c) take: the bounding
+ * set needs CAP_SETPCAP, so before the user switch; without no_new_privs a filter
+ * needs CAP_SYS_ADMIN, so installed while it is held; the working directory entered
+ * as the job's user with its capabilities (a chdir as root could leave it in a
+ * directory it may not search, from where relative names reach what the lock on the
+ * way keeps from it). With no_new_privs the filter is the caller's last step, right
+ * before exec, so that as few calls as possible run under it. */
+int become_command(const struct plan *p, struct rt_err *err)
+{
+    if (drop_bounding(p, err) < 0 || set_ids(p, err) < 0)
+        return -1;
+    if (!p->nnp && p->seccomp && install_seccomp(p, err) < 0)
+        return -1;
+    if (set_caps(p, err) < 0)
+        return -1;
+    if (p->cwd && chdir(p->cwd) < 0)
+        return fail(err, "cwd", errno, "chdir `%s`", p->cwd);
+    if (p->nnp && set_no_new_privs(err) < 0)
+        return -1;
+    return 0;
+}

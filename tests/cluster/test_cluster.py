@@ -78,11 +78,18 @@ def test_jobs_spread_over_the_nodes_and_team_quotas_hold_across_the_cluster(
     from the events: no moment where a team is past its limit or a node past 4 GPUs."""
     start(cluster)
     bob, alice = unix_users["bob"], unix_users["alice"]
+    # every job is queued before any node takes one, so they compete at once however
+    # slowly the submissions come (drained nodes offer nothing)
+    nodes = ("n1", "n2", "n3")
+    for n in nodes:
+        assert cluster.cli("node", "drain", n, socket=cluster.cp_socket(0)).code == 0
     asked: dict[int, tuple[str, int]] = {}
     for i in range(8):
         asked[submit(cluster, bob, "n1", f"nlp{i}", "nlp", 2, cmd="sleep 1.5")] = ("nlp", 2)
     for i in range(6):
         asked[submit(cluster, alice, "n2", f"cv{i}", "cv", 1, cmd="sleep 1.5")] = ("cv", 1)
+    for n in nodes:
+        assert cluster.cli("node", "resume", n, socket=cluster.cp_socket(0)).code == 0
     cluster.wait(
         lambda: all(cluster.job(j)["state"] == "COMPLETED" for j in asked),
         90,
