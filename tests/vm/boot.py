@@ -36,9 +36,7 @@ from threading import Event
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 INIT = HERE / "guest-init.sh"
-# the executor's suite, but NAT's (it needs nf_tables, which user-mode-linux's kernel
-# lacks, and does not depend on the cgroup version: it runs on the host, in scripts/test)
-DEFAULT_ARGS = "tests/executor --ignore=tests/executor/test_nat.py"
+DEFAULT_ARGS = "tests/executor"
 # a boot of the qemu way's guest writes boot.txt within about 10 s; the suite itself
 # takes minutes under software emulation
 TIMEOUT_S = int(os.environ.get("MLQ_VM_TIMEOUT", "900"))

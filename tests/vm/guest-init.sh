@@ -47,8 +47,11 @@ ip link set lo up
 } > "$out/boot.txt" 2>&1
 cd "$repo"
 start=$(cut -d' ' -f1 /proc/uptime)
+# NAT's tests are left out: they need nf_tables, which user-mode-linux's kernel lacks,
+# and NAT does not depend on the cgroup version (they run on the host, in scripts/test)
 HOME=/tmp PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pytest -q -p no:cacheprovider \
   --basetemp=/tmp/pytest --junitxml="$out/junit.xml" ${MLQ_VM_ARGS:-tests/executor} \
+  --ignore=tests/executor/test_nat.py \
   -o junit_family=xunit2 > "$out/pytest.txt" 2>&1
 echo $? > "$out/exit_code"
 echo "$start $(cut -d' ' -f1 /proc/uptime)" > "$out/uptime"
